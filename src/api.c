@@ -1,0 +1,181 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  SQL-callable entry points of the state machine: start, complete, fail,
+ *	  cancel and retry.  Each checks its arguments, switches to the engine's
+ *	  role, and hands over to engine.c inside one SPI connection.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "saga.h"
+
+PG_FUNCTION_INFO_V1(saga_start);
+PG_FUNCTION_INFO_V1(saga_complete);
+PG_FUNCTION_INFO_V1(saga_fail);
+PG_FUNCTION_INFO_V1(saga_cancel);
+PG_FUNCTION_INFO_V1(saga_retry);
+
+static void
+spi_connect(SagaUserSave *save)
+{
+	int			rc;
+
+	SagaBecomeOwner(save);
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+}
+
+static void
+spi_finish(SagaUserSave *save)
+{
+	int			rc;
+
+	if ((rc = SPI_finish()) != SPI_OK_FINISH)
+		elog(ERROR, "saga: SPI_finish failed: %s", SPI_result_code_string(rc));
+	SagaRestoreUser(save);
+}
+
+static void
+require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/* a report's document: SQL NULL is stored as JSON null */
+static Jsonb *
+report_document(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	Jsonb	   *doc;
+
+	if (PG_ARGISNULL(argno))
+	{
+		JsonbValue	null = {.type = jbvNull};
+
+		return JsonbValueToJsonb(&null);
+	}
+	doc = PG_GETARG_JSONB_P(argno);
+	SagaCheckPayload(doc, what);
+	return doc;
+}
+
+static char *
+optional_text(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	char	   *s;
+
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	s = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (s[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name),
+				 errhint("Pass NULL to leave it out.")));
+	return s;
+}
+
+/* saga.start(name, input, correlation_id, idempotency_key, traceparent) */
+Datum
+saga_start(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Jsonb	   *input;
+	char	   *correlation_id = optional_text(fcinfo, 2, "correlation_id");
+	char	   *idempotency_key = optional_text(fcinfo, 3, "idempotency_key");
+	char	   *traceparent = optional_text(fcinfo, 4, "traceparent");
+	SagaUserSave save;
+	SagaDef    *def;
+	int64		id;
+
+	require_arg(fcinfo, 0, "name");
+	require_arg(fcinfo, 1, "input");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	input = PG_GETARG_JSONB_P(1);
+	SagaCheckPayload(input, "saga input");
+
+	spi_connect(&save);
+	def = SagaDefinitionLatest(name);
+	if (def == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("saga definition \"%s\" does not exist", name),
+				 errhint("Define it first with saga.define().")));
+	id = SagaStart(def, input, correlation_id, idempotency_key, traceparent);
+	spi_finish(&save);
+	PG_RETURN_INT64(id);
+}
+
+/* saga.complete(task_id, result, lease): true if recorded, false for a repeat */
+Datum
+saga_complete(PG_FUNCTION_ARGS)
+{
+	SagaUserSave save;
+	Jsonb	   *result;
+	bool		recorded;
+
+	require_arg(fcinfo, 0, "task_id");
+	result = report_document(fcinfo, 1, "result");
+
+	spi_connect(&save);
+	recorded = SagaReport(PG_GETARG_INT64(0), true, result, false,
+						  !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2));
+	spi_finish(&save);
+	PG_RETURN_BOOL(recorded);
+}
+
+/* saga.fail(task_id, error, retryable, lease): true if recorded, false for a repeat */
+Datum
+saga_fail(PG_FUNCTION_ARGS)
+{
+	SagaUserSave save;
+	Jsonb	   *error;
+	bool		recorded;
+
+	require_arg(fcinfo, 0, "task_id");
+	error = report_document(fcinfo, 1, "error");
+
+	spi_connect(&save);
+	recorded = SagaReport(PG_GETARG_INT64(0), false, error,
+						  PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2),
+						  !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3));
+	spi_finish(&save);
+	PG_RETURN_BOOL(recorded);
+}
+
+/* saga.cancel(saga_id, reason): compensate a running saga; it ends cancelled */
+Datum
+saga_cancel(PG_FUNCTION_ARGS)
+{
+	SagaUserSave save;
+	char	   *reason;
+
+	require_arg(fcinfo, 0, "saga_id");
+	reason = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	spi_connect(&save);
+	SagaCancel(PG_GETARG_INT64(0), reason);
+	spi_finish(&save);
+	PG_RETURN_VOID();
+}
+
+/* saga.retry(saga_id): resume a saga whose compensation failed */
+Datum
+saga_retry(PG_FUNCTION_ARGS)
+{
+	SagaUserSave save;
+
+	spi_connect(&save);
+	SagaRetryFailed(PG_GETARG_INT64(0));
+	spi_finish(&save);
+	PG_RETURN_VOID();
+}

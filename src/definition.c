@@ -1,0 +1,743 @@
+/*-------------------------------------------------------------------------
+ *
+ * definition.c
+ *	  Saga definitions: validation of the JSON document, storage of new
+ *	  versions (saga.define), and a per-backend cache of parsed versions.
+ *
+ * A stored version never changes, so a parsed copy can be kept for the
+ * life of the backend.  Ids come from a sequence and are not reused, even
+ * by a define that rolls back; only DROP EXTENSION restarts them.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "parser/parse_func.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
+
+#include "saga.h"
+
+/* advisory lock key space: (SAGA_LOCK_CLASS, hashtext(name)) serialises define */
+#define SAGA_LOCK_CLASS		1935763297	/* 'saga' */
+
+typedef struct DefCacheEntry
+{
+	int32		id;
+	SagaDef    *def;
+	MemoryContext cxt;
+} DefCacheEntry;
+
+static HTAB *def_cache = NULL;
+static Oid	definitions_relid = InvalidOid;
+
+static SPIPlanPtr plan_latest = NULL;
+static SPIPlanPtr plan_load = NULL;
+static SPIPlanPtr plan_insert = NULL;
+static SPIPlanPtr plan_lock = NULL;
+
+/* parsing context: the document's name for messages */
+typedef struct DefParse
+{
+	const char *name;
+	bool		resolve;		/* look up SQL functions (at define time) */
+	Oid			caller;
+} DefParse;
+
+static const char *const top_keys[] = {"steps", "deadline", "description", NULL};
+static const char *const step_keys[] = {"name", "topic", "sql", "after", "compensate",
+"retry", "timeout", "pivot", "async", "description", NULL};
+static const char *const compensate_keys[] = {"topic", "sql", NULL};
+static const char *const retry_keys[] = {"max_attempts", "initial_delay", "backoff",
+"max_delay", "jitter", NULL};
+
+PG_FUNCTION_INFO_V1(saga_define);
+
+/*
+ * Drop every cached version when saga.definitions is not the table the cache
+ * was filled from (the extension was dropped and created again, and ids
+ * restarted).  Only called before an operation takes a definition, so no
+ * caller holds a pointer into the cache.
+ */
+static void
+def_cache_validate(void)
+{
+	Oid			relid = get_relname_relid("definitions", get_namespace_oid("saga", false));
+	HASH_SEQ_STATUS status;
+	DefCacheEntry *entry;
+
+	if (relid == definitions_relid)
+		return;
+	hash_seq_init(&status, def_cache);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		MemoryContextDelete(entry->cxt);
+		hash_search(def_cache, &entry->id, HASH_REMOVE, NULL);
+	}
+	definitions_relid = relid;
+}
+
+static void pg_attribute_noreturn()
+def_error(int sqlstate, const DefParse *p, const char *path, const char *msg)
+{
+	ereport(ERROR,
+			(errcode(sqlstate),
+			 errmsg("invalid saga definition \"%s\": %s", p->name, msg),
+			 errdetail("The offending value is at %s.", path)));
+}
+
+/* is the name a lowercase identifier of at most maxlen bytes */
+static bool
+valid_name(const char *s, int maxlen)
+{
+	int			len = strlen(s);
+
+	if (len < 1 || len > maxlen || s[0] < 'a' || s[0] > 'z')
+		return false;
+	for (int i = 1; i < len; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+			return false;
+	return true;
+}
+
+static const char *
+jbv_type_name(JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			return "null";
+		case jbvString:
+			return "string";
+		case jbvNumeric:
+			return "number";
+		case jbvBool:
+			return "boolean";
+		case jbvBinary:
+			return JsonContainerIsArray(v->val.binary.data) ? "array" : "object";
+		default:
+			return "value";
+	}
+}
+
+static void
+expect_type(const DefParse *p, JsonbValue *v, const char *want, const char *path)
+{
+	const char *got = jbv_type_name(v);
+
+	if (strcmp(got, want) != 0)
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
+				  psprintf("expected %s %s, found %s",
+						   (want[0] == 'a' || want[0] == 'o') ? "an" : "a", want, got));
+}
+
+/* reject keys that are not in the allowed list */
+static void
+check_keys(const DefParse *p, JsonbContainer *obj, const char *const *allowed, const char *path)
+{
+	JsonbIterator *it = JsonbIteratorInit(obj);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+		bool		known = false;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		for (int i = 0; allowed[i] != NULL; i++)
+			if (strcmp(allowed[i], key) == 0)
+				known = true;
+		if (!known)
+			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, psprintf("%s.%s", path, key),
+					  psprintf("unknown key \"%s\"", key));
+	}
+}
+
+static bool
+get_key(JsonbContainer *obj, const char *key, JsonbValue *out)
+{
+	return getKeyJsonValueFromContainer(obj, key, strlen(key), out) != NULL;
+}
+
+static char *
+get_string(const DefParse *p, JsonbValue *v, const char *path)
+{
+	expect_type(p, v, "string", path);
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+static bool
+get_bool(const DefParse *p, JsonbValue *v, const char *path)
+{
+	expect_type(p, v, "boolean", path);
+	return v->val.boolean;
+}
+
+static double
+get_number(const DefParse *p, JsonbValue *v, const char *path)
+{
+	expect_type(p, v, "number", path);
+	return DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+											  NumericGetDatum(v->val.numeric)));
+}
+
+/*
+ * Parse an interval string into microseconds.  interval_in reports bad input
+ * with its own message; we catch it only to add the path and re-throw, so the
+ * transaction is aborted as usual.
+ */
+static int64
+get_interval(const DefParse *p, JsonbValue *v, const char *path)
+{
+	char	   *text = get_string(p, v, path);
+	MemoryContext cxt = CurrentMemoryContext;
+	Interval   *iv = NULL;
+	int64		usecs;
+
+	PG_TRY();
+	{
+		iv = DatumGetIntervalP(DirectFunctionCall3(interval_in, CStringGetDatum(text),
+												   ObjectIdGetDatum(InvalidOid),
+												   Int32GetDatum(-1)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid saga definition \"%s\": invalid interval \"%s\"",
+						p->name, text),
+				 errdetail("The offending value is at %s: %s.", path, edata->message)));
+	}
+	PG_END_TRY();
+
+	/* months and days are taken as 30 and 1 fixed days: steps are short */
+	usecs = iv->time + (int64) iv->day * USECS_PER_DAY
+		+ (int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	if (usecs <= 0)
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
+				  psprintf("interval \"%s\" must be positive", text));
+	return usecs;
+}
+
+/*
+ * Resolve "schema.fn" to fn(jsonb) returns jsonb.  The name must be schema
+ * qualified: SQL steps run with search_path = pg_catalog, pg_temp.
+ */
+static Oid
+resolve_function(const DefParse *p, const char *name, const char *path)
+{
+	List	   *names;
+	Oid			argtype = JSONBOID;
+	Oid			fn;
+	AclResult	aclresult;
+
+	if (strchr(name, '.') == NULL)
+		def_error(ERRCODE_INVALID_NAME, p, path,
+				  psprintf("function name \"%s\" must be schema-qualified", name));
+	names = stringToQualifiedNameList(name);
+	if (!p->resolve)
+		return InvalidOid;
+
+	fn = LookupFuncName(names, 1, &argtype, true);
+	if (!OidIsValid(fn))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("invalid saga definition \"%s\": function %s(jsonb) does not exist",
+						p->name, name),
+				 errdetail("The offending value is at %s.", path)));
+	if (get_func_rettype(fn) != JSONBOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("invalid saga definition \"%s\": function %s(jsonb) must return jsonb",
+						p->name, name),
+				 errdetail("The offending value is at %s.", path)));
+	aclresult = pg_proc_aclcheck(fn, p->caller, ACL_EXECUTE);
+	if (aclresult != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s", name),
+				 errdetail("The saga's SQL steps run as the role that defines it; the function is at %s.",
+						   path)));
+	return fn;
+}
+
+/* {"topic": t} or {"sql": "schema.fn"}, exactly one */
+static void
+parse_action(const DefParse *p, JsonbContainer *obj, SagaAction *a, const char *path,
+			 bool is_step)
+{
+	JsonbValue	v;
+	bool		has_topic = get_key(obj, "topic", &v);
+
+	if (has_topic)
+	{
+		char	   *tpath = psprintf("%s.topic", path);
+
+		a->topic = get_string(p, &v, tpath);
+		if (!SagaValidTopic(a->topic))
+			def_error(ERRCODE_INVALID_NAME, p, tpath,
+					  psprintf("topic \"%s\" must match ^[a-z][a-z0-9_]{0,47}$", a->topic));
+	}
+	if (get_key(obj, "sql", &v))
+	{
+		char	   *spath = psprintf("%s.sql", path);
+
+		if (has_topic)
+			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
+					  "\"topic\" and \"sql\" are mutually exclusive");
+		a->sql = get_string(p, &v, spath);
+		a->fn = resolve_function(p, a->sql, spath);
+	}
+	else if (!has_topic)
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
+				  is_step ? "a step needs a \"topic\" or an \"sql\" function"
+				  : "a compensation needs a \"topic\" or an \"sql\" function");
+}
+
+static void
+parse_retry(const DefParse *p, JsonbValue *rv, SagaRetry *r, const char *path)
+{
+	JsonbContainer *obj;
+	JsonbValue	v;
+
+	expect_type(p, rv, "object", path);
+	obj = rv->val.binary.data;
+	check_keys(p, obj, retry_keys, path);
+
+	if (get_key(obj, "max_attempts", &v))
+	{
+		char	   *kpath = psprintf("%s.max_attempts", path);
+		double		n = get_number(p, &v, kpath);
+
+		if (n != floor(n) || n < 1 || n > 1000000)
+			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, kpath,
+					  "\"max_attempts\" must be an integer between 1 and 1000000");
+		r->max_attempts = (int) n;
+	}
+	if (get_key(obj, "initial_delay", &v))
+		r->initial_delay = get_interval(p, &v, psprintf("%s.initial_delay", path));
+	if (get_key(obj, "backoff", &v))
+	{
+		char	   *kpath = psprintf("%s.backoff", path);
+
+		r->backoff = get_number(p, &v, kpath);
+		if (r->backoff < 1.0 || r->backoff > 100.0)
+			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, kpath,
+					  "\"backoff\" must be between 1 and 100");
+	}
+	if (get_key(obj, "max_delay", &v))
+		r->max_delay = get_interval(p, &v, psprintf("%s.max_delay", path));
+	if (get_key(obj, "jitter", &v))
+		r->jitter = get_bool(p, &v, psprintf("%s.jitter", path));
+
+	if (r->max_delay < r->initial_delay)
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
+				  "\"max_delay\" must not be shorter than \"initial_delay\"");
+}
+
+static void
+parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *path)
+{
+	JsonbValue	v;
+
+	check_keys(p, obj, step_keys, path);
+
+	if (!get_key(obj, "name", &v))
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path, "a step needs a \"name\"");
+	s->name = get_string(p, &v, psprintf("%s.name", path));
+	if (!valid_name(s->name, NAMEDATALEN - 1))
+		def_error(ERRCODE_INVALID_NAME, p, psprintf("%s.name", path),
+				  psprintf("step name \"%s\" must match ^[a-z][a-z0-9_]{0,62}$", s->name));
+
+	parse_action(p, obj, &s->action, path, true);
+
+	if (get_key(obj, "compensate", &v))
+	{
+		char	   *cpath = psprintf("%s.compensate", path);
+
+		expect_type(p, &v, "object", cpath);
+		check_keys(p, v.val.binary.data, compensate_keys, cpath);
+		parse_action(p, v.val.binary.data, &s->compensate, cpath, false);
+	}
+
+	/* DESIGN.md's defaults */
+	s->retry.max_attempts = 3;
+	s->retry.initial_delay = USECS_PER_SEC;
+	s->retry.backoff = 2.0;
+	s->retry.max_delay = 5 * USECS_PER_MINUTE;
+	s->retry.jitter = true;
+	if (get_key(obj, "retry", &v))
+		parse_retry(p, &v, &s->retry, psprintf("%s.retry", path));
+
+	if (get_key(obj, "timeout", &v))
+		s->timeout = get_interval(p, &v, psprintf("%s.timeout", path));
+	if (get_key(obj, "pivot", &v))
+		s->pivot = get_bool(p, &v, psprintf("%s.pivot", path));
+	if (get_key(obj, "async", &v) && get_bool(p, &v, psprintf("%s.async", path)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("invalid saga definition \"%s\": asynchronous SQL steps are not supported yet",
+						p->name),
+				 errdetail("The offending value is at %s.async.", path),
+				 errhint("Omit \"async\" to run the SQL step in the transaction that makes it ready.")));
+	if (get_key(obj, "description", &v))
+		(void) get_string(p, &v, psprintf("%s.description", path));
+}
+
+/* resolve "after" names and reject cycles (Kahn's algorithm) */
+static void
+link_steps(const DefParse *p, SagaDef *def, JsonbContainer **step_objs)
+{
+	int		   *indegree = palloc0(sizeof(int) * def->nsteps);
+	int		   *queue = palloc(sizeof(int) * def->nsteps);
+	int			head = 0,
+				tail = 0;
+
+	for (int i = 0; i < def->nsteps; i++)
+	{
+		SagaStepDef *s = &def->steps[i];
+		JsonbValue	v;
+
+		if (!get_key(step_objs[i], "after", &v))
+		{
+			s->nafter = (i == 0) ? 0 : 1;
+			s->after = palloc(sizeof(int));
+			s->after[0] = i - 1;
+			continue;
+		}
+
+		{
+			char	   *apath = psprintf("$.steps[%d].after", i);
+			JsonbContainer *arr;
+			int			n;
+
+			expect_type(p, &v, "array", apath);
+			arr = v.val.binary.data;
+			n = JsonContainerSize(arr);
+			s->nafter = 0;
+			s->after = palloc(sizeof(int) * Max(n, 1));
+			for (int k = 0; k < n; k++)
+			{
+				JsonbValue *e = getIthJsonbValueFromContainer(arr, k);
+				char	   *epath = psprintf("%s[%d]", apath, k);
+				char	   *dep = get_string(p, e, epath);
+				int			found = -1;
+
+				for (int j = 0; j < def->nsteps; j++)
+					if (strcmp(def->steps[j].name, dep) == 0)
+						found = j;
+				if (found < 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_UNDEFINED_OBJECT),
+							 errmsg("invalid saga definition \"%s\": step \"%s\" waits for unknown step \"%s\"",
+									p->name, s->name, dep),
+							 errdetail("The offending value is at %s.", epath)));
+				for (int j = 0; j < s->nafter; j++)
+					if (s->after[j] == found)
+						def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, epath,
+								  psprintf("step \"%s\" is listed twice", dep));
+				s->after[s->nafter++] = found;
+			}
+		}
+	}
+
+	/* dependents, the reverse edges, drive compensation order */
+	for (int i = 0; i < def->nsteps; i++)
+		def->steps[i].dependents = palloc(sizeof(int) * def->nsteps);
+	for (int i = 0; i < def->nsteps; i++)
+	{
+		SagaStepDef *s = &def->steps[i];
+
+		indegree[i] = s->nafter;
+		for (int k = 0; k < s->nafter; k++)
+		{
+			SagaStepDef *d = &def->steps[s->after[k]];
+
+			d->dependents[d->ndependents++] = i;
+		}
+	}
+
+	for (int i = 0; i < def->nsteps; i++)
+		if (indegree[i] == 0)
+			queue[tail++] = i;
+	while (head < tail)
+	{
+		SagaStepDef *s = &def->steps[queue[head++]];
+
+		for (int k = 0; k < s->ndependents; k++)
+			if (--indegree[s->dependents[k]] == 0)
+				queue[tail++] = s->dependents[k];
+	}
+	if (tail < def->nsteps)
+	{
+		for (int i = 0; i < def->nsteps; i++)
+			if (indegree[i] > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+						 errmsg("invalid saga definition \"%s\": the steps' \"after\" lists form a cycle",
+								p->name),
+						 errdetail("Step \"%s\" at $.steps[%d] is on a cycle.",
+								   def->steps[i].name, i)));
+	}
+}
+
+/* parse and validate a definition document; allocates in CurrentMemoryContext */
+static SagaDef *
+parse_definition(const char *name, Jsonb *doc, bool resolve, Oid caller)
+{
+	DefParse	p = {name, resolve, caller};
+	SagaDef    *def = palloc0(sizeof(SagaDef));
+	JsonbValue	v;
+	JsonbContainer *steps;
+	JsonbContainer **step_objs;
+
+	def->name = pstrdup(name);
+	if (!JB_ROOT_IS_OBJECT(doc) || JB_ROOT_IS_SCALAR(doc))
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, &p, "$", "the document must be a JSON object");
+	check_keys(&p, &doc->root, top_keys, "$");
+
+	if (!get_key(&doc->root, "steps", &v))
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, &p, "$", "\"steps\" is missing");
+	expect_type(&p, &v, "array", "$.steps");
+	steps = v.val.binary.data;
+	def->nsteps = JsonContainerSize(steps);
+	if (def->nsteps == 0)
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, &p, "$.steps", "\"steps\" is empty");
+	if (def->nsteps > SAGA_MAX_STEPS)
+		def_error(ERRCODE_PROGRAM_LIMIT_EXCEEDED, &p, "$.steps",
+				  psprintf("a saga has at most %d steps", SAGA_MAX_STEPS));
+
+	def->steps = palloc0(sizeof(SagaStepDef) * def->nsteps);
+	step_objs = palloc(sizeof(JsonbContainer *) * def->nsteps);
+	for (int i = 0; i < def->nsteps; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(steps, i);
+		char	   *path = psprintf("$.steps[%d]", i);
+
+		expect_type(&p, e, "object", path);
+		step_objs[i] = e->val.binary.data;
+		parse_step(&p, step_objs[i], &def->steps[i], path);
+		for (int j = 0; j < i; j++)
+			if (strcmp(def->steps[j].name, def->steps[i].name) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_OBJECT),
+						 errmsg("invalid saga definition \"%s\": step name \"%s\" is used twice",
+								name, def->steps[i].name),
+						 errdetail("The offending value is at %s.name.", path)));
+	}
+	link_steps(&p, def, step_objs);
+
+	if (get_key(&doc->root, "deadline", &v))
+		def->deadline = get_interval(&p, &v, "$.deadline");
+	if (get_key(&doc->root, "description", &v))
+		(void) get_string(&p, &v, "$.description");
+	return def;
+}
+
+/* a parsed definition version, from the cache or the table */
+SagaDef *
+SagaDefinitionLoad(int32 def_id)
+{
+	DefCacheEntry *entry;
+	bool		found;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+	int			rc;
+	bool		isnull;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	MemoryContext cxt,
+				old;
+	SagaDef    *def;
+
+	if (def_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int32);
+		ctl.entrysize = sizeof(DefCacheEntry);
+		ctl.hcxt = CacheMemoryContext;
+		def_cache = hash_create("saga definitions", 32, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	def_cache_validate();
+
+	entry = hash_search(def_cache, &def_id, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->def;
+
+	values[0] = Int32GetDatum(def_id);
+	rc = SPI_execute_plan(SagaPrepare(&plan_load,
+									  "SELECT name, version, definition, owner::oid "
+									  "FROM saga.definitions WHERE id = $1",
+									  1, argtypes),
+						  values, NULL, false, 1);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "loading a definition");
+	if (SPI_processed != 1)
+		elog(ERROR, "saga: definition %d does not exist", def_id);
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+
+	/* parse into a context of its own, which joins the cache only on success */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "saga definition",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	def = parse_definition(TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull)),
+						   DatumGetJsonbP(SPI_getbinval(tup, desc, 3, &isnull)),
+						   false, InvalidOid);
+	def->id = def_id;
+	def->version = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+	def->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+	MemoryContextSwitchTo(old);
+	MemoryContextSetParent(cxt, CacheMemoryContext);
+
+	entry = hash_search(def_cache, &def_id, HASH_ENTER, &found);
+	entry->def = def;
+	entry->cxt = cxt;
+	return def;
+}
+
+/* the latest version of a definition, or NULL */
+SagaDef *
+SagaDefinitionLatest(const char *name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	int			rc;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(name);
+	rc = SPI_execute_plan(SagaPrepare(&plan_latest,
+									  "SELECT id FROM saga.definitions WHERE name = $1 "
+									  "ORDER BY version DESC LIMIT 1",
+									  1, argtypes),
+						  values, NULL, false, 1);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "finding a definition");
+	if (SPI_processed == 0)
+		return NULL;
+	return SagaDefinitionLoad(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1,
+														  &isnull)));
+}
+
+/* saga.define(name, definition): validate and store a new version */
+Datum
+saga_define(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *doc = PG_GETARG_JSONB_P(1);
+	SagaUserSave save;
+	Oid			caller;
+	SagaDef    *def;
+	Datum	   *names;
+	int			rc;
+	int32		version = 1;
+	bool		isnull;
+
+	if (!valid_name(name, NAMEDATALEN - 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid saga name \"%s\"", name),
+				 errhint("A saga name matches ^[a-z][a-z0-9_]{0,62}$.")));
+	SagaCheckPayload(doc, "saga definition");
+
+	caller = SagaBecomeOwner(&save);
+	def = parse_definition(name, doc, true, caller);
+
+	names = palloc(sizeof(Datum) * def->nsteps);
+	for (int i = 0; i < def->nsteps; i++)
+		names[i] = CStringGetTextDatum(def->steps[i].name);
+
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+
+	{
+		Oid			lock_types[1] = {TEXTOID};
+		Datum		lock_values[1] = {CStringGetTextDatum(name)};
+
+		rc = SPI_execute_plan(SagaPrepare(&plan_lock,
+										  "SELECT pg_catalog.pg_advisory_xact_lock(1935763297, "
+										  "pg_catalog.hashtext($1))",
+										  1, lock_types),
+							  lock_values, NULL, false, 1);
+		SagaSpiCheck(rc, SPI_OK_SELECT, "locking a definition name");
+	}
+
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(name)};
+
+		rc = SPI_execute_plan(SagaPrepare(&plan_latest,
+										  "SELECT id FROM saga.definitions WHERE name = $1 "
+										  "ORDER BY version DESC LIMIT 1",
+										  1, types),
+							  values, NULL, false, 1);
+		SagaSpiCheck(rc, SPI_OK_SELECT, "finding a definition");
+	}
+
+	if (SPI_processed == 1)
+	{
+		int32		latest_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc, 1, &isnull));
+		Oid			types[2] = {INT4OID, JSONBOID};
+		Datum		values[2] = {Int32GetDatum(latest_id), JsonbPGetDatum(doc)};
+
+		rc = SPI_execute_with_args("SELECT version, definition = $2 FROM saga.definitions WHERE id = $1",
+								   2, types, values, NULL, false, 1);
+		SagaSpiCheck(rc, SPI_OK_SELECT, "comparing definitions");
+		version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		/* an identical document is not a new version: define is idempotent */
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+		{
+			SPI_finish();
+			SagaRestoreUser(&save);
+			PG_RETURN_INT32(version);
+		}
+		version++;
+	}
+
+	{
+		Oid			types[5] = {TEXTOID, INT4OID, JSONBOID, TEXTARRAYOID, OIDOID};
+		Datum		values[5];
+
+		values[0] = CStringGetTextDatum(name);
+		values[1] = Int32GetDatum(version);
+		values[2] = JsonbPGetDatum(doc);
+		values[3] = PointerGetDatum(construct_array(names, def->nsteps, TEXTOID, -1, false,
+													TYPALIGN_INT));
+		values[4] = ObjectIdGetDatum(caller);
+		rc = SPI_execute_plan(SagaPrepare(&plan_insert,
+										  "INSERT INTO saga.definitions (name, version, definition, step_names, owner) "
+										  "VALUES ($1, $2, $3, $4, $5)",
+										  5, types),
+							  values, NULL, false, 0);
+		SagaSpiCheck(rc, SPI_OK_INSERT, "storing a definition");
+	}
+
+	SPI_finish();
+	SagaRestoreUser(&save);
+	PG_RETURN_INT32(version);
+}

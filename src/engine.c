@@ -1,0 +1,1386 @@
+/*-------------------------------------------------------------------------
+ *
+ * engine.c
+ *	  The state machine of one saga instance.
+ *
+ * Every transition follows the same shape: lock the saga's row, load its
+ * state into memory, apply the report (or start, cancel, retry), let the
+ * graph move as far as it can (dispatch ready steps, run synchronous SQL
+ * steps, enqueue the next wave of compensations), then write the row back
+ * once, with the outbox and history changes, in the caller's transaction.
+ * The row lock serialises every transition of one saga, which is what makes
+ * a join fire once and lets a failure withdraw its siblings consistently.
+ *
+ * The caller has switched to the engine's role and connected to SPI.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "parser/parse_func.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "saga.h"
+
+#define MAX_EVENTS_INIT 8
+
+struct SagaState
+{
+	int64		id;
+	SagaDef    *def;
+	const char *status;
+	bool		pivoted;
+	bool		cancel_requested;
+	char	   *cancel_reason;
+	int16	   *step_status;
+	int32	   *attempts;
+	Jsonb	   *input;
+	Jsonb	   *results;
+	Jsonb	   *errors;
+	Jsonb	   *incident;
+	char	   *correlation_id;
+	char	   *idempotency_key;
+	char	   *traceparent;
+	bool		is_new;			/* not yet in saga.sagas */
+
+	/* changes to write with the row */
+	SagaNewTask *tasks;
+	int			ntasks;
+	int64	   *deletes;
+	int			ndeletes;
+	Datum	   *ev_event;
+	Datum	   *ev_step;
+	Datum	   *ev_detail;
+	bool	   *ev_step_null;
+	bool	   *ev_detail_null;
+	int			nevents;
+	int			maxevents;
+};
+
+static SPIPlanPtr plan_load = NULL;
+static SPIPlanPtr plan_update = NULL;
+static SPIPlanPtr plan_insert = NULL;
+static SPIPlanPtr plan_history = NULL;
+static SPIPlanPtr plan_task = NULL;
+static SPIPlanPtr plan_nextval = NULL;
+static SPIPlanPtr plan_find_key = NULL;
+static SPIPlanPtr plan_saga_tasks = NULL;
+
+static void advance(SagaState *st);
+static void compensate(SagaState *st);
+
+/* ---------- small jsonb builders ---------- */
+
+static void
+jb_key(JsonbParseState **ps, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(ps, WJB_KEY, &k);
+}
+
+static void
+jb_str(JsonbParseState **ps, const char *key, const char *value)
+{
+	JsonbValue	v;
+
+	jb_key(ps, key);
+	if (value == NULL)
+		v.type = jbvNull;
+	else
+	{
+		v.type = jbvString;
+		v.val.string.val = (char *) value;
+		v.val.string.len = strlen(value);
+	}
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
+static void
+jb_int(JsonbParseState **ps, const char *key, int64 value)
+{
+	JsonbValue	v;
+
+	jb_key(ps, key);
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(value);
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
+static void
+jb_jsonb(JsonbParseState **ps, const char *key, Jsonb *value)
+{
+	JsonbValue	v;
+
+	jb_key(ps, key);
+	v.type = jbvBinary;
+	v.val.binary.data = &value->root;
+	v.val.binary.len = VARSIZE(value) - VARHDRSZ;
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
+static Jsonb *
+jb_finish(JsonbParseState **ps)
+{
+	return JsonbValueToJsonb(pushJsonbValue(ps, WJB_END_OBJECT, NULL));
+}
+
+/* obj with key set to value */
+static Jsonb *
+jsonb_put(Jsonb *obj, const char *key, Jsonb *value)
+{
+	JsonbParseState *ps = NULL;
+	Jsonb	   *single;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_jsonb(&ps, key, value);
+	single = jb_finish(&ps);
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(obj),
+											  JsonbPGetDatum(single)));
+}
+
+/* obj->key as a Jsonb, or NULL */
+static Jsonb *
+jsonb_get(Jsonb *obj, const char *key)
+{
+	JsonbValue	v;
+
+	if (getKeyJsonValueFromContainer(&obj->root, key, strlen(key), &v) == NULL)
+		return NULL;
+	return JsonbValueToJsonb(&v);
+}
+
+static bool
+jsonb_same(Jsonb *a, Jsonb *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(a), JsonbPGetDatum(b)));
+}
+
+static Jsonb *
+empty_object(void)
+{
+	JsonbParseState *ps = NULL;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	return jb_finish(&ps);
+}
+
+static Jsonb *
+jsonb_reason(const char *reason)
+{
+	JsonbParseState *ps = NULL;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_str(&ps, "reason", reason);
+	return jb_finish(&ps);
+}
+
+/* ---------- state bookkeeping ---------- */
+
+static void
+add_event(SagaState *st, const char *event, int step, Jsonb *detail)
+{
+	if (st->nevents == st->maxevents)
+	{
+		int			n = st->maxevents == 0 ? MAX_EVENTS_INIT : st->maxevents * 2;
+
+		if (st->maxevents == 0)
+		{
+			st->ev_event = palloc(sizeof(Datum) * n);
+			st->ev_step = palloc(sizeof(Datum) * n);
+			st->ev_detail = palloc(sizeof(Datum) * n);
+			st->ev_step_null = palloc(sizeof(bool) * n);
+			st->ev_detail_null = palloc(sizeof(bool) * n);
+		}
+		else
+		{
+			st->ev_event = repalloc(st->ev_event, sizeof(Datum) * n);
+			st->ev_step = repalloc(st->ev_step, sizeof(Datum) * n);
+			st->ev_detail = repalloc(st->ev_detail, sizeof(Datum) * n);
+			st->ev_step_null = repalloc(st->ev_step_null, sizeof(bool) * n);
+			st->ev_detail_null = repalloc(st->ev_detail_null, sizeof(bool) * n);
+		}
+		st->maxevents = n;
+	}
+	st->ev_event[st->nevents] = CStringGetTextDatum(event);
+	st->ev_step_null[st->nevents] = (step < 0);
+	st->ev_step[st->nevents] = step < 0 ? (Datum) 0
+		: CStringGetTextDatum(st->def->steps[step].name);
+	st->ev_detail_null[st->nevents] = (detail == NULL);
+	st->ev_detail[st->nevents] = detail == NULL ? (Datum) 0 : JsonbPGetDatum(detail);
+	st->nevents++;
+}
+
+static void
+set_saga_status(SagaState *st, const char *status)
+{
+	st->status = status;
+	add_event(st, status, -1, NULL);
+}
+
+static bool
+saga_finished(const char *status)
+{
+	return strcmp(status, SAGA_COMPLETED) == 0 || strcmp(status, SAGA_COMPENSATED) == 0 ||
+		strcmp(status, SAGA_CANCELLED) == 0 || strcmp(status, SAGA_FAILED) == 0;
+}
+
+/* queue a task for the step's action or compensation */
+static void
+enqueue(SagaState *st, int step, bool comp)
+{
+	SagaStepDef *s = &st->def->steps[step];
+	SagaNewTask *t;
+
+	if (st->tasks == NULL)
+		st->tasks = palloc(sizeof(SagaNewTask) * st->def->nsteps * 2);
+	t = &st->tasks[st->ntasks++];
+	t->id = SAGA_TASK_ID(st->id, step, comp);
+	t->topic = comp ? s->compensate.topic : s->action.topic;
+	t->kind = comp ? "compensate" : "action";
+	t->step = s->name;
+	/* compensations, and everything after a pivot, retry until they succeed */
+	t->max_attempts = (comp || st->pivoted) ? 0 : s->retry.max_attempts;
+	t->timeout = comp ? 0 : s->timeout;
+}
+
+static void
+delete_task(SagaState *st, int64 task_id)
+{
+	if (st->deletes == NULL)
+		st->deletes = palloc(sizeof(int64) * st->def->nsteps * 2);
+	st->deletes[st->ndeletes++] = task_id;
+}
+
+/*
+ * Capped exponential backoff: initial * backoff^(attempt-1), at most
+ * max_delay; jitter spreads it between half and all of that.
+ */
+int64
+SagaBackoffDelay(const SagaRetry *retry, int attempt)
+{
+	double		delay = (double) retry->initial_delay *
+		pow(retry->backoff, (double) Max(attempt - 1, 0));
+
+	if (delay > (double) retry->max_delay)
+		delay = (double) retry->max_delay;
+	if (retry->jitter)
+		delay *= 0.5 + 0.5 * pg_prng_double(&pg_global_prng_state);
+	return (int64) delay;
+}
+
+/* ---------- SQL steps ---------- */
+
+static Jsonb *
+task_payload(SagaState *st)
+{
+	JsonbParseState *ps = NULL;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_jsonb(&ps, "input", st->input);
+	jb_jsonb(&ps, "results", st->results);
+	return jb_finish(&ps);
+}
+
+static Jsonb *
+error_to_jsonb(ErrorData *edata)
+{
+	JsonbParseState *ps = NULL;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_str(&ps, "message", edata->message);
+	jb_str(&ps, "sqlstate", unpack_sql_state(edata->sqlerrcode));
+	if (edata->detail)
+		jb_str(&ps, "detail", edata->detail);
+	return jb_finish(&ps);
+}
+
+/*
+ * Run fn(payload) in a subtransaction, as the role that defined the saga.
+ * Returns true with *out the result, or false with *out the error.
+ */
+static bool
+run_sql(SagaState *st, const char *fname, Jsonb **out)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Jsonb	   *payload = task_payload(st);
+	volatile bool ok = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		Oid			argtype = JSONBOID;
+		Oid			fn;
+		Oid			save_user;
+		int			save_sec;
+		Datum		result;
+		LOCAL_FCINFO(fcinfo, 1);
+		FmgrInfo	flinfo;
+
+		fn = LookupFuncName(stringToQualifiedNameList(fname), 1, &argtype, false);
+		if (pg_proc_aclcheck(fn, st->def->owner, ACL_EXECUTE) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for function %s", fname)));
+
+		GetUserIdAndSecContext(&save_user, &save_sec);
+		SetUserIdAndSecContext(st->def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		fmgr_info(fn, &flinfo);
+		InitFunctionCallInfoData(*fcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = JsonbPGetDatum(payload);
+		fcinfo->args[0].isnull = false;
+		result = FunctionCallInvoke(fcinfo);
+		SetUserIdAndSecContext(save_user, save_sec);
+
+		MemoryContextSwitchTo(cxt);
+		if (fcinfo->isnull)
+			*out = JsonbValueToJsonb(&(JsonbValue) {.type = jbvNull});
+		else
+			*out = DatumGetJsonbPCopy(result);
+		SagaCheckPayload(*out, "result of an SQL step");
+
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		*out = error_to_jsonb(edata);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* ---------- forward ---------- */
+
+static void
+step_succeeded(SagaState *st, int step, Jsonb *result)
+{
+	st->step_status[step] = STEP_SUCCEEDED;
+	st->results = jsonb_put(st->results, st->def->steps[step].name, result);
+	add_event(st, "succeeded", step, NULL);
+	if (st->def->steps[step].pivot && !st->pivoted)
+	{
+		st->pivoted = true;
+		add_event(st, "pivoted", step, NULL);
+	}
+}
+
+/* a step failed for good: the saga starts compensating in this transaction */
+static void
+step_failed(SagaState *st, int step, Jsonb *error)
+{
+	st->step_status[step] = STEP_FAILED;
+	st->errors = jsonb_put(st->errors, st->def->steps[step].name, error);
+	add_event(st, "failed", step, error);
+}
+
+/*
+ * Withdraw everything still in flight and start compensating.  Tasks nobody
+ * has seen are deleted and their steps skipped; a task that was delivered
+ * (or is locked by a poller right now) may be acted on, so its step is in
+ * doubt until its report arrives.
+ */
+static void
+begin_compensation(SagaState *st)
+{
+	int			n = st->def->nsteps;
+	int64	   *ids = palloc(sizeof(int64) * n);
+	int64	   *gone = palloc(sizeof(int64) * n);
+	int32	   *deliveries = palloc(sizeof(int32) * n);
+	int			nids = 0;
+	int			ngone;
+
+	set_saga_status(st, SAGA_COMPENSATING);
+
+	for (int i = 0; i < n; i++)
+	{
+		if (st->step_status[i] == STEP_PENDING)
+			st->step_status[i] = STEP_SKIPPED;
+		else if (st->step_status[i] == STEP_READY)
+			ids[nids++] = SAGA_TASK_ID(st->id, i, false);
+	}
+
+	/* tasks queued by this very transition are not in the table yet */
+	for (int t = 0; t < st->ntasks; t++)
+	{
+		int			step = SAGA_TASK_STEP(st->tasks[t].id);
+
+		if (!SAGA_TASK_IS_COMP(st->tasks[t].id) && st->step_status[step] == STEP_READY)
+			st->step_status[step] = STEP_SKIPPED;
+	}
+	st->ntasks = 0;
+
+	ngone = nids > 0 ? SagaOutboxWithdraw(ids, nids, gone, deliveries) : 0;
+	for (int k = 0; k < nids; k++)
+	{
+		int			step = SAGA_TASK_STEP(ids[k]);
+		bool		deleted = false;
+		int32		delivered = 0;
+		JsonbParseState *ps = NULL;
+
+		if (st->step_status[step] != STEP_READY)
+			continue;
+		for (int g = 0; g < ngone; g++)
+			if (gone[g] == ids[k])
+			{
+				deleted = true;
+				delivered = deliveries[g];
+			}
+		st->step_status[step] = (deleted && delivered == 0) ? STEP_SKIPPED : STEP_IN_DOUBT;
+		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+		jb_str(&ps, "outcome", st->step_status[step] == STEP_SKIPPED ? "skipped" : "awaiting report");
+		add_event(st, "withdrawn", step, jb_finish(&ps));
+	}
+	compensate(st);
+}
+
+/*
+ * A forward step cannot succeed after the pivot: retry it (forward
+ * recovery) instead of compensating.
+ */
+static void
+retry_forward(SagaState *st, int step, int attempt, Jsonb *error, bool reported)
+{
+	int64		delay = SagaBackoffDelay(&st->def->steps[step].retry, attempt);
+	int64		task = SAGA_TASK_ID(st->id, step, false);
+	JsonbParseState *ps = NULL;
+
+	st->errors = jsonb_put(st->errors, st->def->steps[step].name, error);
+	st->attempts[step] = attempt;
+	SagaOutboxRetryLater(task, attempt + 1, delay);
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_int(&ps, "attempt", attempt);
+	jb_int(&ps, "next_attempt", attempt + 1);
+	jb_int(&ps, "delay_ms", delay / 1000);
+	jb_jsonb(&ps, "error", error);
+	add_event(st, reported ? "retry_scheduled" : "redelivery_scheduled", step, jb_finish(&ps));
+}
+
+/* dispatch every pending step whose predecessors have all succeeded */
+static void
+advance(SagaState *st)
+{
+	bool		progress;
+
+	do
+	{
+		progress = false;
+		for (int i = 0; i < st->def->nsteps; i++)
+		{
+			SagaStepDef *s = &st->def->steps[i];
+			bool		ready = (st->step_status[i] == STEP_PENDING);
+
+			for (int k = 0; ready && k < s->nafter; k++)
+				if (st->step_status[s->after[k]] != STEP_SUCCEEDED)
+					ready = false;
+			if (!ready)
+				continue;
+
+			st->attempts[i] = 1;
+			if (s->action.topic != NULL)
+			{
+				st->step_status[i] = STEP_READY;
+				enqueue(st, i, false);
+				add_event(st, "dispatched", i, NULL);
+				continue;
+			}
+			else
+			{
+				Jsonb	   *out;
+
+				add_event(st, "dispatched", i, NULL);
+				if (run_sql(st, s->action.sql, &out))
+				{
+					step_succeeded(st, i, out);
+					progress = true;
+				}
+				else if (st->pivoted)
+				{
+					/* no worker to retry a synchronous step: a person must */
+					step_failed(st, i, out);
+					st->incident = out;
+					set_saga_status(st, SAGA_FAILED);
+					return;
+				}
+				else
+				{
+					step_failed(st, i, out);
+					begin_compensation(st);
+					return;
+				}
+			}
+		}
+	} while (progress);
+
+	for (int i = 0; i < st->def->nsteps; i++)
+		if (st->step_status[i] != STEP_SUCCEEDED)
+			return;
+	set_saga_status(st, SAGA_COMPLETED);
+}
+
+/* ---------- backward ---------- */
+
+static bool
+blocks_compensation(int16 status)
+{
+	return status == STEP_SUCCEEDED || status == STEP_COMPENSATING ||
+		status == STEP_IN_DOUBT || status == STEP_READY;
+}
+
+/*
+ * Enqueue every compensation whose turn has come: a succeeded step is
+ * compensated once no step that depended on it still holds an effect.
+ * Steps without a compensation are compensated at once, and SQL
+ * compensations run here, so one call may walk several levels.
+ */
+static void
+compensate(SagaState *st)
+{
+	bool		progress;
+
+	if (strcmp(st->status, SAGA_FAILED) == 0)
+		return;					/* a person must look first: saga.retry */
+
+	do
+	{
+		progress = false;
+		for (int i = st->def->nsteps - 1; i >= 0; i--)
+		{
+			SagaStepDef *s = &st->def->steps[i];
+			bool		turn = (st->step_status[i] == STEP_SUCCEEDED);
+
+			for (int k = 0; turn && k < s->ndependents; k++)
+				if (blocks_compensation(st->step_status[s->dependents[k]]))
+					turn = false;
+			if (!turn)
+				continue;
+
+			if (s->compensate.topic != NULL)
+			{
+				st->step_status[i] = STEP_COMPENSATING;
+				enqueue(st, i, true);
+				add_event(st, "compensation_dispatched", i, NULL);
+			}
+			else if (s->compensate.sql != NULL)
+			{
+				Jsonb	   *out;
+
+				st->step_status[i] = STEP_COMPENSATING;
+				add_event(st, "compensation_dispatched", i, NULL);
+				if (!run_sql(st, s->compensate.sql, &out))
+				{
+					JsonbParseState *ps = NULL;
+
+					add_event(st, "compensation_failed", i, out);
+					pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+					jb_str(&ps, "step", s->name);
+					jb_jsonb(&ps, "error", out);
+					st->incident = jb_finish(&ps);
+					set_saga_status(st, SAGA_FAILED);
+					return;
+				}
+				st->step_status[i] = STEP_COMPENSATED;
+				add_event(st, "compensated", i, NULL);
+				progress = true;
+			}
+			else
+			{
+				st->step_status[i] = STEP_COMPENSATED;
+				add_event(st, "compensated", i, NULL);
+				progress = true;
+			}
+		}
+	} while (progress);
+
+	for (int i = 0; i < st->def->nsteps; i++)
+		if (blocks_compensation(st->step_status[i]))
+			return;
+	set_saga_status(st, st->cancel_requested ? SAGA_CANCELLED : SAGA_COMPENSATED);
+}
+
+/* ---------- load and write ---------- */
+
+static void
+array_to_int16(ArrayType *arr, int16 *out, int n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			count;
+
+	deconstruct_array(arr, INT2OID, 2, true, TYPALIGN_SHORT, &elems, &nulls, &count);
+	if (count != n)
+		elog(ERROR, "saga: step state has %d entries, expected %d", count, n);
+	for (int i = 0; i < n; i++)
+		out[i] = DatumGetInt16(elems[i]);
+}
+
+static void
+array_to_int32(ArrayType *arr, int32 *out, int n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			count;
+
+	deconstruct_array(arr, INT4OID, 4, true, TYPALIGN_INT, &elems, &nulls, &count);
+	if (count != n)
+		elog(ERROR, "saga: step attempts have %d entries, expected %d", count, n);
+	for (int i = 0; i < n; i++)
+		out[i] = DatumGetInt32(elems[i]);
+}
+
+static char *
+getcstring(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/* lock the saga's row and load its state; NULL if there is no such saga */
+static SagaState *
+load_saga(int64 saga_id)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(saga_id)};
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	SagaState  *st;
+	Datum		d;
+	int			rc;
+
+	rc = SPI_execute_plan(SagaPrepare(&plan_load,
+									  "SELECT definition_id, status, pivoted, cancel_requested, "
+									  "cancel_reason, step_status, attempts, input, results, errors, "
+									  "incident, correlation_id, traceparent "
+									  "FROM saga.sagas WHERE id = $1 FOR UPDATE",
+									  1, argtypes),
+						  values, NULL, false, 1);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "locking a saga");
+	if (SPI_processed == 0)
+		return NULL;
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	st = palloc0(sizeof(SagaState));
+	st->id = saga_id;
+	st->def = SagaDefinitionLoad(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)));
+	st->status = getcstring(tup, desc, 2);
+	st->pivoted = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+	st->cancel_requested = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+	st->cancel_reason = getcstring(tup, desc, 5);
+	st->step_status = palloc(sizeof(int16) * st->def->nsteps);
+	st->attempts = palloc(sizeof(int32) * st->def->nsteps);
+	array_to_int16(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 6, &isnull)),
+				   st->step_status, st->def->nsteps);
+	array_to_int32(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull)),
+				   st->attempts, st->def->nsteps);
+	st->input = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 8, &isnull));
+	st->results = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 9, &isnull));
+	st->errors = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 10, &isnull));
+	d = SPI_getbinval(tup, desc, 11, &isnull);
+	st->incident = isnull ? NULL : DatumGetJsonbPCopy(d);
+	st->correlation_id = getcstring(tup, desc, 12);
+	st->traceparent = getcstring(tup, desc, 13);
+	return st;
+}
+
+static ArrayType *
+int16_array(int16 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * n);
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int16GetDatum(v[i]);
+	return construct_array(d, n, INT2OID, 2, true, TYPALIGN_SHORT);
+}
+
+static ArrayType *
+int32_array(int32 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * n);
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int32GetDatum(v[i]);
+	return construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT);
+}
+
+static Datum
+text_or_null(const char *s, char *nulls, int i)
+{
+	nulls[i] = s == NULL ? 'n' : ' ';
+	return s == NULL ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
+/*
+ * Write the saga row, the outbox changes and the history in one go.  A new
+ * saga whose idempotency key is already taken is not written: returns false.
+ */
+static bool
+save_saga(SagaState *st)
+{
+	int			rc;
+	int			n = st->def->nsteps;
+	bool		finished = saga_finished(st->status);
+
+	if (st->is_new)
+	{
+		Oid			types[15] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, BOOLOID,
+			INT2ARRAYOID, INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID,
+		INT8OID};
+		Datum		values[15];
+		char		nulls[16] = "               ";
+
+		values[0] = Int64GetDatum(st->id);
+		values[1] = Int32GetDatum(st->def->id);
+		values[2] = CStringGetTextDatum(st->def->name);
+		values[3] = Int32GetDatum(st->def->version);
+		values[4] = CStringGetTextDatum(st->status);
+		values[5] = BoolGetDatum(st->pivoted);
+		values[6] = PointerGetDatum(int16_array(st->step_status, n));
+		values[7] = PointerGetDatum(int32_array(st->attempts, n));
+		values[8] = JsonbPGetDatum(st->input);
+		values[9] = JsonbPGetDatum(st->results);
+		values[10] = JsonbPGetDatum(st->errors);
+		values[11] = text_or_null(st->correlation_id, nulls, 11);
+		values[12] = text_or_null(st->idempotency_key, nulls, 12);
+		values[13] = CStringGetTextDatum(st->traceparent);
+		values[14] = Int64GetDatum(st->def->deadline);
+		rc = SPI_execute_plan(SagaPrepare(&plan_insert,
+										  "INSERT INTO saga.sagas (id, definition_id, name, version, status, "
+										  "pivoted, step_status, attempts, input, results, errors, "
+										  "correlation_id, idempotency_key, traceparent, started_at, "
+										  "updated_at, finished_at, deadline_at) "
+										  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+										  "pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), "
+										  "CASE WHEN $5 IN ('completed', 'compensated', 'cancelled', 'failed') "
+										  "THEN pg_catalog.clock_timestamp() END, "
+										  "CASE WHEN $15 > 0 THEN pg_catalog.clock_timestamp() "
+										  "+ $15::float8 * interval '1 microsecond' END) "
+										  "ON CONFLICT (name, idempotency_key) "
+										  "WHERE idempotency_key IS NOT NULL DO NOTHING",
+										  15, types),
+							  values, nulls, false, 0);
+		SagaSpiCheck(rc, SPI_OK_INSERT, "inserting a saga");
+		if (SPI_processed == 0)
+			return false;
+		st->is_new = false;
+	}
+	else
+	{
+		Oid			types[12] = {INT8OID, TEXTOID, BOOLOID, BOOLOID, TEXTOID, INT2ARRAYOID,
+		INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, BOOLOID};
+		Datum		values[11];
+		char		nulls[12] = "           ";
+
+		values[0] = Int64GetDatum(st->id);
+		values[1] = CStringGetTextDatum(st->status);
+		values[2] = BoolGetDatum(st->pivoted);
+		values[3] = BoolGetDatum(st->cancel_requested);
+		values[4] = text_or_null(st->cancel_reason, nulls, 4);
+		values[5] = PointerGetDatum(int16_array(st->step_status, n));
+		values[6] = PointerGetDatum(int32_array(st->attempts, n));
+		values[7] = JsonbPGetDatum(st->results);
+		values[8] = JsonbPGetDatum(st->errors);
+		nulls[9] = st->incident == NULL ? 'n' : ' ';
+		values[9] = st->incident == NULL ? (Datum) 0 : JsonbPGetDatum(st->incident);
+		values[10] = BoolGetDatum(finished);
+		rc = SPI_execute_plan(SagaPrepare(&plan_update,
+										  "UPDATE saga.sagas SET status = $2, pivoted = $3, "
+										  "cancel_requested = $4, cancel_reason = $5, step_status = $6, "
+										  "attempts = $7, results = $8, errors = $9, incident = $10, "
+										  "updated_at = pg_catalog.clock_timestamp(), "
+										  "finished_at = CASE WHEN $11 THEN COALESCE(finished_at, "
+										  "pg_catalog.clock_timestamp()) END "
+										  "WHERE id = $1",
+										  11, types),
+							  values, nulls, false, 0);
+		SagaSpiCheck(rc, SPI_OK_UPDATE, "updating a saga");
+	}
+
+	for (int i = 0; i < st->ndeletes; i++)
+		SagaOutboxDelete(st->deletes[i]);
+	st->ndeletes = 0;
+
+	if (st->ntasks > 0)
+		SagaOutboxInsert(st->id, st->input, st->results, st->correlation_id,
+						 st->traceparent, st->tasks, st->ntasks);
+	st->ntasks = 0;
+
+	if (st->nevents > 0)
+	{
+		Oid			types[6] = {INT8OID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTOID};
+		Datum		values[5];
+		int			dims[1] = {st->nevents};
+		int			lbs[1] = {1};
+
+		values[0] = Int64GetDatum(st->id);
+		values[1] = PointerGetDatum(construct_array(st->ev_event, st->nevents, TEXTOID, -1,
+													false, TYPALIGN_INT));
+		values[2] = PointerGetDatum(construct_md_array(st->ev_step, st->ev_step_null, 1,
+													   dims, lbs, TEXTOID, -1, false,
+													   TYPALIGN_INT));
+		values[3] = PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1,
+													   dims, lbs, JSONBOID, -1, false,
+													   TYPALIGN_INT));
+		values[4] = CStringGetTextDatum(GetUserNameFromId(GetOuterUserId(), false));
+		rc = SPI_execute_plan(SagaPrepare(&plan_history,
+										  "INSERT INTO saga.history (saga_id, at, event, step, actor, detail) "
+										  "SELECT $1, pg_catalog.clock_timestamp(), e.event, e.step, $5, e.detail "
+										  "FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), "
+										  "pg_catalog.unnest($4::jsonb[])) "
+										  "WITH ORDINALITY AS e(event, step, detail, n) ORDER BY e.n",
+										  5, types),
+							  values, NULL, false, 0);
+		SagaSpiCheck(rc, SPI_OK_INSERT, "appending history");
+		st->nevents = 0;
+	}
+	return true;
+}
+
+/* ---------- entry points ---------- */
+
+static const char *const step_status_names[] = {
+	"pending", "ready", "running", "succeeded", "failed", "compensating", "compensated", "skipped"
+};
+
+/* W3C traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags> */
+static bool
+valid_traceparent(const char *tp)
+{
+	static const int hexes[] = {2, 32, 16, 2};
+	const char *p = tp;
+
+	for (int part = 0; part < 4; part++)
+	{
+		bool		all_zero = true;
+
+		for (int i = 0; i < hexes[part]; i++, p++)
+		{
+			if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+				return false;
+			if (*p != '0')
+				all_zero = false;
+		}
+		if ((part == 1 || part == 2) && all_zero)
+			return false;
+		if (part < 3 && *p++ != '-')
+			return false;
+	}
+	/* version ff is forbidden by the spec */
+	return *p == '\0' && strncmp(tp, "ff", 2) != 0;
+}
+
+static char *
+new_traceparent(void)
+{
+	uint8		bytes[24];
+	char		hex[49];
+
+	if (!pg_strong_random(bytes, sizeof(bytes)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random trace id")));
+	for (int i = 0; i < 24; i++)
+		sprintf(hex + 2 * i, "%02x", bytes[i]);
+	/* an all-zero id is invalid; 2^-64 odds, but cheap to rule out */
+	hex[47] = '1';
+	return psprintf("00-%.32s-%.16s-01", hex, hex + 32);
+}
+
+/* the saga holding (name, key), or 0 */
+static int64
+find_by_key(const char *name, const char *key)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	int			rc;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(key);
+	rc = SPI_execute_plan(SagaPrepare(&plan_find_key,
+									  "SELECT id FROM saga.sagas WHERE name = $1 "
+									  "AND idempotency_key = $2",
+									  2, types),
+						  values, NULL, false, 1);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "finding an idempotency key");
+	if (SPI_processed == 0)
+		return 0;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+int64
+SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
+		  const char *idempotency_key, const char *traceparent)
+{
+	SagaState  *st;
+	bool		isnull;
+	int			rc;
+
+	if (traceparent != NULL && !valid_traceparent(traceparent))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid traceparent \"%s\"", traceparent),
+				 errhint("A W3C traceparent looks like 00-<32 hex digits>-<16 hex digits>-<2 hex digits>, in lower case.")));
+
+	if (idempotency_key != NULL)
+	{
+		int64		existing = find_by_key(def->name, idempotency_key);
+
+		if (existing != 0)
+			return existing;
+	}
+
+	rc = SPI_execute_plan(SagaPrepare(&plan_nextval,
+									  "SELECT pg_catalog.nextval('saga.sagas_id_seq')", 0, NULL),
+						  NULL, NULL, false, 1);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "allocating a saga id");
+
+	st = palloc0(sizeof(SagaState));
+	st->id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	st->def = def;
+	st->status = SAGA_RUNNING;
+	st->step_status = palloc0(sizeof(int16) * def->nsteps);
+	st->attempts = palloc0(sizeof(int32) * def->nsteps);
+	st->input = input;
+	st->results = empty_object();
+	st->errors = st->results;
+	st->correlation_id = correlation_id ? pstrdup(correlation_id) : NULL;
+	st->idempotency_key = idempotency_key ? pstrdup(idempotency_key) : NULL;
+	st->traceparent = traceparent ? pstrdup(traceparent) : new_traceparent();
+	st->is_new = true;
+
+	/*
+	 * With a key, take it before any step runs: a concurrent start with the
+	 * same key waits on our insert, then finds our saga.
+	 */
+	if (idempotency_key != NULL && !save_saga(st))
+	{
+		int64		existing = find_by_key(def->name, idempotency_key);
+
+		if (existing == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to a concurrent saga.start with idempotency key \"%s\"",
+							idempotency_key)));
+		return existing;
+	}
+
+	add_event(st, "started", -1, NULL);
+	advance(st);
+	save_saga(st);
+	return st->id;
+}
+
+typedef struct TaskRow
+{
+	int64		saga_id;
+	int32		attempt;
+	int32		deliveries;
+	bool		leased;
+	bool		backing_off;	/* waiting out a retry delay */
+} TaskRow;
+
+static bool
+lock_task(int64 task_id, TaskRow *row)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(task_id)};
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	int			rc;
+
+	rc = SPI_execute_plan(SagaPrepare(&plan_task,
+									  "SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
+									  "lease_owner IS NULL AND attempt > 1 "
+									  "AND visible_at > pg_catalog.clock_timestamp() "
+									  "FROM saga.outbox WHERE id = $1 FOR UPDATE",
+									  1, argtypes),
+						  values, NULL, false, 1);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "locking a task");
+	if (SPI_processed == 0)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	d = SPI_getbinval(tup, desc, 1, &isnull);
+	row->saga_id = isnull ? -1 : DatumGetInt64(d);
+	row->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+	row->deliveries = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	row->leased = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+	row->backing_off = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+	return true;
+}
+
+static void pg_attribute_noreturn()
+task_not_found(int64 task_id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("task %lld does not exist", (long long) task_id)));
+}
+
+static void pg_attribute_noreturn()
+task_finished(SagaState *st, int64 task_id, int step)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("task %lld has already finished", (long long) task_id),
+			 errdetail("Step \"%s\" of saga %lld is %s; a different report for it is refused.",
+					   st->def->steps[step].name, (long long) st->id,
+					   step_status_names[st->step_status[step]])));
+}
+
+/* the report of a compensation task that is still in the outbox */
+static void
+report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
+					bool retryable, int attempt)
+{
+	int64		task = SAGA_TASK_ID(st->id, step, true);
+
+	if (success)
+	{
+		delete_task(st, task);
+		st->step_status[step] = STEP_COMPENSATED;
+		add_event(st, "compensated", step, NULL);
+		compensate(st);
+	}
+	else if (retryable)
+	{
+		/* compensations retry until they succeed: the delay is capped, not the count */
+		int64		delay = SagaBackoffDelay(&st->def->steps[step].retry, attempt);
+		JsonbParseState *ps = NULL;
+
+		st->errors = jsonb_put(st->errors, st->def->steps[step].name, payload);
+		SagaOutboxRetryLater(task, attempt + 1, delay);
+		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+		jb_int(&ps, "attempt", attempt);
+		jb_int(&ps, "delay_ms", delay / 1000);
+		jb_jsonb(&ps, "error", payload);
+		add_event(st, "compensation_retry_scheduled", step, jb_finish(&ps));
+	}
+	else
+	{
+		JsonbParseState *ps = NULL;
+
+		delete_task(st, task);
+		st->errors = jsonb_put(st->errors, st->def->steps[step].name, payload);
+		add_event(st, "compensation_failed", step, payload);
+		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+		jb_str(&ps, "step", st->def->steps[step].name);
+		jb_jsonb(&ps, "error", payload);
+		st->incident = jb_finish(&ps);
+		set_saga_status(st, SAGA_FAILED);
+	}
+}
+
+/* the report of an action task that is still in the outbox */
+static void
+report_action(SagaState *st, int step, bool success, Jsonb *payload,
+			  bool retryable, int attempt)
+{
+	int64		task = SAGA_TASK_ID(st->id, step, false);
+	bool		running = strcmp(st->status, SAGA_RUNNING) == 0;
+
+	st->attempts[step] = attempt;
+	if (success)
+	{
+		delete_task(st, task);
+		step_succeeded(st, step, payload);
+		if (running)
+			advance(st);
+		else
+			compensate(st);		/* a late report: its effect is undone too */
+	}
+	else if (running && (st->pivoted ||
+						 (retryable && attempt < st->def->steps[step].retry.max_attempts)))
+		retry_forward(st, step, attempt, payload, true);
+	else
+	{
+		delete_task(st, task);
+		step_failed(st, step, payload);
+		if (running)
+			begin_compensation(st);
+		else
+			compensate(st);
+	}
+}
+
+/*
+ * A report for a task that is no longer in the outbox: a repeat of the
+ * report that finished it, or the late report of a withdrawn step.
+ */
+static bool
+report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, Jsonb *payload)
+{
+	const char *name = st->def->steps[step].name;
+	int16		cur = st->step_status[step];
+
+	if (comp)
+	{
+		if (cur == STEP_COMPENSATED && success)
+			return false;
+		if (cur == STEP_COMPENSATING && !success && st->incident != NULL &&
+			jsonb_same(jsonb_get(st->incident, "error"), payload))
+			return false;
+		if (cur != STEP_COMPENSATING && cur != STEP_COMPENSATED)
+			task_not_found(task_id);
+		task_finished(st, task_id, step);
+	}
+
+	switch (cur)
+	{
+		case STEP_SUCCEEDED:
+		case STEP_COMPENSATING:
+		case STEP_COMPENSATED:
+			if (success && jsonb_same(jsonb_get(st->results, name), payload))
+				return false;
+			task_finished(st, task_id, step);
+		case STEP_FAILED:
+			if (!success && jsonb_same(jsonb_get(st->errors, name), payload))
+				return false;
+			task_finished(st, task_id, step);
+		case STEP_IN_DOUBT:
+			if (success)
+				step_succeeded(st, step, payload);
+			else
+				step_failed(st, step, payload);
+			compensate(st);
+			return true;
+		case STEP_SKIPPED:
+			if (st->attempts[step] == 0)
+				task_not_found(task_id);	/* never dispatched */
+			/* withdrawn unseen, yet somebody worked on it: record what happened */
+			if (!success)
+			{
+				st->errors = jsonb_put(st->errors, name, payload);
+				add_event(st, "late_failure", step, payload);
+				return true;
+			}
+			step_succeeded(st, step, payload);
+			if (strcmp(st->status, SAGA_COMPENSATED) == 0 ||
+				strcmp(st->status, SAGA_CANCELLED) == 0)
+				set_saga_status(st, SAGA_COMPENSATING);
+			compensate(st);
+			return true;
+		default:
+			task_not_found(task_id);
+	}
+}
+
+bool
+SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
+		   bool has_lease, int32 lease)
+{
+	int			step = SAGA_TASK_STEP(task_id);
+	bool		comp = SAGA_TASK_IS_COMP(task_id);
+	TaskRow		row = {0};
+	bool		have_row;
+	SagaState  *st;
+	bool		recorded = true;
+
+	if (task_id <= 0)
+		task_not_found(task_id);
+
+	/* the task row first, then the saga: the order every path takes */
+	have_row = lock_task(task_id, &row);
+	if (have_row && row.saga_id != SAGA_TASK_SAGA(task_id))
+		task_not_found(task_id);
+	st = load_saga(SAGA_TASK_SAGA(task_id));
+	if (st == NULL || step >= st->def->nsteps)
+		task_not_found(task_id);
+
+	if (have_row)
+	{
+		Jsonb	   *last = jsonb_get(st->errors, st->def->steps[step].name);
+
+		if (has_lease && lease != row.deliveries)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("lease %d of task %lld is no longer held", lease, (long long) task_id),
+					 lease < row.deliveries
+					 ? errdetail("The task has been delivered again since (delivery %d); a report under an earlier lease is refused.",
+								 row.deliveries)
+					 : errdetail("The task has been delivered %d times.", row.deliveries)));
+		if (has_lease && !row.leased)
+		{
+			/* this delivery already ended in a retryable failure */
+			if (!success && jsonb_same(last, payload))
+				return false;
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("lease %d of task %lld has already been reported", lease, (long long) task_id),
+					 errdetail("The delivery failed and waits for its retry.")));
+		}
+		if (!has_lease && !success && row.backing_off && jsonb_same(last, payload))
+			return false;
+
+		if (comp)
+			report_compensation(st, step, success, payload, retryable, row.attempt);
+		else
+			report_action(st, step, success, payload, retryable, row.attempt);
+	}
+	else
+		recorded = report_absent(st, task_id, step, comp, success, payload);
+
+	if (recorded)
+		save_saga(st);
+	return recorded;
+}
+
+/* a task's lease lapsed once too often, or its timeout passed */
+void
+SagaExhaustTask(int64 task_id, const char *why)
+{
+	(void) SagaReport(task_id, false, jsonb_reason(why), false, false, 0);
+}
+
+void
+SagaCancel(int64 saga_id, const char *reason)
+{
+	SagaState  *st = load_saga(saga_id);
+	JsonbParseState *ps = NULL;
+
+	if (st == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("saga %lld does not exist", (long long) saga_id)));
+	if (strcmp(st->status, SAGA_COMPENSATING) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("saga %lld is already compensating", (long long) saga_id)));
+	if (strcmp(st->status, SAGA_RUNNING) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("saga %lld has already finished", (long long) saga_id),
+				 errdetail("Its status is \"%s\".", st->status)));
+	if (st->pivoted)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("saga %lld cannot be cancelled", (long long) saga_id),
+				 errdetail("It has passed its pivot step and can only move forward.")));
+
+	st->cancel_requested = true;
+	st->cancel_reason = reason ? pstrdup(reason) : NULL;
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_str(&ps, "reason", reason);
+	add_event(st, "cancel_requested", -1, jb_finish(&ps));
+	begin_compensation(st);
+	save_saga(st);
+}
+
+/* the ids of the saga's tasks that are in the outbox */
+static int
+saga_tasks(int64 saga_id, int64 *out)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2] = {Int64GetDatum(SAGA_TASK_ID(saga_id, 0, false)),
+	Int64GetDatum(SAGA_TASK_ID(saga_id + 1, 0, false))};
+	int			rc;
+	bool		isnull;
+
+	rc = SPI_execute_plan(SagaPrepare(&plan_saga_tasks,
+									  "SELECT id FROM saga.outbox WHERE id >= $1 AND id < $2",
+									  2, types),
+						  values, NULL, false, 0);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "listing a saga's tasks");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		out[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	return (int) SPI_processed;
+}
+
+void
+SagaRetryFailed(int64 saga_id)
+{
+	SagaState  *st = load_saga(saga_id);
+
+	if (st == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("saga %lld does not exist", (long long) saga_id)));
+	if (strcmp(st->status, SAGA_FAILED) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("saga %lld has not failed", (long long) saga_id),
+				 errdetail("Its status is \"%s\".", st->status),
+				 errhint("saga.retry resumes a saga listed in saga.incidents.")));
+
+	st->incident = NULL;
+	add_event(st, "retried", -1, NULL);
+	if (st->pivoted)
+	{
+		/* a synchronous SQL step failed after the pivot: run forward again */
+		for (int i = 0; i < st->def->nsteps; i++)
+			if (st->step_status[i] == STEP_FAILED)
+				st->step_status[i] = STEP_PENDING;
+		set_saga_status(st, SAGA_RUNNING);
+		advance(st);
+	}
+	else
+	{
+		int64	   *present = palloc(sizeof(int64) * st->def->nsteps * 2);
+		int			npresent = saga_tasks(saga_id, present);
+
+		set_saga_status(st, SAGA_COMPENSATING);
+		for (int i = 0; i < st->def->nsteps; i++)
+		{
+			bool		queued = false;
+
+			if (st->step_status[i] != STEP_COMPENSATING)
+				continue;
+			for (int k = 0; k < npresent; k++)
+				if (present[k] == SAGA_TASK_ID(saga_id, i, true))
+					queued = true;
+			if (queued)
+				continue;
+			if (st->def->steps[i].compensate.topic != NULL)
+			{
+				enqueue(st, i, true);
+				add_event(st, "compensation_dispatched", i, NULL);
+			}
+			else
+				st->step_status[i] = STEP_SUCCEEDED;	/* compensate() runs it again */
+		}
+		compensate(st);
+	}
+	save_saga(st);
+}

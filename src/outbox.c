@@ -1,0 +1,435 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.c
+ *	  The outbox: writing and withdrawing tasks, the leased claim, heartbeats
+ *	  and the LISTEN/NOTIFY wake-up.
+ *
+ * A task is one row that lives from its first dispatch to its final report;
+ * retries move its visible_at forward instead of writing a new row.  A
+ * lease is a delivery: claim moves visible_at to the lease's end and counts
+ * the delivery, and that count is the fencing token a report must quote.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "saga.h"
+
+#define SAGA_MAX_CLAIM 1000
+
+static SPIPlanPtr plan_insert = NULL;
+static SPIPlanPtr plan_delete = NULL;
+static SPIPlanPtr plan_withdraw = NULL;
+static SPIPlanPtr plan_retry = NULL;
+static SPIPlanPtr plan_candidates = NULL;
+static SPIPlanPtr plan_lease = NULL;
+static SPIPlanPtr plan_heartbeat = NULL;
+
+PG_FUNCTION_INFO_V1(saga_claim);
+PG_FUNCTION_INFO_V1(saga_heartbeat);
+
+/*
+ * Wake LISTEN saga_<topic>.  The server folds identical notifications of one
+ * transaction into one, so this is at most one per topic per transaction.
+ */
+void
+SagaNotifyTopic(const char *topic)
+{
+	char		channel[NAMEDATALEN];
+
+	snprintf(channel, sizeof(channel), "saga_%s", topic);
+	Async_Notify(channel, NULL);
+}
+
+static Datum
+interval_datum(int64 usecs)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = usecs;
+	return IntervalPGetDatum(iv);
+}
+
+void
+SagaOutboxInsert(int64 saga_id, Jsonb *input, Jsonb *results,
+				 const char *correlation_id, const char *traceparent,
+				 SagaNewTask *tasks, int ntasks)
+{
+	Oid			types[12] = {INT8OID, JSONBOID, JSONBOID, TEXTOID, TIMESTAMPTZOID,
+		INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+	INTERVALARRAYOID, TEXTOID};
+	Datum		values[12];
+	char		nulls[13] = "            ";
+	Datum	   *ids = palloc(sizeof(Datum) * ntasks);
+	Datum	   *topics = palloc(sizeof(Datum) * ntasks);
+	Datum	   *kinds = palloc(sizeof(Datum) * ntasks);
+	Datum	   *steps = palloc(sizeof(Datum) * ntasks);
+	Datum	   *maxes = palloc(sizeof(Datum) * ntasks);
+	Datum	   *timeouts = palloc(sizeof(Datum) * ntasks);
+	int			rc;
+
+	for (int i = 0; i < ntasks; i++)
+	{
+		ids[i] = Int64GetDatum(tasks[i].id);
+		topics[i] = CStringGetTextDatum(tasks[i].topic);
+		kinds[i] = CStringGetTextDatum(tasks[i].kind);
+		steps[i] = CStringGetTextDatum(tasks[i].step);
+		maxes[i] = Int32GetDatum(tasks[i].max_attempts);
+		timeouts[i] = interval_datum(tasks[i].timeout);
+	}
+
+	values[0] = Int64GetDatum(saga_id);
+	values[1] = JsonbPGetDatum(input);
+	values[2] = JsonbPGetDatum(results);
+	values[3] = correlation_id ? CStringGetTextDatum(correlation_id) : (Datum) 0;
+	nulls[3] = correlation_id ? ' ' : 'n';
+	/* a new row is visible from the clock time it is written (DESIGN.md) */
+	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[5] = PointerGetDatum(construct_array(ids, ntasks, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	values[6] = PointerGetDatum(construct_array(topics, ntasks, TEXTOID, -1, false, TYPALIGN_INT));
+	values[7] = PointerGetDatum(construct_array(kinds, ntasks, TEXTOID, -1, false, TYPALIGN_INT));
+	values[8] = PointerGetDatum(construct_array(steps, ntasks, TEXTOID, -1, false, TYPALIGN_INT));
+	values[9] = PointerGetDatum(construct_array(maxes, ntasks, INT4OID, 4, true, TYPALIGN_INT));
+	values[10] = PointerGetDatum(construct_array(timeouts, ntasks, INTERVALOID, 16, false,
+												 TYPALIGN_DOUBLE));
+	values[11] = CStringGetTextDatum(traceparent);
+
+	/*
+	 * The idempotency key names the step and kind, so a compensation can
+	 * compute the key its action was sent with.  Each task is a span of the
+	 * saga's trace, its parent id derived from the task id.
+	 */
+	rc = SPI_execute_plan(SagaPrepare(&plan_insert,
+									  "INSERT INTO saga.outbox (id, topic, kind, saga_id, step, attempt, "
+									  "max_attempts, payload, headers, visible_at, created_at, timeout_at) "
+									  "SELECT t.id, t.topic, t.kind, $1, t.step, 1, NULLIF(t.max_attempts, 0), "
+									  "pg_catalog.jsonb_build_object('input', $2, 'results', $3), "
+									  "pg_catalog.jsonb_build_object('saga_id', $1, 'step', t.step, "
+									  "'kind', t.kind, 'attempt', 1, "
+									  "'idempotency_key', $1::text || '/' || t.step || '/' || t.kind, "
+									  "'correlation_id', $4, "
+									  "'traceparent', pg_catalog.substr($12, 1, 36) "
+									  "|| pg_catalog.lpad(pg_catalog.to_hex(t.id), 16, '0') || '-01'), "
+									  "$5, $5, "
+									  "CASE WHEN t.timeout > interval '0' THEN $5 + t.timeout END "
+									  "FROM ROWS FROM (pg_catalog.unnest($6::bigint[]), pg_catalog.unnest($7::text[]), "
+									  "pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::text[]), "
+									  "pg_catalog.unnest($10::integer[]), pg_catalog.unnest($11::interval[])) "
+									  "AS t(id, topic, kind, step, max_attempts, timeout)",
+									  12, types),
+						  values, nulls, false, 0);
+	SagaSpiCheck(rc, SPI_OK_INSERT, "enqueueing tasks");
+
+	for (int i = 0; i < ntasks; i++)
+		SagaNotifyTopic(tasks[i].topic);
+}
+
+void
+SagaOutboxDelete(int64 task_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(task_id)};
+	int			rc;
+
+	rc = SPI_execute_plan(SagaPrepare(&plan_delete,
+									  "DELETE FROM saga.outbox WHERE id = $1", 1, types),
+						  values, NULL, false, 0);
+	SagaSpiCheck(rc, SPI_OK_DELETE, "removing a finished task");
+}
+
+/*
+ * Delete the given tasks where no other transaction holds them.  A task
+ * locked by a poller is being worked on: waiting for it could deadlock
+ * (the poller will want the saga row we hold), so it stays.  Returns how
+ * many were deleted, with their ids and delivery counts.
+ */
+int
+SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *deliveries)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum	   *d = palloc(sizeof(Datum) * nids);
+	Datum		values[1];
+	bool		isnull;
+	int			rc;
+
+	for (int i = 0; i < nids; i++)
+		d[i] = Int64GetDatum(ids[i]);
+	values[0] = PointerGetDatum(construct_array(d, nids, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	rc = SPI_execute_plan(SagaPrepare(&plan_withdraw,
+									  "DELETE FROM saga.outbox WHERE id IN "
+									  "(SELECT id FROM saga.outbox WHERE id = ANY($1) "
+									  "FOR UPDATE SKIP LOCKED) RETURNING id, deliveries",
+									  1, types),
+						  values, NULL, false, 0);
+	SagaSpiCheck(rc, SPI_OK_DELETE_RETURNING, "withdrawing tasks");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		withdrawn[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		deliveries[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	return (int) SPI_processed;
+}
+
+/* make a task visible again after a delay; its lease, if any, ends */
+void
+SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us)
+{
+	Oid			types[3] = {INT8OID, INT4OID, INTERVALOID};
+	Datum		values[3];
+	int			rc;
+
+	values[0] = Int64GetDatum(task_id);
+	values[1] = Int32GetDatum(attempt);
+	values[2] = interval_datum(delay_us);
+	rc = SPI_execute_plan(SagaPrepare(&plan_retry,
+									  "UPDATE saga.outbox SET attempt = $2, lease_owner = NULL, "
+									  "visible_at = pg_catalog.clock_timestamp() + $3, "
+									  "headers = headers || pg_catalog.jsonb_build_object('attempt', $2) "
+									  "WHERE id = $1",
+									  3, types),
+						  values, NULL, false, 0);
+	SagaSpiCheck(rc, SPI_OK_UPDATE, "scheduling a retry");
+}
+
+static int64
+interval_usecs(Interval *iv)
+{
+	return iv->time + (int64) iv->day * USECS_PER_DAY +
+		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+}
+
+/*
+ * saga.claim(topic, worker, max_tasks, lease): lease up to max_tasks visible
+ * tasks, oldest first.  A task whose previous lease lapsed counts an attempt;
+ * one with no attempts left, or past its timeout, fails here instead of
+ * being handed out.
+ */
+Datum
+saga_claim(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *topic;
+	char	   *worker;
+	int32		max_tasks;
+	Interval   *lease;
+	SagaUserSave save;
+	TimestampTz now;
+	int			rc;
+	int64	   *deliver;
+	int			ndeliver = 0;
+	int			nexpired = 0;
+	int64	   *expired;
+	const char **why;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("saga.claim arguments must not be null")));
+	topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	worker = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	max_tasks = PG_GETARG_INT32(2);
+	lease = PG_GETARG_INTERVAL_P(3);
+
+	if (!SagaValidTopic(topic))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid topic \"%s\"", topic),
+				 errhint("A topic matches ^[a-z][a-z0-9_]{0,47}$.")));
+	if (worker[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("worker name must not be empty")));
+	if (max_tasks < 1 || max_tasks > SAGA_MAX_CLAIM)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_tasks must be between 1 and %d", SAGA_MAX_CLAIM),
+				 errdetail("The value given was %d.", max_tasks)));
+	if (interval_usecs(lease) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lease must be a positive interval")));
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	SagaBecomeOwner(&save);
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+
+	now = GetCurrentTimestamp();
+	{
+		Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, INT4OID};
+		Datum		values[3] = {CStringGetTextDatum(topic), TimestampTzGetDatum(now),
+		Int32GetDatum(max_tasks)};
+
+		rc = SPI_execute_plan(SagaPrepare(&plan_candidates,
+										  "SELECT id, lease_owner IS NOT NULL "
+										  "AND attempt >= COALESCE(max_attempts, 2147483647), "
+										  "timeout_at <= $2 "
+										  "FROM saga.outbox WHERE topic = $1 AND visible_at <= $2 "
+										  "ORDER BY visible_at, id LIMIT $3 FOR UPDATE SKIP LOCKED",
+										  3, types),
+							  values, NULL, false, 0);
+		SagaSpiCheck(rc, SPI_OK_SELECT, "finding tasks to claim");
+	}
+
+	deliver = palloc(sizeof(int64) * (SPI_processed + 1));
+	expired = palloc(sizeof(int64) * (SPI_processed + 1));
+	why = palloc(sizeof(char *) * (SPI_processed + 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+		bool		exhausted = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		Datum		timed_out = SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull);
+
+		if (!isnull && DatumGetBool(timed_out))
+		{
+			expired[nexpired] = id;
+			why[nexpired++] = "timeout";
+		}
+		else if (exhausted)
+		{
+			expired[nexpired] = id;
+			why[nexpired++] = "attempts exhausted: lease expired";
+		}
+		else
+			deliver[ndeliver++] = id;
+	}
+
+	/* failures first: they may withdraw sibling tasks we were about to hand out */
+	for (int i = 0; i < nexpired; i++)
+		SagaExhaustTask(expired[i], why[i]);
+
+	if (ndeliver > 0)
+	{
+		Oid			types[4] = {INT8ARRAYOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID};
+		Datum		values[4];
+		Datum	   *d = palloc(sizeof(Datum) * ndeliver);
+
+		for (int i = 0; i < ndeliver; i++)
+			d[i] = Int64GetDatum(deliver[i]);
+		values[0] = PointerGetDatum(construct_array(d, ndeliver, INT8OID, 8, true, TYPALIGN_DOUBLE));
+		values[1] = CStringGetTextDatum(worker);
+		values[2] = IntervalPGetDatum(lease);
+		values[3] = TimestampTzGetDatum(now);
+
+		/* a lease that lapsed without a report was an attempt */
+		rc = SPI_execute_plan(SagaPrepare(&plan_lease,
+										  "UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
+										  "lease_owner = $2, lease_length = $3, visible_at = $4 + $3, "
+										  "attempt = o.attempt + (o.lease_owner IS NOT NULL)::integer, "
+										  "headers = CASE WHEN o.lease_owner IS NOT NULL THEN o.headers || "
+										  "pg_catalog.jsonb_build_object('attempt', o.attempt + 1) "
+										  "ELSE o.headers END "
+										  "WHERE o.id = ANY($1) "
+										  "RETURNING o.id, o.topic, o.kind, o.saga_id, o.step, o.attempt, "
+										  "o.deliveries, o.payload, o.headers, o.visible_at",
+										  4, types),
+							  values, NULL, false, 0);
+		SagaSpiCheck(rc, SPI_OK_UPDATE_RETURNING, "leasing tasks");
+
+		/* hand them out in the order they were found: oldest first */
+		for (int i = 0; i < ndeliver; i++)
+			for (uint64 r = 0; r < SPI_processed; r++)
+			{
+				bool		isnull;
+				HeapTuple	tup = SPI_tuptable->vals[r];
+				Datum		values_out[10];
+				bool		nulls_out[10];
+				MemoryContext old;
+
+				if (DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)) != deliver[i])
+					continue;
+				for (int c = 0; c < 10; c++)
+					values_out[c] = SPI_getbinval(tup, SPI_tuptable->tupdesc, c + 1, &nulls_out[c]);
+				old = MemoryContextSwitchTo(caller_cxt);
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values_out, nulls_out);
+				MemoryContextSwitchTo(old);
+			}
+	}
+
+	SPI_finish();
+	SagaRestoreUser(&save);
+	return (Datum) 0;
+}
+
+/* saga.heartbeat(task_id, lease, extend): keep a lease; returns its new end */
+Datum
+saga_heartbeat(PG_FUNCTION_ARGS)
+{
+	int64		task_id;
+	int32		lease;
+	SagaUserSave save;
+	int			rc;
+	bool		isnull;
+	TimestampTz until;
+	Oid			types[4] = {INT8OID, INT4OID, INTERVALOID, TIMESTAMPTZOID};
+	Datum		values[4];
+	char		nulls[4] = "    ";
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task_id and lease must not be null")));
+	task_id = PG_GETARG_INT64(0);
+	lease = PG_GETARG_INT32(1);
+	if (!PG_ARGISNULL(2) && interval_usecs(PG_GETARG_INTERVAL_P(2)) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("extend must be a positive interval")));
+
+	SagaBecomeOwner(&save);
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+
+	values[0] = Int64GetDatum(task_id);
+	values[1] = Int32GetDatum(lease);
+	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
+	rc = SPI_execute_plan(SagaPrepare(&plan_heartbeat,
+									  "WITH t AS (SELECT id, deliveries, lease_owner IS NOT NULL AS leased "
+									  "FROM saga.outbox WHERE id = $1 FOR UPDATE), "
+									  "u AS (UPDATE saga.outbox o SET visible_at = $4 + COALESCE($3, o.lease_length) "
+									  "FROM t WHERE o.id = t.id AND t.deliveries = $2 AND t.leased "
+									  "RETURNING o.visible_at) "
+									  "SELECT t.deliveries, t.leased, (SELECT visible_at FROM u) FROM t",
+									  4, types),
+						  values, nulls, false, 0);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "extending a lease");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("task %lld is not leased", (long long) task_id),
+				 errdetail("It is not in the outbox: it has finished, been withdrawn, or never existed.")));
+	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	if (isnull)
+	{
+		int32		deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+															 SPI_tuptable->tupdesc, 1, &isnull));
+
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lease %d of task %lld is no longer held", lease, (long long) task_id),
+				 deliveries != lease
+				 ? errdetail("The task's current delivery is %d.", deliveries)
+				 : errdetail("The delivery has already been reported.")));
+	}
+
+	SPI_finish();
+	SagaRestoreUser(&save);
+	PG_RETURN_TIMESTAMPTZ(until);
+}

@@ -1,0 +1,147 @@
+/*-------------------------------------------------------------------------
+ *
+ * saga.h
+ *	  Declarations shared by the subsystems of the saga extension.
+ *
+ * Subsystems: saga.c (module init, GUCs, running as the engine's role),
+ * definition.c (parsing, validation and caching of definitions),
+ * engine.c (the state machine of one saga instance), outbox.c (tasks,
+ * claims and wake-ups) and api.c (the SQL-callable entry points).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SAGA_H
+#define SAGA_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "utils/jsonb.h"
+
+/*
+ * Task ids encode their saga, step and kind, so a task keeps its id across
+ * retries and a late report finds its saga without an index on the task.
+ */
+#define SAGA_MAX_STEPS			512
+#define SAGA_TASK_ID(saga_id, step, comp) \
+	(((int64) (saga_id) << 10) | ((int64) (step) << 1) | ((comp) ? 1 : 0))
+#define SAGA_TASK_SAGA(task_id)	((int64) (task_id) >> 10)
+#define SAGA_TASK_STEP(task_id)	((int) (((task_id) >> 1) & 0x1FF))
+#define SAGA_TASK_IS_COMP(task_id) (((task_id) & 1) != 0)
+
+/* step_status codes, as stored in saga.sagas.step_status */
+typedef enum SagaStepStatus
+{
+	STEP_PENDING = 0,
+	STEP_READY = 1,				/* task in the outbox */
+	STEP_IN_DOUBT = 2,			/* withdrawn while delivered: awaits its report */
+	STEP_SUCCEEDED = 3,
+	STEP_FAILED = 4,
+	STEP_COMPENSATING = 5,		/* compensation task in the outbox */
+	STEP_COMPENSATED = 6,
+	STEP_SKIPPED = 7
+} SagaStepStatus;
+
+/* saga statuses */
+#define SAGA_RUNNING		"running"
+#define SAGA_COMPLETED		"completed"
+#define SAGA_COMPENSATING	"compensating"
+#define SAGA_COMPENSATED	"compensated"
+#define SAGA_FAILED			"failed"
+#define SAGA_CANCELLED		"cancelled"
+
+typedef struct SagaRetry
+{
+	int			max_attempts;
+	int64		initial_delay;	/* microseconds */
+	double		backoff;
+	int64		max_delay;		/* microseconds */
+	bool		jitter;
+} SagaRetry;
+
+/* one side of a step: its action or its compensation */
+typedef struct SagaAction
+{
+	char	   *topic;			/* dispatched through the outbox, or */
+	char	   *sql;			/* run in-database: "schema.fn" */
+	Oid			fn;				/* resolved fn(jsonb) */
+} SagaAction;
+
+typedef struct SagaStepDef
+{
+	char	   *name;
+	SagaAction	action;
+	SagaAction	compensate;		/* both NULL: nothing to undo */
+	int			nafter;
+	int		   *after;			/* indexes of the steps this one waits for */
+	int			ndependents;
+	int		   *dependents;		/* indexes of the steps that wait for this */
+	SagaRetry	retry;
+	int64		timeout;		/* microseconds, 0 = none */
+	bool		pivot;
+} SagaStepDef;
+
+typedef struct SagaDef
+{
+	int32		id;
+	char	   *name;
+	int32		version;
+	Oid			owner;			/* role that defined it: runs its SQL steps */
+	int			nsteps;
+	SagaStepDef *steps;
+	int64		deadline;		/* microseconds, 0 = none */
+} SagaDef;
+
+/* saga.c */
+typedef struct SagaUserSave
+{
+	Oid			userid;
+	int			sec_context;
+} SagaUserSave;
+
+extern int	saga_max_payload_size;
+
+extern void _PG_init(void);
+extern Oid	SagaBecomeOwner(SagaUserSave *save);
+extern void SagaRestoreUser(SagaUserSave *save);
+extern void SagaCheckPayload(Jsonb *value, const char *what);
+extern void SagaSpiCheck(int rc, int expected, const char *what);
+extern SPIPlanPtr SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
+extern bool SagaValidTopic(const char *topic);
+
+/* definition.c */
+extern SagaDef *SagaDefinitionLoad(int32 def_id);
+extern SagaDef *SagaDefinitionLatest(const char *name);
+
+/* engine.c */
+typedef struct SagaState SagaState;
+
+extern int64 SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
+					   const char *idempotency_key, const char *traceparent);
+extern bool SagaReport(int64 task_id, bool success, Jsonb *payload,
+					   bool retryable, bool has_lease, int32 lease);
+extern void SagaCancel(int64 saga_id, const char *reason);
+extern void SagaRetryFailed(int64 saga_id);
+extern void SagaExhaustTask(int64 task_id, const char *why);
+extern int64 SagaBackoffDelay(const SagaRetry *retry, int attempt);
+
+/* outbox.c */
+typedef struct SagaNewTask
+{
+	int64		id;
+	const char *topic;
+	const char *kind;
+	const char *step;
+	int32		max_attempts;	/* 0 = unlimited */
+	int64		timeout;		/* microseconds, 0 = none */
+} SagaNewTask;
+
+extern void SagaOutboxInsert(int64 saga_id, Jsonb *input, Jsonb *results,
+							 const char *correlation_id, const char *traceparent,
+							 SagaNewTask *tasks, int ntasks);
+extern void SagaOutboxDelete(int64 task_id);
+extern int	SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *deliveries);
+extern void SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us);
+extern void SagaNotifyTopic(const char *topic);
+
+#endif							/* SAGA_H */
