@@ -442,7 +442,14 @@ begin_compensation(SagaState *st)
 		int			step = SAGA_TASK_STEP(st->tasks[t].id);
 
 		if (!SAGA_TASK_IS_COMP(st->tasks[t].id) && st->step_status[step] == STEP_READY)
+		{
+			JsonbParseState *ps = NULL;
+
 			st->step_status[step] = STEP_SKIPPED;
+			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+			jb_str(&ps, "outcome", "skipped");
+			add_event(st, "withdrawn", step, jb_finish(&ps));
+		}
 	}
 	st->ntasks = 0;
 
@@ -860,7 +867,7 @@ save_saga(SagaState *st)
 		values[3] = PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1,
 													   dims, lbs, JSONBOID, -1, false,
 													   TYPALIGN_INT));
-		values[4] = CStringGetTextDatum(GetUserNameFromId(GetOuterUserId(), false));
+		values[4] = CStringGetTextDatum(GetUserNameFromId(saga_caller, false));
 		rc = SPI_execute_plan(SagaPrepare(&plan_history,
 										  "INSERT INTO saga.history (saga_id, at, event, step, actor, detail) "
 										  "SELECT $1, pg_catalog.clock_timestamp(), e.event, e.step, $5, e.detail "

@@ -23,6 +23,9 @@ PG_MODULE_MAGIC;
 
 int			saga_max_payload_size = 1024 * 1024;
 
+/* the role that called the current API function: the actor in history */
+Oid			saga_caller = InvalidOid;
+
 void
 _PG_init(void)
 {
@@ -65,6 +68,7 @@ SagaBecomeOwner(SagaUserSave *save)
 
 	GetUserIdAndSecContext(&save->userid, &save->sec_context);
 	caller = save->userid;
+	saga_caller = caller;
 	SetUserIdAndSecContext(owner, save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	return caller;
 }

@@ -100,6 +100,7 @@ typedef struct SagaUserSave
 } SagaUserSave;
 
 extern int	saga_max_payload_size;
+extern Oid	saga_caller;
 
 extern void _PG_init(void);
 extern Oid	SagaBecomeOwner(SagaUserSave *save);
