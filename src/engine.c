@@ -1274,6 +1274,45 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 	return recorded;
 }
 
+/*
+ * A withdrawn task came back to the outbox's surface: the poller that held
+ * it when its saga stopped running rolled back, or its lease lapsed without
+ * a report.  Never delivered: nothing happened, skip it.  Delivered: the
+ * worker may have acted and vanished, so its effect is compensated in doubt
+ * (compensations must tolerate an action that did not happen).
+ */
+void
+SagaSettleWithdrawn(int64 task_id)
+{
+	int			step = SAGA_TASK_STEP(task_id);
+	TaskRow		row = {0};
+	SagaState  *st;
+	JsonbParseState *ps = NULL;
+
+	if (!lock_task(task_id, &row))
+		return;
+	st = load_saga(SAGA_TASK_SAGA(task_id));
+	if (st == NULL || step >= st->def->nsteps || strcmp(st->status, SAGA_RUNNING) == 0)
+		return;
+
+	delete_task(st, task_id);
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	if (row.deliveries == 0)
+	{
+		st->step_status[step] = STEP_SKIPPED;
+		jb_str(&ps, "outcome", "skipped");
+	}
+	else
+	{
+		/* compensate() treats it as having taken effect */
+		st->step_status[step] = STEP_SUCCEEDED;
+		jb_str(&ps, "outcome", "lease lapsed without a report: compensated in doubt");
+	}
+	add_event(st, "withdrawn", step, jb_finish(&ps));
+	compensate(st);
+	save_saga(st);
+}
+
 /* a task's lease lapsed once too often, or its timeout passed */
 void
 SagaExhaustTask(int64 task_id, const char *why)

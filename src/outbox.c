@@ -213,7 +213,8 @@ interval_usecs(Interval *iv)
  * saga.claim(topic, worker, max_tasks, lease): lease up to max_tasks visible
  * tasks, oldest first.  A task whose previous lease lapsed counts an attempt;
  * one with no attempts left, or past its timeout, fails here instead of
- * being handed out.
+ * being handed out, and an action whose saga has stopped running (withdrawn
+ * while someone held it) is settled rather than delivered.
  */
 Datum
 saga_claim(PG_FUNCTION_ARGS)
@@ -274,11 +275,13 @@ saga_claim(PG_FUNCTION_ARGS)
 		Int32GetDatum(max_tasks)};
 
 		rc = SPI_execute_plan(SagaPrepare(&plan_candidates,
-										  "SELECT id, lease_owner IS NOT NULL "
-										  "AND attempt >= COALESCE(max_attempts, 2147483647), "
-										  "timeout_at <= $2 "
-										  "FROM saga.outbox WHERE topic = $1 AND visible_at <= $2 "
-										  "ORDER BY visible_at, id LIMIT $3 FOR UPDATE SKIP LOCKED",
+										  "SELECT o.id, o.lease_owner IS NOT NULL "
+										  "AND o.attempt >= COALESCE(o.max_attempts, 2147483647), "
+										  "o.timeout_at <= $2, "
+										  "o.kind = 'action' AND NOT EXISTS (SELECT FROM saga.sagas s "
+										  "WHERE s.id = o.saga_id AND s.status = 'running') "
+										  "FROM saga.outbox o WHERE o.topic = $1 AND o.visible_at <= $2 "
+										  "ORDER BY o.visible_at, o.id LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
 										  3, types),
 							  values, NULL, false, 0);
 		SagaSpiCheck(rc, SPI_OK_SELECT, "finding tasks to claim");
@@ -294,8 +297,14 @@ saga_claim(PG_FUNCTION_ARGS)
 		int64		id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 		bool		exhausted = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		Datum		timed_out = SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull);
+		bool		withdrawn = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
 
-		if (!isnull && DatumGetBool(timed_out))
+		if (withdrawn)
+		{
+			expired[nexpired] = id;
+			why[nexpired++] = NULL;
+		}
+		else if (!isnull && DatumGetBool(timed_out))
 		{
 			expired[nexpired] = id;
 			why[nexpired++] = "timeout";
@@ -311,7 +320,12 @@ saga_claim(PG_FUNCTION_ARGS)
 
 	/* failures first: they may withdraw sibling tasks we were about to hand out */
 	for (int i = 0; i < nexpired; i++)
-		SagaExhaustTask(expired[i], why[i]);
+	{
+		if (why[i] == NULL)
+			SagaSettleWithdrawn(expired[i]);
+		else
+			SagaExhaustTask(expired[i], why[i]);
+	}
 
 	if (ndeliver > 0)
 	{

@@ -124,6 +124,7 @@ extern bool SagaReport(int64 task_id, bool success, Jsonb *payload,
 extern void SagaCancel(int64 saga_id, const char *reason);
 extern void SagaRetryFailed(int64 saga_id);
 extern void SagaExhaustTask(int64 task_id, const char *why);
+extern void SagaSettleWithdrawn(int64 task_id);
 extern int64 SagaBackoffDelay(const SagaRetry *retry, int attempt);
 
 /* outbox.c */
