@@ -58,7 +58,8 @@ COMMENT ON TABLE saga.definitions IS 'saga definitions, one row per version';
  * serialises concurrent reports for one saga (joins, cancel, late reports).
  * step_status codes: 0 pending, 1 ready, 2 running (in doubt after a
  * withdrawal), 3 succeeded, 4 failed, 5 compensating, 6 compensated,
- * 7 skipped.  Status is not indexed so that transitions stay HOT updates.
+ * 7 skipped.  deliveries holds the lease that last reported each step, so a
+ * report under an older lease is refused even after the task is gone.  Status is not indexed so that transitions stay HOT updates.
  */
 CREATE TABLE saga.sagas (
     id               bigint NOT NULL,
@@ -71,6 +72,7 @@ CREATE TABLE saga.sagas (
     cancel_reason    text,
     step_status      smallint[] NOT NULL,
     attempts         integer[] NOT NULL,
+    deliveries       integer[] NOT NULL,
     input            jsonb NOT NULL,
     results          jsonb NOT NULL DEFAULT '{}',
     errors           jsonb NOT NULL DEFAULT '{}',

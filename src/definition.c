@@ -220,16 +220,14 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
 		FlushErrorState();
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid saga definition \"%s\": invalid interval \"%s\"",
 						p->name, text),
-				 errdetail("The offending value is at %s: %s.", path, edata->message)));
+				 errdetail("The offending value is at %s.", path),
+				 errhint("Write an interval such as \"30 seconds\" or \"5 minutes\".")));
 	}
 	PG_END_TRY();
 
@@ -348,14 +346,19 @@ parse_retry(const DefParse *p, JsonbValue *rv, SagaRetry *r, const char *path)
 			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, kpath,
 					  "\"backoff\" must be between 1 and 100");
 	}
-	if (get_key(obj, "max_delay", &v))
-		r->max_delay = get_interval(p, &v, psprintf("%s.max_delay", path));
 	if (get_key(obj, "jitter", &v))
 		r->jitter = get_bool(p, &v, psprintf("%s.jitter", path));
+	if (get_key(obj, "max_delay", &v))
+	{
+		char	   *kpath = psprintf("%s.max_delay", path);
 
-	if (r->max_delay < r->initial_delay)
-		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
-				  "\"max_delay\" must not be shorter than \"initial_delay\"");
+		r->max_delay = get_interval(p, &v, kpath);
+		if (r->max_delay < r->initial_delay)
+			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, kpath,
+					  "\"max_delay\" must not be shorter than \"initial_delay\"");
+	}
+	else if (r->max_delay < r->initial_delay)
+		r->max_delay = r->initial_delay;	/* the default cap gives way */
 }
 
 static void

@@ -52,6 +52,7 @@ struct SagaState
 	char	   *cancel_reason;
 	int16	   *step_status;
 	int32	   *attempts;
+	int32	   *deliveries;		/* the delivery that last reported each step */
 	Jsonb	   *input;
 	Jsonb	   *results;
 	Jsonb	   *errors;
@@ -470,6 +471,8 @@ begin_compensation(SagaState *st)
 				delivered = deliveries[g];
 			}
 		st->step_status[step] = (deleted && delivered == 0) ? STEP_SKIPPED : STEP_IN_DOUBT;
+		if (deleted)
+			st->deliveries[step] = delivered;
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 		jb_str(&ps, "outcome", st->step_status[step] == STEP_SKIPPED ? "skipped" : "awaiting report");
 		add_event(st, "withdrawn", step, jb_finish(&ps));
@@ -614,6 +617,7 @@ compensate(SagaState *st)
 				{
 					JsonbParseState *ps = NULL;
 
+					st->errors = jsonb_put(st->errors, s->name, out);
 					add_event(st, "compensation_failed", i, out);
 					pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 					jb_str(&ps, "step", s->name);
@@ -696,7 +700,7 @@ load_saga(int64 saga_id)
 	rc = SPI_execute_plan(SagaPrepare(&plan_load,
 									  "SELECT definition_id, status, pivoted, cancel_requested, "
 									  "cancel_reason, step_status, attempts, input, results, errors, "
-									  "incident, correlation_id, traceparent "
+									  "incident, correlation_id, traceparent, deliveries "
 									  "FROM saga.sagas WHERE id = $1 FOR UPDATE",
 									  1, argtypes),
 						  values, NULL, false, 1);
@@ -715,10 +719,13 @@ load_saga(int64 saga_id)
 	st->cancel_reason = getcstring(tup, desc, 5);
 	st->step_status = palloc(sizeof(int16) * st->def->nsteps);
 	st->attempts = palloc(sizeof(int32) * st->def->nsteps);
+	st->deliveries = palloc(sizeof(int32) * st->def->nsteps);
 	array_to_int16(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 6, &isnull)),
 				   st->step_status, st->def->nsteps);
 	array_to_int32(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull)),
 				   st->attempts, st->def->nsteps);
+	array_to_int32(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 14, &isnull)),
+				   st->deliveries, st->def->nsteps);
 	st->input = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 8, &isnull));
 	st->results = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 9, &isnull));
 	st->errors = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 10, &isnull));
@@ -769,11 +776,11 @@ save_saga(SagaState *st)
 
 	if (st->is_new)
 	{
-		Oid			types[15] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, BOOLOID,
+		Oid			types[16] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, BOOLOID,
 			INT2ARRAYOID, INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID,
-		INT8OID};
-		Datum		values[15];
-		char		nulls[16] = "               ";
+		INT8OID, INT4ARRAYOID};
+		Datum		values[16];
+		char		nulls[17] = "                ";
 
 		values[0] = Int64GetDatum(st->id);
 		values[1] = Int32GetDatum(st->def->id);
@@ -790,12 +797,13 @@ save_saga(SagaState *st)
 		values[12] = text_or_null(st->idempotency_key, nulls, 12);
 		values[13] = CStringGetTextDatum(st->traceparent);
 		values[14] = Int64GetDatum(st->def->deadline);
+		values[15] = PointerGetDatum(int32_array(st->deliveries, n));
 		rc = SPI_execute_plan(SagaPrepare(&plan_insert,
 										  "INSERT INTO saga.sagas (id, definition_id, name, version, status, "
 										  "pivoted, step_status, attempts, input, results, errors, "
-										  "correlation_id, idempotency_key, traceparent, started_at, "
+										  "correlation_id, idempotency_key, traceparent, deliveries, started_at, "
 										  "updated_at, finished_at, deadline_at) "
-										  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+										  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16, "
 										  "pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), "
 										  "CASE WHEN $5 IN ('completed', 'compensated', 'cancelled', 'failed') "
 										  "THEN pg_catalog.clock_timestamp() END, "
@@ -803,7 +811,7 @@ save_saga(SagaState *st)
 										  "+ $15::float8 * interval '1 microsecond' END) "
 										  "ON CONFLICT (name, idempotency_key) "
 										  "WHERE idempotency_key IS NOT NULL DO NOTHING",
-										  15, types),
+										  16, types),
 							  values, nulls, false, 0);
 		SagaSpiCheck(rc, SPI_OK_INSERT, "inserting a saga");
 		if (SPI_processed == 0)
@@ -813,9 +821,9 @@ save_saga(SagaState *st)
 	else
 	{
 		Oid			types[12] = {INT8OID, TEXTOID, BOOLOID, BOOLOID, TEXTOID, INT2ARRAYOID,
-		INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, BOOLOID};
-		Datum		values[11];
-		char		nulls[12] = "           ";
+		INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, BOOLOID, INT4ARRAYOID};
+		Datum		values[12];
+		char		nulls[13] = "            ";
 
 		values[0] = Int64GetDatum(st->id);
 		values[1] = CStringGetTextDatum(st->status);
@@ -829,15 +837,16 @@ save_saga(SagaState *st)
 		nulls[9] = st->incident == NULL ? 'n' : ' ';
 		values[9] = st->incident == NULL ? (Datum) 0 : JsonbPGetDatum(st->incident);
 		values[10] = BoolGetDatum(finished);
+		values[11] = PointerGetDatum(int32_array(st->deliveries, n));
 		rc = SPI_execute_plan(SagaPrepare(&plan_update,
 										  "UPDATE saga.sagas SET status = $2, pivoted = $3, "
 										  "cancel_requested = $4, cancel_reason = $5, step_status = $6, "
-										  "attempts = $7, results = $8, errors = $9, incident = $10, "
+										  "attempts = $7, results = $8, errors = $9, incident = $10, deliveries = $12, "
 										  "updated_at = pg_catalog.clock_timestamp(), "
 										  "finished_at = CASE WHEN $11 THEN COALESCE(finished_at, "
 										  "pg_catalog.clock_timestamp()) END "
 										  "WHERE id = $1",
-										  11, types),
+										  12, types),
 							  values, nulls, false, 0);
 		SagaSpiCheck(rc, SPI_OK_UPDATE, "updating a saga");
 	}
@@ -987,6 +996,7 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 	st->status = SAGA_RUNNING;
 	st->step_status = palloc0(sizeof(int16) * def->nsteps);
 	st->attempts = palloc0(sizeof(int32) * def->nsteps);
+	st->deliveries = palloc0(sizeof(int32) * def->nsteps);
 	st->input = input;
 	st->results = empty_object();
 	st->errors = st->results;
@@ -1039,7 +1049,7 @@ lock_task(int64 task_id, TaskRow *row)
 
 	rc = SPI_execute_plan(SagaPrepare(&plan_task,
 									  "SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
-									  "lease_owner IS NULL AND attempt > 1 "
+									  "lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
 									  "AND visible_at > pg_catalog.clock_timestamp() "
 									  "FROM saga.outbox WHERE id = $1 FOR UPDATE",
 									  1, argtypes),
@@ -1109,7 +1119,11 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 	{
 		JsonbParseState *ps = NULL;
 
-		delete_task(st, task);
+		/*
+		 * The task stays, out of sight, so saga.retry brings it back with its
+		 * delivery count: a report under an old lease stays refused.
+		 */
+		SagaOutboxPark(task);
 		st->errors = jsonb_put(st->errors, st->def->steps[step].name, payload);
 		add_event(st, "compensation_failed", step, payload);
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
@@ -1123,12 +1137,14 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 /* the report of an action task that is still in the outbox */
 static void
 report_action(SagaState *st, int step, bool success, Jsonb *payload,
-			  bool retryable, int attempt)
+			  bool retryable, const TaskRow *row)
 {
 	int64		task = SAGA_TASK_ID(st->id, step, false);
 	bool		running = strcmp(st->status, SAGA_RUNNING) == 0;
+	int			attempt = row->attempt;
 
 	st->attempts[step] = attempt;
+	st->deliveries[step] = row->deliveries;
 	if (success)
 	{
 		delete_task(st, task);
@@ -1157,10 +1173,18 @@ report_action(SagaState *st, int step, bool success, Jsonb *payload,
  * report that finished it, or the late report of a withdrawn step.
  */
 static bool
-report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, Jsonb *payload)
+report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, Jsonb *payload,
+			  bool has_lease, int32 lease)
 {
 	const char *name = st->def->steps[step].name;
 	int16		cur = st->step_status[step];
+
+	if (!comp && has_lease && st->deliveries[step] != 0 && lease != st->deliveries[step] &&
+		cur != STEP_SKIPPED && cur != STEP_PENDING)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lease %d of task %lld is no longer held", lease, (long long) task_id),
+				 errdetail("The task was reported under lease %d.", st->deliveries[step])));
 
 	if (comp)
 	{
@@ -1196,19 +1220,12 @@ report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, J
 		case STEP_SKIPPED:
 			if (st->attempts[step] == 0)
 				task_not_found(task_id);	/* never dispatched */
-			/* withdrawn unseen, yet somebody worked on it: record what happened */
-			if (!success)
-			{
-				st->errors = jsonb_put(st->errors, name, payload);
-				add_event(st, "late_failure", step, payload);
-				return true;
-			}
-			step_succeeded(st, step, payload);
-			if (strcmp(st->status, SAGA_COMPENSATED) == 0 ||
-				strcmp(st->status, SAGA_CANCELLED) == 0)
-				set_saga_status(st, SAGA_COMPENSATING);
-			compensate(st);
-			return true;
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("task %lld was withdrawn", (long long) task_id),
+					 errdetail("Saga %lld stopped running before anyone took the task.",
+							   (long long) st->id)));
+			pg_unreachable();
 		default:
 			task_not_found(task_id);
 	}
@@ -1264,10 +1281,10 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 		if (comp)
 			report_compensation(st, step, success, payload, retryable, row.attempt);
 		else
-			report_action(st, step, success, payload, retryable, row.attempt);
+			report_action(st, step, success, payload, retryable, &row);
 	}
 	else
-		recorded = report_absent(st, task_id, step, comp, success, payload);
+		recorded = report_absent(st, task_id, step, comp, success, payload, has_lease, lease);
 
 	if (recorded)
 		save_saga(st);
@@ -1365,7 +1382,8 @@ saga_tasks(int64 saga_id, int64 *out)
 	bool		isnull;
 
 	rc = SPI_execute_plan(SagaPrepare(&plan_saga_tasks,
-									  "SELECT id FROM saga.outbox WHERE id >= $1 AND id < $2",
+									  "SELECT id FROM saga.outbox WHERE id >= $1 AND id < $2 "
+									  "AND visible_at = 'infinity'",
 									  2, types),
 						  values, NULL, false, 0);
 	SagaSpiCheck(rc, SPI_OK_SELECT, "listing a saga's tasks");
@@ -1409,21 +1427,19 @@ SagaRetryFailed(int64 saga_id)
 		set_saga_status(st, SAGA_COMPENSATING);
 		for (int i = 0; i < st->def->nsteps; i++)
 		{
-			bool		queued = false;
+			bool		parked = false;
 
 			if (st->step_status[i] != STEP_COMPENSATING)
 				continue;
 			for (int k = 0; k < npresent; k++)
 				if (present[k] == SAGA_TASK_ID(saga_id, i, true))
-					queued = true;
-			if (queued)
-				continue;
-			if (st->def->steps[i].compensate.topic != NULL)
+					parked = true;
+			if (parked)
 			{
-				enqueue(st, i, true);
+				SagaOutboxUnpark(SAGA_TASK_ID(saga_id, i, true));
 				add_event(st, "compensation_dispatched", i, NULL);
 			}
-			else
+			else if (st->def->steps[i].compensate.sql != NULL)
 				st->step_status[i] = STEP_SUCCEEDED;	/* compensate() runs it again */
 		}
 		compensate(st);

@@ -13,6 +13,8 @@
  */
 #include "postgres.h"
 
+#include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
@@ -31,6 +33,10 @@
 static SPIPlanPtr plan_insert = NULL;
 static SPIPlanPtr plan_delete = NULL;
 static SPIPlanPtr plan_withdraw = NULL;
+static SPIPlanPtr plan_held = NULL;
+static SPIPlanPtr plan_park = NULL;
+static SPIPlanPtr plan_unpark = NULL;
+static SPIPlanPtr plan_saga_exists = NULL;
 static SPIPlanPtr plan_retry = NULL;
 static SPIPlanPtr plan_candidates = NULL;
 static SPIPlanPtr plan_lease = NULL;
@@ -149,10 +155,12 @@ SagaOutboxDelete(int64 task_id)
 }
 
 /*
- * Delete the given tasks where no other transaction holds them.  A task
- * locked by a poller is being worked on: waiting for it could deadlock
- * (the poller will want the saga row we hold), so it stays.  Returns how
- * many were deleted, with their ids and delivery counts.
+ * Delete the given tasks where no transaction holds them.  A task locked by
+ * another transaction is being worked on by a poller: waiting for it could
+ * deadlock (the poller will want the saga row we hold), so it stays.  A task
+ * locked by our own transaction stays too: the caller may be working on it
+ * in this very transaction and report it next.  Returns how many were
+ * deleted, with their ids and delivery counts.
  */
 int
 SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *deliveries)
@@ -161,11 +169,31 @@ SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *deliveries)
 	Datum	   *d = palloc(sizeof(Datum) * nids);
 	Datum		values[1];
 	bool		isnull;
+	int			nfree = 0;
 	int			rc;
 
 	for (int i = 0; i < nids; i++)
 		d[i] = Int64GetDatum(ids[i]);
 	values[0] = PointerGetDatum(construct_array(d, nids, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	rc = SPI_execute_plan(SagaPrepare(&plan_held,
+									  "SELECT id, xmax FROM saga.outbox WHERE id = ANY($1)",
+									  1, types),
+						  values, NULL, false, 0);
+	SagaSpiCheck(rc, SPI_OK_SELECT, "inspecting tasks to withdraw");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TransactionId xmax = DatumGetTransactionId(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+
+		/* on a visible row, our own xmax can only be a row lock */
+		if (TransactionIdIsNormal(xmax) && TransactionIdIsCurrentTransactionId(xmax))
+			continue;
+		d[nfree++] = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
+	}
+	if (nfree == 0)
+		return 0;
+
+	values[0] = PointerGetDatum(construct_array(d, nfree, INT8OID, 8, true, TYPALIGN_DOUBLE));
 	rc = SPI_execute_plan(SagaPrepare(&plan_withdraw,
 									  "DELETE FROM saga.outbox WHERE id IN "
 									  "(SELECT id FROM saga.outbox WHERE id = ANY($1) "
@@ -200,6 +228,45 @@ SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us)
 									  3, types),
 						  values, NULL, false, 0);
 	SagaSpiCheck(rc, SPI_OK_UPDATE, "scheduling a retry");
+}
+
+/* take a task out of sight until a person calls saga.retry */
+void
+SagaOutboxPark(int64 task_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(task_id)};
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_park,
+											  "UPDATE saga.outbox SET lease_owner = NULL, "
+											  "visible_at = 'infinity' WHERE id = $1",
+											  1, types),
+								  values, NULL, false, 0),
+				 SPI_OK_UPDATE, "parking a task");
+}
+
+/* bring a parked task back as its next attempt */
+void
+SagaOutboxUnpark(int64 task_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(task_id)};
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_unpark,
+											  "UPDATE saga.outbox SET attempt = attempt + 1, "
+											  "visible_at = pg_catalog.clock_timestamp(), "
+											  "headers = headers || pg_catalog.jsonb_build_object('attempt', attempt + 1) "
+											  "WHERE id = $1 RETURNING topic",
+											  1, types),
+								  values, NULL, false, 0),
+				 SPI_OK_UPDATE_RETURNING, "resuming a task");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		SagaNotifyTopic(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull)));
+	}
 }
 
 static int64
@@ -425,10 +492,24 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 						  values, nulls, false, 0);
 	SagaSpiCheck(rc, SPI_OK_SELECT, "extending a lease");
 	if (SPI_processed == 0)
+	{
+		Oid			stypes[1] = {INT8OID};
+		Datum		svalues[1] = {Int64GetDatum(SAGA_TASK_SAGA(task_id))};
+
+		SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_saga_exists,
+												  "SELECT FROM saga.sagas WHERE id = $1",
+												  1, stypes),
+									  svalues, NULL, false, 1),
+					 SPI_OK_SELECT, "finding a saga");
+		if (SPI_processed == 0 || task_id <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("task %lld does not exist", (long long) task_id)));
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("task %lld is not leased", (long long) task_id),
-				 errdetail("It is not in the outbox: it has finished, been withdrawn, or never existed.")));
+				 errdetail("It has left the outbox: it finished or was withdrawn.")));
+	}
 	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	if (isnull)
 	{

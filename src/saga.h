@@ -144,6 +144,8 @@ extern void SagaOutboxInsert(int64 saga_id, Jsonb *input, Jsonb *results,
 extern void SagaOutboxDelete(int64 task_id);
 extern int	SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *deliveries);
 extern void SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us);
+extern void SagaOutboxPark(int64 task_id);
+extern void SagaOutboxUnpark(int64 task_id);
 extern void SagaNotifyTopic(const char *topic);
 
 #endif							/* SAGA_H */

@@ -1,0 +1,203 @@
+# shellcheck shell=bash
+# scripts/common.sh: shared by scripts/test.sh and scripts/demo.sh (source it, do not run it).
+#
+# It installs the Debian packages the build needs, builds and installs the extension, copies the
+# tree to a scratch directory owned by `postgres` (the server refuses to run as root) and starts
+# or stops a throwaway cluster there: unix socket only, in the scratch directory, with
+# shared_preload_libraries = 'saga'.  Works as root or as a user with sudo, without stdin.
+
+PG_MAJOR=15
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=$PG_BIN/pg_config
+SAGA_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
+	libtap-parser-sourcehandler-pgtap-perl libipc-run-perl make gcc)
+
+SAGA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SAGA_WORK=       # scratch directory of this run (its src/ and pg/ belong to postgres)
+SAGA_PGDATA=     # data directory of the throwaway cluster, under pg/
+SAGA_PGHOST=     # its socket directory, under pg/
+SAGA_PGPORT=
+SAGA_CLEANUP_HOOKS=()
+
+saga_log() { printf '==> %s\n' "$*"; }
+saga_warn() { printf 'warning: %s\n' "$*" >&2; }
+saga_die() {
+	printf 'error: %s\n' "$*" >&2
+	exit 1
+}
+
+# run as root: directly when we are root, else through sudo (non-interactive without a tty)
+saga_init_privileges() {
+	if [ "$(id -u)" -eq 0 ]; then
+		AS_ROOT=()
+	elif command -v sudo >/dev/null 2>&1; then
+		if [ -t 0 ]; then AS_ROOT=(sudo); else AS_ROOT=(sudo -n); fi
+	else
+		saga_die "run as root, or install sudo and run as a user allowed to use it"
+	fi
+}
+
+saga_as_root() { "${AS_ROOT[@]}" "$@"; }
+
+# run as the postgres user, in the scratch directory (cwd must be readable by postgres)
+saga_as_pg() {
+	local runner home
+	home=$(getent passwd postgres 2>/dev/null | cut -d: -f6)
+	if [ "$(id -un)" = postgres ]; then
+		runner=()
+	elif [ "$(id -u)" -eq 0 ]; then
+		runner=(runuser -u postgres --)
+	else
+		runner=("${AS_ROOT[@]}" -u postgres --)
+	fi
+	(cd "${SAGA_WORK:-/}" && "${runner[@]}" env \
+		PATH="$PG_BIN:/usr/local/bin:/usr/bin:/bin" HOME="${home:-/}" \
+		PGHOST="$SAGA_PGHOST" PGPORT="$SAGA_PGPORT" PGUSER=postgres \
+		PGDATABASE="${PGDATABASE:-postgres}" LC_ALL=C.UTF-8 \
+		"$@")
+}
+
+# psql as postgres against the throwaway cluster; extra arguments pass through
+saga_psql() { saga_as_pg psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# --- timing ---------------------------------------------------------------------------------
+SAGA_TIMINGS=()
+saga_stage_begin() {
+	SAGA_STAGE=$1
+	SAGA_STAGE_T0=$EPOCHREALTIME
+	saga_log "$SAGA_STAGE"
+}
+saga_stage_end() {
+	local secs
+	secs=$(awk -v a="$SAGA_STAGE_T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+	SAGA_TIMINGS+=("$(printf '%-28s %7s s  %s' "$SAGA_STAGE" "$secs" "${1:-ok}")")
+	saga_log "$SAGA_STAGE: ${1:-ok} (${secs} s)"
+}
+saga_print_timings() {
+	local line
+	printf '\n%s\n' "--- stages ---"
+	for line in "${SAGA_TIMINGS[@]}"; do printf '%s\n' "$line"; done
+}
+
+# --- packages, build, install ---------------------------------------------------------------
+saga_install_packages() {
+	local missing=() p
+	for p in "${SAGA_PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+			missing+=("$p")
+	done
+	if [ ${#missing[@]} -eq 0 ]; then
+		saga_log "all Debian packages present"
+		return 0
+	fi
+	saga_log "installing: ${missing[*]}"
+	saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null &&
+		saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		--no-install-recommends "${SAGA_PACKAGES[@]}" </dev/null
+}
+
+# build in the repository with warnings as errors, then install into PostgreSQL 15
+saga_build_install() {
+	[ -x "$PG_CONFIG" ] || saga_die "$PG_CONFIG not found"
+	make -C "$SAGA_ROOT" -s WERROR=1 PG_CONFIG="$PG_CONFIG" -j"$(nproc 2>/dev/null || echo 2)" &&
+		saga_as_root make -C "$SAGA_ROOT" -s install PG_CONFIG="$PG_CONFIG" >/dev/null
+}
+
+# --- scratch directory ----------------------------------------------------------------------
+# trap target for EXIT: runs the registered hooks (last first), stops stray servers, removes
+# the scratch directory
+saga_cleanup() {
+	local rc=$? hook i
+	trap - EXIT INT TERM
+	for ((i = ${#SAGA_CLEANUP_HOOKS[@]} - 1; i >= 0; i--)); do
+		hook=${SAGA_CLEANUP_HOOKS[i]}
+		"$hook" || true
+	done
+	if [ -n "$SAGA_WORK" ] && [ -d "$SAGA_WORK" ]; then
+		# servers left behind by an interrupted run (ours, or pg_regress temp instances)
+		local pidfile
+		while IFS= read -r pidfile; do
+			saga_as_pg pg_ctl -D "$(dirname "$pidfile")" -m immediate -w stop >/dev/null 2>&1 || true
+		done < <(saga_as_root find "$SAGA_WORK" -name postmaster.pid 2>/dev/null)
+		if [ -n "${SAGA_KEEP:-}" ]; then
+			saga_log "kept $SAGA_WORK (SAGA_KEEP set)"
+		else
+			(cd / && saga_as_root rm -rf "$SAGA_WORK")
+		fi
+	fi
+	exit "$rc"
+}
+
+saga_on_cleanup() { SAGA_CLEANUP_HOOKS+=("$1"); }
+
+saga_traps() {
+	trap saga_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
+
+# make $SAGA_WORK: src/ is a copy of the source tree (without git and test output), pg/ holds
+# the throwaway cluster; both belong to postgres.  Call `trap saga_cleanup EXIT` first.
+saga_make_workdir() {
+	SAGA_WORK=$(mktemp -d "${TMPDIR:-/tmp}/saga-$1.XXXXXX")
+	chmod 755 "$SAGA_WORK"
+	mkdir "$SAGA_WORK/src" "$SAGA_WORK/pg"
+	tar -C "$SAGA_ROOT" --exclude=./.git --exclude='./tmp_check*' --exclude=./results \
+		--exclude=./output_iso --exclude=./log --exclude=./regression.diffs \
+		--exclude=./regression.out -cf - . | tar -C "$SAGA_WORK/src" -xf -
+	saga_as_root chown -R postgres: "$SAGA_WORK/src" "$SAGA_WORK/pg"
+	SAGA_PGHOST=$SAGA_WORK/pg/sock
+	SAGA_PGDATA=$SAGA_WORK/pg/data
+	SAGA_SERVER_LOG=$SAGA_WORK/pg/server.log
+}
+
+# --- throwaway cluster ----------------------------------------------------------------------
+saga_free_port() {
+	local port hex
+	for _ in $(seq 1 50); do
+		port=$((20000 + RANDOM % 40000))
+		hex=$(printf ':%04X ' "$port")
+		if ! grep -qs "$hex" /proc/net/tcp /proc/net/tcp6 &&
+			[ ! -e "/var/run/postgresql/.s.PGSQL.$port" ] && [ ! -e "/tmp/.s.PGSQL.$port" ]; then
+			echo "$port"
+			return 0
+		fi
+	done
+	saga_die "no free port found"
+}
+
+# saga_cluster_start [extra postgresql.conf lines...]
+saga_cluster_start() {
+	local line
+	SAGA_PGPORT=$(saga_free_port)
+	saga_as_pg mkdir -p "$SAGA_PGHOST"
+	saga_as_pg initdb -D "$SAGA_PGDATA" -U postgres -A trust -E UTF8 --no-locale -N >/dev/null
+	{
+		echo "# throwaway cluster of scripts/common.sh"
+		echo "listen_addresses = ''"
+		echo "port = $SAGA_PGPORT"
+		echo "unix_socket_directories = '$SAGA_PGHOST'"
+		echo "shared_preload_libraries = 'saga'"
+		echo "fsync = off"
+		echo "max_connections = 50"
+		for line in "$@"; do echo "$line"; done
+	} | saga_as_pg tee -a "$SAGA_PGDATA/postgresql.conf" >/dev/null
+	saga_on_cleanup saga_cluster_stop
+	if ! saga_as_pg pg_ctl -D "$SAGA_PGDATA" -l "$SAGA_SERVER_LOG" -w -t 60 start >/dev/null; then
+		saga_server_log_tail 40 >&2
+		saga_die "the throwaway cluster did not start"
+	fi
+	saga_log "throwaway cluster up: PGHOST=$SAGA_PGHOST PGPORT=$SAGA_PGPORT"
+}
+
+saga_cluster_stop() {
+	[ -n "$SAGA_PGDATA" ] && [ -f "$SAGA_PGDATA/postmaster.pid" ] || return 0
+	saga_as_pg pg_ctl -D "$SAGA_PGDATA" -m fast -w -t 60 stop >/dev/null ||
+		saga_as_pg pg_ctl -D "$SAGA_PGDATA" -m immediate -w stop >/dev/null
+}
+
+saga_server_log_tail() {
+	[ -n "${SAGA_SERVER_LOG:-}" ] || return 0
+	printf '\n--- last lines of the server log ---\n'
+	saga_as_pg tail -n "${1:-40}" "$SAGA_SERVER_LOG" || true
+}

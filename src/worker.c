@@ -1,0 +1,891 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  Time-based work: the launcher, one worker per database in
+ *	  saga.databases, saga.tick(), and the wake-up path from backends.
+ *
+ * A round is a handful of units, each a batch in one transaction that is
+ * safe to run twice and safe against concurrent clients (rows are taken
+ * with SKIP LOCKED and every transition goes through the engine, which
+ * locks the saga row).  After a round the worker sleeps on its latch until
+ * the earliest due time it computed.  A backend that commits work due
+ * sooner (a delayed retry, a lease, a timeout, a deadline) sets the latch.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "saga.h"
+
+#define SAGA_MAX_WORKERS	32
+#define SAGA_RESTART_SECS	5
+
+/* GUCs */
+char	   *saga_databases = NULL;
+int			saga_retention = 7 * 24 * 3600;	/* seconds, -1 keeps forever */
+int			saga_batch_size = 500;
+int			saga_max_sleep = 60000; /* milliseconds */
+int			saga_incident_after = 5;
+
+typedef struct SagaWorkerSlot
+{
+	Oid			dboid;
+	pid_t		pid;
+	Latch	   *latch;
+	pg_atomic_uint64 next_wake; /* TimestampTz; DT_NOEND while in a round */
+} SagaWorkerSlot;
+
+typedef struct SagaShared
+{
+	slock_t		mutex;
+	SagaWorkerSlot slots[SAGA_MAX_WORKERS];
+} SagaShared;
+
+static SagaShared *shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* backend side: earliest due time created by the current transaction */
+static TimestampTz pending_wake = DT_NOEND;
+static bool xact_callback_registered = false;
+
+/* worker side */
+static SagaWorkerSlot *my_slot = NULL;
+static char *my_dbname = NULL;
+
+/* delayed visibility already announced, per process (lost on restart: a hint) */
+static TimestampTz notified_until = DT_NOBEGIN;
+
+static SPIPlanPtr plan_timeouts = NULL;
+static SPIPlanPtr plan_lapsed = NULL;
+static SPIPlanPtr plan_deadlines = NULL;
+static SPIPlanPtr plan_topics = NULL;
+static SPIPlanPtr plan_purge = NULL;
+static SPIPlanPtr plan_purge_history = NULL;
+static SPIPlanPtr plan_withdrawn = NULL;
+static SPIPlanPtr plan_next = NULL;
+
+PGDLLEXPORT void saga_launcher_main(Datum main_arg);
+PGDLLEXPORT void saga_worker_main(Datum main_arg);
+
+PG_FUNCTION_INFO_V1(saga_tick);
+
+/* ---------- shared memory ---------- */
+
+static void
+saga_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(SagaShared)));
+}
+
+static void
+saga_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shared = ShmemInitStruct("saga", sizeof(SagaShared), &found);
+	if (!found)
+	{
+		SpinLockInit(&shared->mutex);
+		for (int i = 0; i < SAGA_MAX_WORKERS; i++)
+		{
+			shared->slots[i].dboid = InvalidOid;
+			shared->slots[i].pid = 0;
+			shared->slots[i].latch = NULL;
+			pg_atomic_init_u64(&shared->slots[i].next_wake, (uint64) DT_NOEND);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* ---------- waking the worker ---------- */
+
+static void
+saga_xact_callback(XactEvent event, void *arg)
+{
+	TimestampTz due = pending_wake;
+
+	pending_wake = DT_NOEND;
+	if (event != XACT_EVENT_COMMIT || due == DT_NOEND || shared == NULL)
+		return;
+
+	/* only after commit can the worker see what we wrote */
+	for (int i = 0; i < SAGA_MAX_WORKERS; i++)
+	{
+		SagaWorkerSlot *slot = &shared->slots[i];
+		Latch	   *latch = NULL;
+
+		if (slot->dboid != MyDatabaseId)
+			continue;
+		if ((TimestampTz) pg_atomic_read_u64(&slot->next_wake) <= due)
+			return;
+		SpinLockAcquire(&shared->mutex);
+		if (slot->dboid == MyDatabaseId)
+			latch = slot->latch;
+		SpinLockRelease(&shared->mutex);
+		if (latch != NULL)
+			SetLatch(latch);
+		return;
+	}
+}
+
+/*
+ * Note that the current transaction creates work due at `due`; at commit
+ * the database's worker is woken if it plans to sleep past it.
+ */
+void
+SagaWakeAt(TimestampTz due)
+{
+	if (shared == NULL)
+		return;					/* not preloaded: saga.tick() does the work */
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(saga_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	if (due < pending_wake)
+		pending_wake = due;
+}
+
+/* ---------- the units of a round ---------- */
+
+static int64
+first_bigint(int col, int64 otherwise)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_processed == 0)
+		return otherwise;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
+	return isnull ? otherwise : DatumGetInt64(d);
+}
+
+static int64 *
+collect_ids(int *n)
+{
+	int64	   *ids = palloc(sizeof(int64) * (SPI_processed + 1));
+	bool		isnull;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	*n = (int) SPI_processed;
+	return ids;
+}
+
+/* steps past their timeout fail for good */
+static int
+unit_timeouts(TimestampTz now)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(saga_batch_size)};
+	int64	   *ids;
+	int			n;
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_timeouts,
+											  "SELECT id FROM saga.outbox WHERE timeout_at <= $1 "
+											  "ORDER BY timeout_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+											  2, types),
+								  values, NULL, false, 0),
+				 SPI_OK_SELECT, "finding timed-out tasks");
+	ids = collect_ids(&n);
+	for (int i = 0; i < n; i++)
+		SagaExhaustTask(ids[i], "timeout");
+	return n;
+}
+
+/*
+ * Leases that lapsed: an attempt is spent; with none left the step fails.
+ * An action withdrawn from a saga that stopped running is settled.
+ */
+static int
+unit_lapsed(TimestampTz now)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(saga_batch_size)};
+	uint64		n;
+	int64	   *ids;
+	int		   *what;
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_lapsed,
+											  "SELECT o.id, CASE "
+											  "WHEN o.kind = 'action' AND NOT EXISTS (SELECT FROM saga.sagas s "
+											  "WHERE s.id = o.saga_id AND s.status = 'running') THEN 2 "
+											  "WHEN o.attempt >= COALESCE(o.max_attempts, 2147483647) THEN 1 "
+											  "ELSE 0 END "
+											  "FROM saga.outbox o WHERE o.lease_owner IS NOT NULL "
+											  "AND o.visible_at <= $1 "
+											  "ORDER BY o.visible_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
+											  2, types),
+								  values, NULL, false, 0),
+				 SPI_OK_SELECT, "finding lapsed leases");
+	n = SPI_processed;
+	ids = palloc(sizeof(int64) * (n + 1));
+	what = palloc(sizeof(int) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		what[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	for (uint64 i = 0; i < n; i++)
+	{
+		if (what[i] == 2)
+			SagaSettleWithdrawn(ids[i]);
+		else if (what[i] == 1)
+			SagaExhaustTask(ids[i], "attempts exhausted: lease expired");
+		else
+			SagaOutboxLapse(ids[i]);
+	}
+	return (int) n;
+}
+
+/* sagas past their deadline compensate */
+static int
+unit_deadlines(TimestampTz now)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(saga_batch_size)};
+	int64	   *ids;
+	int			n;
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_deadlines,
+											  "SELECT id FROM saga.sagas WHERE deadline_at <= $1 "
+											  "ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+											  2, types),
+								  values, NULL, false, 0),
+				 SPI_OK_SELECT, "finding sagas past their deadline");
+	ids = collect_ids(&n);
+	for (int i = 0; i < n; i++)
+		SagaDeadlinePassed(ids[i]);
+	return n;
+}
+
+/*
+ * Wake LISTEN saga_<topic> for topics where work became visible since the
+ * last round without a writer to announce it (delayed retries, lapsed
+ * leases).  Topics are walked with a skip scan of the claim index.  Also
+ * returns the earliest future visibility, for the worker's next wake-up.
+ */
+static int
+unit_notify(TimestampTz now, TimestampTz *next)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		values[2] = {TimestampTzGetDatum(notified_until), TimestampTzGetDatum(now)};
+	int			notified = 0;
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_topics,
+											  "WITH RECURSIVE t(topic) AS ("
+											  " (SELECT topic FROM saga.outbox ORDER BY topic LIMIT 1)"
+											  " UNION ALL"
+											  " SELECT (SELECT o.topic FROM saga.outbox o WHERE o.topic > t.topic"
+											  " ORDER BY o.topic LIMIT 1) FROM t WHERE t.topic IS NOT NULL) "
+											  "SELECT t.topic, EXISTS (SELECT FROM saga.outbox o WHERE o.topic = t.topic "
+											  " AND o.visible_at > $1 AND o.visible_at <= $2), "
+											  " (SELECT min(o.visible_at) FROM saga.outbox o WHERE o.topic = t.topic "
+											  " AND o.visible_at > $2) "
+											  "FROM t WHERE t.topic IS NOT NULL",
+											  2, types),
+								  values, NULL, false, 0),
+				 SPI_OK_SELECT, "finding topics to wake");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		Datum		d;
+
+		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)))
+		{
+			SagaNotifyTopic(TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)));
+			notified++;
+		}
+		d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull);
+		if (!isnull && DatumGetTimestampTz(d) < *next)
+			*next = DatumGetTimestampTz(d);
+	}
+	notified_until = now;
+	return notified;
+}
+
+/* finished sagas past the retention period go, with their history */
+static int
+unit_purge(TimestampTz now)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2];
+	Oid			htypes[1] = {INT8ARRAYOID};
+	Datum		hvalues[1];
+	Datum	   *d;
+	int			n;
+
+	if (saga_retention < 0)
+		return 0;
+	values[0] = TimestampTzGetDatum(now - (int64) saga_retention * USECS_PER_SEC);
+	values[1] = Int32GetDatum(saga_batch_size);
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_purge,
+											  "DELETE FROM saga.sagas WHERE id IN (SELECT id FROM saga.sagas "
+											  "WHERE finished_at < $1 AND status <> 'failed' "
+											  "ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+											  2, types),
+								  values, NULL, false, 0),
+				 SPI_OK_DELETE_RETURNING, "removing finished sagas");
+	n = (int) SPI_processed;
+	if (n == 0)
+		return 0;
+	d = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		d[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+	}
+	hvalues[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_purge_history,
+											  "DELETE FROM saga.history WHERE saga_id = ANY($1)",
+											  1, htypes),
+								  hvalues, NULL, false, 0),
+				 SPI_OK_DELETE, "removing history of finished sagas");
+	return n;
+}
+
+/*
+ * After a crash, tasks that a dead transaction held when their saga stopped
+ * running are unlocked again and must not be handed out.  This scans the
+ * outbox, so it runs once, when the worker starts.
+ */
+static int
+unit_withdrawn(void)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(saga_batch_size)};
+	int64	   *ids;
+	int			n;
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_withdrawn,
+											  "SELECT o.id FROM saga.outbox o WHERE o.kind = 'action' "
+											  "AND NOT EXISTS (SELECT FROM saga.sagas s WHERE s.id = o.saga_id "
+											  "AND s.status = 'running') "
+											  "LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+											  1, types),
+								  values, NULL, false, 0),
+				 SPI_OK_SELECT, "finding withdrawn tasks");
+	ids = collect_ids(&n);
+	for (int i = 0; i < n; i++)
+		SagaSettleWithdrawn(ids[i]);
+	return n;
+}
+
+/* the earliest time any unit has work, from the indexes that order it */
+static TimestampTz
+next_due(TimestampTz next)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(saga_retention < 0 ? -1 : (int64) saga_retention * USECS_PER_SEC)};
+	static const char *cols[] = {"timeouts", "leases", "deadlines", "retention"};
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_next,
+											  "SELECT (SELECT min(timeout_at) FROM saga.outbox WHERE timeout_at IS NOT NULL), "
+											  "(SELECT min(visible_at) FROM saga.outbox WHERE lease_owner IS NOT NULL), "
+											  "(SELECT min(deadline_at) FROM saga.sagas WHERE deadline_at IS NOT NULL), "
+											  "CASE WHEN $1 >= 0 THEN (SELECT min(finished_at) FROM saga.sagas "
+											  "WHERE finished_at IS NOT NULL AND status <> 'failed') "
+											  "+ $1 * interval '1 microsecond' END",
+											  1, types),
+								  values, NULL, false, 1),
+				 SPI_OK_SELECT, "computing the next due time");
+	for (int c = 0; c < 4; c++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, c + 1, &isnull);
+
+		(void) cols[c];
+		if (!isnull && DatumGetTimestampTz(d) < next)
+			next = DatumGetTimestampTz(d);
+	}
+	return next;
+}
+
+/* ---------- saga.tick() ---------- */
+
+typedef struct RoundCounts
+{
+	int			timeouts;
+	int			lapsed;
+	int			deadlines;
+	int			notified;
+	int			purged;
+	int			withdrawn;
+} RoundCounts;
+
+static bool
+extension_ready(void)
+{
+	Oid			ext = get_extension_oid("saga", true);
+
+	return OidIsValid(ext) && !creating_extension;
+}
+
+/* saga.tick(): one round of the time-based work, in the caller's transaction */
+Datum
+saga_tick(PG_FUNCTION_ARGS)
+{
+	SagaUserSave save;
+	RoundCounts c = {0};
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = DT_NOEND;
+	JsonbParseState *ps = NULL;
+	JsonbValue	k,
+				v;
+	const char *keys[] = {"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas"};
+	int			vals[5];
+	int			rc;
+
+	SagaBecomeOwner(&save);
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+	c.timeouts = unit_timeouts(now);
+	c.lapsed = unit_lapsed(now);
+	c.deadlines = unit_deadlines(now);
+	c.notified = unit_notify(now, &next);
+	c.purged = unit_purge(now);
+	SPI_finish();
+	SagaRestoreUser(&save);
+
+	vals[0] = c.timeouts;
+	vals[1] = c.lapsed;
+	vals[2] = c.deadlines;
+	vals[3] = c.notified;
+	vals[4] = c.purged;
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < 5; i++)
+	{
+		k.type = jbvString;
+		k.val.string.val = (char *) keys[i];
+		k.val.string.len = strlen(keys[i]);
+		pushJsonbValue(&ps, WJB_KEY, &k);
+		v.type = jbvNumeric;
+		v.val.numeric = int64_to_numeric(vals[i]);
+		pushJsonbValue(&ps, WJB_VALUE, &v);
+	}
+	PG_RETURN_JSONB_P(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
+}
+
+/* ---------- the worker ---------- */
+
+static void
+worker_errcontext(void *arg)
+{
+	errcontext("saga worker for database \"%s\"", my_dbname ? my_dbname : "?");
+}
+
+static void
+worker_detach(int code, Datum arg)
+{
+	if (my_slot == NULL)
+		return;
+	SpinLockAcquire(&shared->mutex);
+	my_slot->dboid = InvalidOid;
+	my_slot->pid = 0;
+	my_slot->latch = NULL;
+	SpinLockRelease(&shared->mutex);
+	my_slot = NULL;
+}
+
+static void
+worker_attach(Oid dboid)
+{
+	SpinLockAcquire(&shared->mutex);
+	for (int i = 0; i < SAGA_MAX_WORKERS; i++)
+	{
+		SagaWorkerSlot *slot = &shared->slots[i];
+
+		if (slot->dboid == dboid && slot->pid != 0 && slot->pid != MyProcPid)
+		{
+			pid_t		other = slot->pid;
+
+			SpinLockRelease(&shared->mutex);
+			ereport(LOG, (errmsg("saga worker already running as process %d, exiting", (int) other)));
+			proc_exit(0);
+		}
+	}
+	for (int i = 0; i < SAGA_MAX_WORKERS && my_slot == NULL; i++)
+		if (!OidIsValid(shared->slots[i].dboid))
+			my_slot = &shared->slots[i];
+	if (my_slot == NULL)
+	{
+		SpinLockRelease(&shared->mutex);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many saga workers"),
+				 errdetail("At most %d databases can run a saga worker.", SAGA_MAX_WORKERS)));
+	}
+	my_slot->dboid = dboid;
+	my_slot->pid = MyProcPid;
+	my_slot->latch = MyLatch;
+	pg_atomic_write_u64(&my_slot->next_wake, (uint64) DT_NOEND);
+	SpinLockRelease(&shared->mutex);
+	before_shmem_exit(worker_detach, (Datum) 0);
+}
+
+typedef int (*UnitFn) (TimestampTz now);
+
+/*
+ * Run one unit in a transaction of its own.  Returns how many rows it
+ * handled, or -1 when the extension is absent or the unit failed (the error
+ * is logged and the round goes on: one bad saga must not stop the others).
+ */
+static int
+run_unit(const char *what, UnitFn fn, TimestampTz *next)
+{
+	volatile int n = -1;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, what);
+
+	PG_TRY();
+	{
+		if (extension_ready())
+		{
+			SagaUserSave save;
+			int			rc;
+			TimestampTz now = GetCurrentTimestamp();
+
+			SagaBecomeOwner(&save);
+			if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+				elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+			if (fn != NULL)
+				n = fn(now);
+			else
+			{
+				TimestampTz nx = *next;
+
+				n = unit_notify(now, &nx);
+				*next = next_due(nx);
+			}
+			SPI_finish();
+			SagaRestoreUser(&save);
+		}
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		AbortCurrentTransaction();
+		FlushErrorState();
+		RESUME_INTERRUPTS();
+		n = -1;
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return n;
+}
+
+static int
+unit_withdrawn_fn(TimestampTz now)
+{
+	return unit_withdrawn();
+}
+
+/* one round; returns when the next should start */
+static TimestampTz
+worker_round(bool recovery)
+{
+	static const struct
+	{
+		const char *what;
+		UnitFn		fn;
+	}			units[] = {
+		{"saga: step timeouts", unit_timeouts},
+		{"saga: lapsed leases", unit_lapsed},
+		{"saga: deadlines", unit_deadlines},
+		{"saga: retention", unit_purge},
+	};
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = TimestampTzPlusMilliseconds(now, saga_max_sleep);
+	bool		more = false;
+
+	if (recovery)
+	{
+		while (run_unit("saga: recovery", unit_withdrawn_fn, &next) >= saga_batch_size)
+			CHECK_FOR_INTERRUPTS();
+	}
+
+	for (int u = 0; u < lengthof(units); u++)
+	{
+		int			n = run_unit(units[u].what, units[u].fn, &next);
+
+		if (n < 0)
+			return next;		/* no extension here (yet), or an error: try later */
+		/* a full batch: go again at once rather than after a sleep */
+		if (n >= saga_batch_size)
+			more = true;
+		CHECK_FOR_INTERRUPTS();
+	}
+	(void) run_unit("saga: wake-ups", NULL, &next);
+	return more ? now : next;
+}
+
+void
+saga_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	ErrorContextCallback errcallback;
+	bool		recovery = true;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	StartTransactionCommand();
+	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
+	CommitTransactionCommand();
+
+	errcallback.callback = worker_errcontext;
+	errcallback.arg = NULL;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	worker_attach(dboid);
+	ereport(LOG, (errmsg("saga worker started")));
+
+	for (;;)
+	{
+		TimestampTz next;
+		long		timeout_ms;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* while in a round, any commit that creates timed work wakes us */
+		pg_atomic_write_u64(&my_slot->next_wake, (uint64) DT_NOEND);
+		if (RecoveryInProgress())
+			next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), saga_max_sleep);
+		else
+		{
+			next = worker_round(recovery);
+			recovery = false;
+		}
+		pg_atomic_write_u64(&my_slot->next_wake, (uint64) next);
+
+		timeout_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
+		if (timeout_ms > 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 timeout_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
+
+/* ---------- the launcher ---------- */
+
+typedef struct LaunchedWorker
+{
+	Oid			dboid;
+	BackgroundWorkerHandle *handle;
+} LaunchedWorker;
+
+static LaunchedWorker launched[SAGA_MAX_WORKERS];
+static int	nlaunched = 0;
+
+static void
+launcher_errcontext(void *arg)
+{
+	errcontext("saga launcher");
+}
+
+/* start a worker for every listed database that has none running */
+static void
+launch_workers(void)
+{
+	List	   *names;
+	char	   *raw = pstrdup(saga_databases);
+	ListCell   *lc;
+
+	if (!SplitIdentifierString(raw, ',', &names))
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid list syntax in parameter \"saga.databases\"")));
+		return;
+	}
+
+	StartTransactionCommand();
+	foreach(lc, names)
+	{
+		char	   *dbname = (char *) lfirst(lc);
+		Oid			dboid = get_database_oid(dbname, true);
+		LaunchedWorker *lw = NULL;
+		BackgroundWorker bgw = {0};
+		pid_t		pid;
+
+		if (!OidIsValid(dboid))
+		{
+			ereport(LOG, (errmsg("saga.databases names database \"%s\", which does not exist", dbname)));
+			continue;
+		}
+		for (int i = 0; i < nlaunched; i++)
+			if (launched[i].dboid == dboid)
+				lw = &launched[i];
+		if (lw != NULL && GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
+			continue;
+		if (lw == NULL)
+		{
+			if (nlaunched == SAGA_MAX_WORKERS)
+			{
+				ereport(LOG, (errmsg("saga launcher: at most %d databases can run a saga worker",
+									 SAGA_MAX_WORKERS)));
+				break;
+			}
+			lw = &launched[nlaunched++];
+			lw->dboid = dboid;
+		}
+
+		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		/* terminated or crashed workers come back by themselves */
+		bgw.bgw_restart_time = SAGA_RESTART_SECS;
+		snprintf(bgw.bgw_library_name, BGW_MAXLEN, "saga");
+		snprintf(bgw.bgw_function_name, BGW_MAXLEN, "saga_worker_main");
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "saga worker for database %s", dbname);
+		snprintf(bgw.bgw_type, BGW_MAXLEN, "saga worker");
+		bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
+		bgw.bgw_notify_pid = MyProcPid;
+		if (!RegisterDynamicBackgroundWorker(&bgw, &lw->handle))
+			ereport(LOG,
+					(errmsg("could not start a saga worker for database \"%s\"", dbname),
+					 errhint("Raise max_worker_processes.")));
+	}
+	CommitTransactionCommand();
+}
+
+void
+saga_launcher_main(Datum main_arg)
+{
+	ErrorContextCallback errcallback;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	errcallback.callback = launcher_errcontext;
+	errcallback.arg = NULL;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	ereport(LOG, (errmsg("saga launcher started")));
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		launch_workers();
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 60000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ---------- initialisation ---------- */
+
+void
+SagaWorkerInit(void)
+{
+	BackgroundWorker bgw = {0};
+
+	DefineCustomStringVariable("saga.databases",
+							   "Databases in which a saga worker does the time-based work.",
+							   "A comma-separated list; a database without the extension is left alone.",
+							   &saga_databases, "postgres", PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("saga.retention",
+							"How long finished sagas and their history are kept.",
+							"-1 keeps them forever.  Sagas that failed are kept until retried.",
+							&saga_retention, 7 * 24 * 3600, -1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("saga.batch_size",
+							"Rows each unit of the time-based work handles per transaction.",
+							NULL, &saga_batch_size, 500, 1, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("saga.max_sleep",
+							"Longest the saga worker sleeps when no work is due.",
+							"Work due sooner wakes it; this bounds the wait should a wake-up be missed.",
+							&saga_max_sleep, 60000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("saga.compensation_incident_after",
+							"Attempts after which a failing compensation is listed in saga.incidents.",
+							"The compensation keeps being retried.",
+							&saga_incident_after, 5, 1, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = saga_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = saga_shmem_startup;
+
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = SAGA_RESTART_SECS;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "saga");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "saga_launcher_main");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "saga launcher");
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "saga launcher");
+	RegisterBackgroundWorker(&bgw);
+}
