@@ -8,7 +8,8 @@ OBJS = \
 	src/definition.o \
 	src/engine.o \
 	src/outbox.o \
-	src/api.o
+	src/api.o \
+	src/worker.o
 
 DATA = saga--$(EXTVERSION).sql
 PGFILEDESC = "saga - sagas inside PostgreSQL"

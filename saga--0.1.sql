@@ -94,6 +94,9 @@ CREATE UNIQUE INDEX sagas_idempotency_key ON saga.sagas (name, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX sagas_correlation_id ON saga.sagas (correlation_id)
     WHERE correlation_id IS NOT NULL;
+-- deadline_at is cleared and finished_at set once, when the saga finishes
+CREATE INDEX sagas_deadline ON saga.sagas (deadline_at) WHERE deadline_at IS NOT NULL;
+CREATE INDEX sagas_finished ON saga.sagas (finished_at) WHERE finished_at IS NOT NULL;
 COMMENT ON TABLE saga.sagas IS 'saga instances and the state of their steps';
 
 /*
@@ -123,6 +126,9 @@ CREATE TABLE saga.outbox (
 ) WITH (fillfactor = 70);
 -- matches the poll's WHERE topic = $1 AND visible_at <= $2 ORDER BY visible_at, id
 CREATE INDEX outbox_claim ON saga.outbox (topic, visible_at, id);
+-- what the background worker looks for: steps past their timeout, lapsed leases
+CREATE INDEX outbox_timeout ON saga.outbox (timeout_at) WHERE timeout_at IS NOT NULL;
+CREATE INDEX outbox_leased ON saga.outbox (visible_at) WHERE lease_owner IS NOT NULL;
 COMMENT ON TABLE saga.outbox IS 'tasks ready for services: poll with FOR UPDATE SKIP LOCKED or saga.claim()';
 
 CREATE TABLE saga.history (
@@ -194,14 +200,21 @@ SELECT s.id AS saga_id,
          ON o.id = (s.id << 10) | ((u.ord - 1) << 1) | (CASE WHEN u.code = 5 THEN 1 ELSE 0 END);
 COMMENT ON VIEW saga.step_runs IS 'one row per step of every saga';
 
+/*
+ * A saga is an incident when its compensation failed for good (status
+ * failed: saga.retry resumes it) or when a task that can only be retried
+ * (a compensation, a step past the pivot) has failed too many times.
+ */
 CREATE VIEW saga.incidents AS
 SELECT s.id AS saga_id, s.name, s.version, s.correlation_id,
        s.incident ->> 'step' AS step,
        s.incident -> 'error' AS error,
-       s.updated_at AS since
+       s.updated_at AS since,
+       s.status,
+       (s.incident ->> 'attempts')::integer AS attempts
   FROM saga.sagas s
- WHERE s.status = 'failed';
-COMMENT ON VIEW saga.incidents IS 'sagas whose compensation could not finish; resume with saga.retry()';
+ WHERE s.incident IS NOT NULL;
+COMMENT ON VIEW saga.incidents IS 'sagas that need a person: failed compensations, and tasks that keep failing';
 
 CREATE FUNCTION saga.define(name text, definition jsonb)
 RETURNS integer
@@ -264,6 +277,13 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'saga_retry';
 COMMENT ON FUNCTION saga.retry(bigint) IS 'resume the compensation of a failed saga';
 
+CREATE FUNCTION saga.tick()
+RETURNS jsonb
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'saga_tick';
+COMMENT ON FUNCTION saga.tick() IS 'one round of the time-based work (timeouts, lapsed leases, deadlines, wake-ups, retention); returns counts';
+
 /*
  * Privileges.  The C functions are not SECURITY DEFINER: they check nothing
  * beyond EXECUTE, then do their table work as the owner of schema saga and
@@ -277,6 +297,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA saga FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION saga.define(text, jsonb) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.cancel(bigint, text) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.retry(bigint) TO saga_admin;
+GRANT EXECUTE ON FUNCTION saga.tick() TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.start(text, jsonb, text, text, text) TO saga_admin, saga_worker;
 GRANT EXECUTE ON FUNCTION saga.claim(text, text, integer, interval) TO saga_worker;
 GRANT EXECUTE ON FUNCTION saga.complete(bigint, jsonb, integer) TO saga_worker;

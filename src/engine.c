@@ -61,6 +61,7 @@ struct SagaState
 	char	   *idempotency_key;
 	char	   *traceparent;
 	bool		is_new;			/* not yet in saga.sagas */
+	bool		deadline_done;	/* the deadline no longer applies */
 
 	/* changes to write with the row */
 	SagaNewTask *tasks;
@@ -87,6 +88,8 @@ static SPIPlanPtr plan_saga_tasks = NULL;
 
 static void advance(SagaState *st);
 static void compensate(SagaState *st);
+static void raise_incident(SagaState *st, int step, int attempt, Jsonb *error);
+static void clear_incident(SagaState *st, int step);
 
 /* ---------- small jsonb builders ---------- */
 
@@ -392,6 +395,7 @@ run_sql(SagaState *st, const char *fname, Jsonb **out)
 static void
 step_succeeded(SagaState *st, int step, Jsonb *result)
 {
+	clear_incident(st, step);
 	st->step_status[step] = STEP_SUCCEEDED;
 	st->results = jsonb_put(st->results, st->def->steps[step].name, result);
 	add_event(st, "succeeded", step, NULL);
@@ -500,6 +504,8 @@ retry_forward(SagaState *st, int step, int attempt, Jsonb *error, bool reported)
 	jb_int(&ps, "delay_ms", delay / 1000);
 	jb_jsonb(&ps, "error", error);
 	add_event(st, reported ? "retry_scheduled" : "redelivery_scheduled", step, jb_finish(&ps));
+	if (st->pivoted)
+		raise_incident(st, step, attempt, error);
 }
 
 /* dispatch every pending step whose predecessors have all succeeded */
@@ -820,10 +826,10 @@ save_saga(SagaState *st)
 	}
 	else
 	{
-		Oid			types[12] = {INT8OID, TEXTOID, BOOLOID, BOOLOID, TEXTOID, INT2ARRAYOID,
-		INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, BOOLOID, INT4ARRAYOID};
-		Datum		values[12];
-		char		nulls[13] = "            ";
+		Oid			types[13] = {INT8OID, TEXTOID, BOOLOID, BOOLOID, TEXTOID, INT2ARRAYOID,
+		INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, BOOLOID, INT4ARRAYOID, BOOLOID};
+		Datum		values[13];
+		char		nulls[14] = "             ";
 
 		values[0] = Int64GetDatum(st->id);
 		values[1] = CStringGetTextDatum(st->status);
@@ -838,15 +844,17 @@ save_saga(SagaState *st)
 		values[9] = st->incident == NULL ? (Datum) 0 : JsonbPGetDatum(st->incident);
 		values[10] = BoolGetDatum(finished);
 		values[11] = PointerGetDatum(int32_array(st->deliveries, n));
+		values[12] = BoolGetDatum(st->deadline_done);
 		rc = SPI_execute_plan(SagaPrepare(&plan_update,
 										  "UPDATE saga.sagas SET status = $2, pivoted = $3, "
 										  "cancel_requested = $4, cancel_reason = $5, step_status = $6, "
 										  "attempts = $7, results = $8, errors = $9, incident = $10, deliveries = $12, "
 										  "updated_at = pg_catalog.clock_timestamp(), "
 										  "finished_at = CASE WHEN $11 THEN COALESCE(finished_at, "
-										  "pg_catalog.clock_timestamp()) END "
+										  "pg_catalog.clock_timestamp()) END, "
+										  "deadline_at = CASE WHEN $11 OR $13 THEN NULL ELSE deadline_at END "
 										  "WHERE id = $1",
-										  12, types),
+										  13, types),
 							  values, nulls, false, 0);
 		SagaSpiCheck(rc, SPI_OK_UPDATE, "updating a saga");
 	}
@@ -876,7 +884,8 @@ save_saga(SagaState *st)
 		values[3] = PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1,
 													   dims, lbs, JSONBOID, -1, false,
 													   TYPALIGN_INT));
-		values[4] = CStringGetTextDatum(GetUserNameFromId(saga_caller, false));
+		values[4] = CStringGetTextDatum(saga_actor ? saga_actor
+										: GetUserNameFromId(saga_caller, false));
 		rc = SPI_execute_plan(SagaPrepare(&plan_history,
 										  "INSERT INTO saga.history (saga_id, at, event, step, actor, detail) "
 										  "SELECT $1, pg_catalog.clock_timestamp(), e.event, e.step, $5, e.detail "
@@ -1024,6 +1033,8 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 	add_event(st, "started", -1, NULL);
 	advance(st);
 	save_saga(st);
+	if (def->deadline > 0)
+		SagaWakeAt(GetCurrentTimestamp() + def->deadline);
 	return st->id;
 }
 
@@ -1087,6 +1098,42 @@ task_finished(SagaState *st, int64 task_id, int step)
 					   step_status_names[st->step_status[step]])));
 }
 
+/*
+ * A task that keeps failing retryably goes on retrying (compensations, and
+ * steps past the pivot, have no other way out), but after
+ * saga.compensation_incident_after attempts a person is told: the saga is
+ * listed in saga.incidents while it keeps its status.
+ */
+static void
+raise_incident(SagaState *st, int step, int attempt, Jsonb *error)
+{
+	JsonbParseState *ps = NULL;
+
+	if (attempt < saga_incident_after || st->incident != NULL)
+		return;
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_str(&ps, "step", st->def->steps[step].name);
+	jb_int(&ps, "attempts", attempt);
+	jb_jsonb(&ps, "error", error);
+	st->incident = jb_finish(&ps);
+	add_event(st, "incident", step, st->incident);
+}
+
+/* the step the incident was about has recovered */
+static void
+clear_incident(SagaState *st, int step)
+{
+	JsonbValue	v;
+	const char *name = st->def->steps[step].name;
+
+	if (st->incident == NULL || strcmp(st->status, SAGA_FAILED) == 0)
+		return;
+	if (getKeyJsonValueFromContainer(&st->incident->root, "step", 4, &v) != NULL &&
+		v.type == jbvString && v.val.string.len == (int) strlen(name) &&
+		strncmp(v.val.string.val, name, v.val.string.len) == 0)
+		st->incident = NULL;
+}
+
 /* the report of a compensation task that is still in the outbox */
 static void
 report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
@@ -1099,6 +1146,7 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 		delete_task(st, task);
 		st->step_status[step] = STEP_COMPENSATED;
 		add_event(st, "compensated", step, NULL);
+		clear_incident(st, step);
 		compensate(st);
 	}
 	else if (retryable)
@@ -1114,6 +1162,7 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 		jb_int(&ps, "delay_ms", delay / 1000);
 		jb_jsonb(&ps, "error", payload);
 		add_event(st, "compensation_retry_scheduled", step, jb_finish(&ps));
+		raise_incident(st, step, attempt, payload);
 	}
 	else
 	{
@@ -1327,6 +1376,29 @@ SagaSettleWithdrawn(int64 task_id)
 	}
 	add_event(st, "withdrawn", step, jb_finish(&ps));
 	compensate(st);
+	save_saga(st);
+}
+
+/* the saga's deadline passed: compensate everything, unless past the pivot */
+void
+SagaDeadlinePassed(int64 saga_id)
+{
+	SagaState  *st = load_saga(saga_id);
+	JsonbParseState *ps = NULL;
+
+	if (st == NULL)
+		return;
+	st->deadline_done = true;
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	if (strcmp(st->status, SAGA_RUNNING) != 0)
+		jb_str(&ps, "outcome", "already stopped running");
+	else if (st->pivoted)
+		jb_str(&ps, "outcome", "past the pivot: moving forward");
+	else
+		jb_str(&ps, "outcome", "compensating");
+	add_event(st, "deadline_passed", -1, jb_finish(&ps));
+	if (strcmp(st->status, SAGA_RUNNING) == 0 && !st->pivoted)
+		begin_compensation(st);
 	save_saga(st);
 }
 

@@ -35,6 +35,7 @@ static SPIPlanPtr plan_delete = NULL;
 static SPIPlanPtr plan_withdraw = NULL;
 static SPIPlanPtr plan_held = NULL;
 static SPIPlanPtr plan_park = NULL;
+static SPIPlanPtr plan_lapse = NULL;
 static SPIPlanPtr plan_unpark = NULL;
 static SPIPlanPtr plan_saga_exists = NULL;
 static SPIPlanPtr plan_retry = NULL;
@@ -138,7 +139,11 @@ SagaOutboxInsert(int64 saga_id, Jsonb *input, Jsonb *results,
 	SagaSpiCheck(rc, SPI_OK_INSERT, "enqueueing tasks");
 
 	for (int i = 0; i < ntasks; i++)
+	{
 		SagaNotifyTopic(tasks[i].topic);
+		if (tasks[i].timeout > 0)
+			SagaWakeAt(DatumGetTimestampTz(values[4]) + tasks[i].timeout);
+	}
 }
 
 void
@@ -228,6 +233,24 @@ SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us)
 									  3, types),
 						  values, NULL, false, 0);
 	SagaSpiCheck(rc, SPI_OK_UPDATE, "scheduling a retry");
+	/* whoever listens on the topic is told when the delay is over */
+	SagaWakeAt(GetCurrentTimestamp() + delay_us);
+}
+
+/* a lease lapsed without a report: that was an attempt, and the task is free again */
+void
+SagaOutboxLapse(int64 task_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(task_id)};
+
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_lapse,
+											  "UPDATE saga.outbox SET attempt = attempt + 1, lease_owner = NULL, "
+											  "headers = headers || pg_catalog.jsonb_build_object('attempt', attempt + 1) "
+											  "WHERE id = $1 AND lease_owner IS NOT NULL",
+											  1, types),
+								  values, NULL, false, 0),
+				 SPI_OK_UPDATE, "ending a lapsed lease");
 }
 
 /* take a task out of sight until a person calls saga.retry */
@@ -421,6 +444,8 @@ saga_claim(PG_FUNCTION_ARGS)
 										  4, types),
 							  values, NULL, false, 0);
 		SagaSpiCheck(rc, SPI_OK_UPDATE_RETURNING, "leasing tasks");
+		if (SPI_processed > 0)
+			SagaWakeAt(now + interval_usecs(lease));
 
 		/* hand them out in the order they were found: oldest first */
 		for (int i = 0; i < ndeliver; i++)

@@ -26,6 +26,9 @@ int			saga_max_payload_size = 1024 * 1024;
 /* the role that called the current API function: the actor in history */
 Oid			saga_caller = InvalidOid;
 
+/* set by the background worker, which acts for nobody in particular */
+const char *saga_actor = NULL;
+
 void
 _PG_init(void)
 {
@@ -39,6 +42,8 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	SagaWorkerInit();
 
 	MarkGUCPrefixReserved("saga");
 

@@ -101,6 +101,7 @@ typedef struct SagaUserSave
 
 extern int	saga_max_payload_size;
 extern Oid	saga_caller;
+extern const char *saga_actor;
 
 extern void _PG_init(void);
 extern Oid	SagaBecomeOwner(SagaUserSave *save);
@@ -125,6 +126,7 @@ extern void SagaCancel(int64 saga_id, const char *reason);
 extern void SagaRetryFailed(int64 saga_id);
 extern void SagaExhaustTask(int64 task_id, const char *why);
 extern void SagaSettleWithdrawn(int64 task_id);
+extern void SagaDeadlinePassed(int64 saga_id);
 extern int64 SagaBackoffDelay(const SagaRetry *retry, int attempt);
 
 /* outbox.c */
@@ -146,6 +148,13 @@ extern int	SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *del
 extern void SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us);
 extern void SagaOutboxPark(int64 task_id);
 extern void SagaOutboxUnpark(int64 task_id);
+extern void SagaOutboxLapse(int64 task_id);
 extern void SagaNotifyTopic(const char *topic);
+
+/* worker.c */
+extern int	saga_incident_after;
+
+extern void SagaWorkerInit(void);
+extern void SagaWakeAt(TimestampTz due);
 
 #endif							/* SAGA_H */

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -142,6 +143,9 @@ saga_xact_callback(XactEvent event, void *arg)
 {
 	TimestampTz due = pending_wake;
 
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
+		event != XACT_EVENT_PREPARE)
+		return;
 	pending_wake = DT_NOEND;
 	if (event != XACT_EVENT_COMMIT || due == DT_NOEND || shared == NULL)
 		return;
@@ -185,18 +189,6 @@ SagaWakeAt(TimestampTz due)
 }
 
 /* ---------- the units of a round ---------- */
-
-static int64
-first_bigint(int col, int64 otherwise)
-{
-	bool		isnull;
-	Datum		d;
-
-	if (SPI_processed == 0)
-		return otherwise;
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
-	return isnull ? otherwise : DatumGetInt64(d);
-}
 
 static int64 *
 collect_ids(int *n)
@@ -419,7 +411,6 @@ next_due(TimestampTz next)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(saga_retention < 0 ? -1 : (int64) saga_retention * USECS_PER_SEC)};
-	static const char *cols[] = {"timeouts", "leases", "deadlines", "retention"};
 
 	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_next,
 											  "SELECT (SELECT min(timeout_at) FROM saga.outbox WHERE timeout_at IS NOT NULL), "
@@ -436,7 +427,6 @@ next_due(TimestampTz next)
 		bool		isnull;
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, c + 1, &isnull);
 
-		(void) cols[c];
 		if (!isnull && DatumGetTimestampTz(d) < next)
 			next = DatumGetTimestampTz(d);
 	}
@@ -654,7 +644,7 @@ worker_round(bool recovery)
 			CHECK_FOR_INTERRUPTS();
 	}
 
-	for (int u = 0; u < lengthof(units); u++)
+	for (int u = 0; u < (int) lengthof(units); u++)
 	{
 		int			n = run_unit(units[u].what, units[u].fn, &next);
 
@@ -675,6 +665,7 @@ saga_worker_main(Datum main_arg)
 	Oid			dboid = DatumGetObjectId(main_arg);
 	ErrorContextCallback errcallback;
 	bool		recovery = true;
+	MemoryContext loop_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -692,13 +683,18 @@ saga_worker_main(Datum main_arg)
 	error_context_stack = &errcallback;
 
 	worker_attach(dboid);
+	saga_actor = "saga worker";
 	ereport(LOG, (errmsg("saga worker started")));
 
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "saga worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
 		TimestampTz next;
 		long		timeout_ms;
 
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -744,6 +740,33 @@ launcher_errcontext(void *arg)
 	errcontext("saga launcher");
 }
 
+/*
+ * The launcher has no database, so no relcache for pg_database's indexes:
+ * a plain heap scan of the shared catalog finds the name.
+ */
+static Oid
+database_oid(const char *dbname)
+{
+	Relation	rel = table_open(DatabaseRelationId, AccessShareLock);
+	TableScanDesc scan = table_beginscan_catalog(rel, 0, NULL);
+	HeapTuple	tup;
+	Oid			dboid = InvalidOid;
+
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), dbname) == 0 && db->datallowconn)
+		{
+			dboid = db->oid;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return dboid;
+}
+
 /* start a worker for every listed database that has none running */
 static void
 launch_workers(void)
@@ -764,7 +787,7 @@ launch_workers(void)
 	foreach(lc, names)
 	{
 		char	   *dbname = (char *) lfirst(lc);
-		Oid			dboid = get_database_oid(dbname, true);
+		Oid			dboid = database_oid(dbname);
 		LaunchedWorker *lw = NULL;
 		BackgroundWorker bgw = {0};
 		pid_t		pid;
