@@ -659,6 +659,21 @@ worker_round(bool recovery)
 	return more ? now : next;
 }
 
+static bool
+database_listed(const char *dbname)
+{
+	char	   *raw = pstrdup(saga_databases);
+	List	   *names;
+	ListCell   *lc;
+
+	if (!SplitIdentifierString(raw, ',', &names))
+		return true;			/* a typo in the list must not stop the workers */
+	foreach(lc, names)
+		if (strcmp((char *) lfirst(lc), dbname) == 0)
+			return true;
+	return false;
+}
+
 void
 saga_worker_main(Datum main_arg)
 {
@@ -700,6 +715,12 @@ saga_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (!database_listed(my_dbname))
+			{
+				ereport(LOG,
+						(errmsg("saga worker exiting: database no longer in saga.databases")));
+				proc_exit(0);	/* exit code 0: the postmaster does not restart us */
+			}
 		}
 
 		/* while in a round, any commit that creates timed work wakes us */
