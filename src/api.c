@@ -23,26 +23,6 @@ PG_FUNCTION_INFO_V1(saga_cancel);
 PG_FUNCTION_INFO_V1(saga_retry);
 
 static void
-spi_connect(SagaUserSave *save)
-{
-	int			rc;
-
-	SagaBecomeOwner(save);
-	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
-		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
-}
-
-static void
-spi_finish(SagaUserSave *save)
-{
-	int			rc;
-
-	if ((rc = SPI_finish()) != SPI_OK_FINISH)
-		elog(ERROR, "saga: SPI_finish failed: %s", SPI_result_code_string(rc));
-	SagaRestoreUser(save);
-}
-
-static void
 require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
 {
 	if (PG_ARGISNULL(argno))
@@ -103,7 +83,7 @@ saga_start(PG_FUNCTION_ARGS)
 	input = PG_GETARG_JSONB_P(1);
 	SagaCheckPayload(input, "saga input");
 
-	spi_connect(&save);
+	SagaEnter(&save);
 	def = SagaDefinitionLatest(name);
 	if (def == NULL)
 		ereport(ERROR,
@@ -111,7 +91,7 @@ saga_start(PG_FUNCTION_ARGS)
 				 errmsg("saga definition \"%s\" does not exist", name),
 				 errhint("Define it first with saga.define().")));
 	id = SagaStart(def, input, correlation_id, idempotency_key, traceparent);
-	spi_finish(&save);
+	SagaLeave(&save);
 	PG_RETURN_INT64(id);
 }
 
@@ -126,10 +106,10 @@ saga_complete(PG_FUNCTION_ARGS)
 	require_arg(fcinfo, 0, "task_id");
 	result = report_document(fcinfo, 1, "result");
 
-	spi_connect(&save);
+	SagaEnter(&save);
 	recorded = SagaReport(PG_GETARG_INT64(0), true, result, false,
 						  !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2));
-	spi_finish(&save);
+	SagaLeave(&save);
 	PG_RETURN_BOOL(recorded);
 }
 
@@ -144,11 +124,11 @@ saga_fail(PG_FUNCTION_ARGS)
 	require_arg(fcinfo, 0, "task_id");
 	error = report_document(fcinfo, 1, "error");
 
-	spi_connect(&save);
+	SagaEnter(&save);
 	recorded = SagaReport(PG_GETARG_INT64(0), false, error,
 						  PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2),
 						  !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3));
-	spi_finish(&save);
+	SagaLeave(&save);
 	PG_RETURN_BOOL(recorded);
 }
 
@@ -162,9 +142,9 @@ saga_cancel(PG_FUNCTION_ARGS)
 	require_arg(fcinfo, 0, "saga_id");
 	reason = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 
-	spi_connect(&save);
+	SagaEnter(&save);
 	SagaCancel(PG_GETARG_INT64(0), reason);
-	spi_finish(&save);
+	SagaLeave(&save);
 	PG_RETURN_VOID();
 }
 
@@ -174,8 +154,8 @@ saga_retry(PG_FUNCTION_ARGS)
 {
 	SagaUserSave save;
 
-	spi_connect(&save);
+	SagaEnter(&save);
 	SagaRetryFailed(PG_GETARG_INT64(0));
-	spi_finish(&save);
+	SagaLeave(&save);
 	PG_RETURN_VOID();
 }

@@ -623,27 +623,33 @@ SagaDefinitionLoad(int32 def_id)
 	return def;
 }
 
+/* id of the latest version of a definition, or 0 */
+static int32
+latest_id(const char *name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(name);
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_latest,
+											  "SELECT id FROM saga.definitions WHERE name = $1 "
+											  "ORDER BY version DESC LIMIT 1",
+											  1, argtypes),
+								  values, NULL, false, 1),
+				 SPI_OK_SELECT, "finding a definition");
+	if (SPI_processed == 0)
+		return 0;
+	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /* the latest version of a definition, or NULL */
 SagaDef *
 SagaDefinitionLatest(const char *name)
 {
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		values[1];
-	int			rc;
-	bool		isnull;
+	int32		id = latest_id(name);
 
-	values[0] = CStringGetTextDatum(name);
-	rc = SPI_execute_plan(SagaPrepare(&plan_latest,
-									  "SELECT id FROM saga.definitions WHERE name = $1 "
-									  "ORDER BY version DESC LIMIT 1",
-									  1, argtypes),
-						  values, NULL, false, 1);
-	SagaSpiCheck(rc, SPI_OK_SELECT, "finding a definition");
-	if (SPI_processed == 0)
-		return NULL;
-	return SagaDefinitionLoad(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-														  SPI_tuptable->tupdesc, 1,
-														  &isnull)));
+	return id == 0 ? NULL : SagaDefinitionLoad(id);
 }
 
 /* saga.define(name, definition): validate and store a new version */
@@ -658,6 +664,7 @@ saga_define(PG_FUNCTION_ARGS)
 	Datum	   *names;
 	int			rc;
 	int32		version = 1;
+	int32		latest;
 	bool		isnull;
 
 	if (!valid_name(name, NAMEDATALEN - 1))
@@ -667,15 +674,12 @@ saga_define(PG_FUNCTION_ARGS)
 				 errhint("A saga name matches ^[a-z][a-z0-9_]{0,62}$.")));
 	SagaCheckPayload(doc, "saga definition");
 
-	caller = SagaBecomeOwner(&save);
+	caller = SagaEnter(&save);
 	def = parse_definition(name, doc, true, caller);
 
 	names = palloc(sizeof(Datum) * def->nsteps);
 	for (int i = 0; i < def->nsteps; i++)
 		names[i] = CStringGetTextDatum(def->steps[i].name);
-
-	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
-		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
 
 	{
 		Oid			lock_types[1] = {TEXTOID};
@@ -689,24 +693,11 @@ saga_define(PG_FUNCTION_ARGS)
 		SagaSpiCheck(rc, SPI_OK_SELECT, "locking a definition name");
 	}
 
+	latest = latest_id(name);
+	if (latest != 0)
 	{
-		Oid			types[1] = {TEXTOID};
-		Datum		values[1] = {CStringGetTextDatum(name)};
-
-		rc = SPI_execute_plan(SagaPrepare(&plan_latest,
-										  "SELECT id FROM saga.definitions WHERE name = $1 "
-										  "ORDER BY version DESC LIMIT 1",
-										  1, types),
-							  values, NULL, false, 1);
-		SagaSpiCheck(rc, SPI_OK_SELECT, "finding a definition");
-	}
-
-	if (SPI_processed == 1)
-	{
-		int32		latest_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc, 1, &isnull));
 		Oid			types[2] = {INT4OID, JSONBOID};
-		Datum		values[2] = {Int32GetDatum(latest_id), JsonbPGetDatum(doc)};
+		Datum		values[2] = {Int32GetDatum(latest), JsonbPGetDatum(doc)};
 
 		rc = SPI_execute_with_args("SELECT version, definition = $2 FROM saga.definitions WHERE id = $1",
 								   2, types, values, NULL, false, 1);
@@ -715,8 +706,7 @@ saga_define(PG_FUNCTION_ARGS)
 		/* an identical document is not a new version: define is idempotent */
 		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 		{
-			SPI_finish();
-			SagaRestoreUser(&save);
+			SagaLeave(&save);
 			PG_RETURN_INT32(version);
 		}
 		version++;
@@ -740,7 +730,6 @@ saga_define(PG_FUNCTION_ARGS)
 		SagaSpiCheck(rc, SPI_OK_INSERT, "storing a definition");
 	}
 
-	SPI_finish();
-	SagaRestoreUser(&save);
+	SagaLeave(&save);
 	PG_RETURN_INT32(version);
 }

@@ -354,9 +354,7 @@ saga_claim(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 
-	SagaBecomeOwner(&save);
-	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
-		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+	SagaEnter(&save);
 
 	now = GetCurrentTimestamp();
 	{
@@ -467,8 +465,7 @@ saga_claim(PG_FUNCTION_ARGS)
 			}
 	}
 
-	SPI_finish();
-	SagaRestoreUser(&save);
+	SagaLeave(&save);
 	return (Datum) 0;
 }
 
@@ -497,9 +494,7 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("extend must be a positive interval")));
 
-	SagaBecomeOwner(&save);
-	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
-		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+	SagaEnter(&save);
 
 	values[0] = Int64GetDatum(task_id);
 	values[1] = Int32GetDatum(lease);
@@ -549,7 +544,6 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 				 : errdetail("The delivery has already been reported.")));
 	}
 
-	SPI_finish();
-	SagaRestoreUser(&save);
+	SagaLeave(&save);
 	PG_RETURN_TIMESTAMPTZ(until);
 }

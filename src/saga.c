@@ -84,6 +84,28 @@ SagaRestoreUser(SagaUserSave *save)
 	SetUserIdAndSecContext(save->userid, save->sec_context);
 }
 
+/* what every entry point does first: become the engine's role, connect to SPI */
+Oid
+SagaEnter(SagaUserSave *save)
+{
+	Oid			caller = SagaBecomeOwner(save);
+	int			rc;
+
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+	return caller;
+}
+
+void
+SagaLeave(SagaUserSave *save)
+{
+	int			rc;
+
+	if ((rc = SPI_finish()) != SPI_OK_FINISH)
+		elog(ERROR, "saga: SPI_finish failed: %s", SPI_result_code_string(rc));
+	SagaRestoreUser(save);
+}
+
 void
 SagaCheckPayload(Jsonb *value, const char *what)
 {

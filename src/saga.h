@@ -106,6 +106,8 @@ extern const char *saga_actor;
 extern void _PG_init(void);
 extern Oid	SagaBecomeOwner(SagaUserSave *save);
 extern void SagaRestoreUser(SagaUserSave *save);
+extern Oid	SagaEnter(SagaUserSave *save);
+extern void SagaLeave(SagaUserSave *save);
 extern void SagaCheckPayload(Jsonb *value, const char *what);
 extern void SagaSpiCheck(int rc, int expected, const char *what);
 extern SPIPlanPtr SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);

@@ -435,16 +435,6 @@ next_due(TimestampTz next)
 
 /* ---------- saga.tick() ---------- */
 
-typedef struct RoundCounts
-{
-	int			timeouts;
-	int			lapsed;
-	int			deadlines;
-	int			notified;
-	int			purged;
-	int			withdrawn;
-} RoundCounts;
-
 static bool
 extension_ready(void)
 {
@@ -457,42 +447,35 @@ extension_ready(void)
 Datum
 saga_tick(PG_FUNCTION_ARGS)
 {
+	static const char *const keys[] = {
+		"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas"
+	};
 	SagaUserSave save;
-	RoundCounts c = {0};
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = DT_NOEND;
 	JsonbParseState *ps = NULL;
-	JsonbValue	k,
-				v;
-	const char *keys[] = {"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas"};
-	int			vals[5];
-	int			rc;
+	int			counts[5];
 
-	SagaBecomeOwner(&save);
-	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
-		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
-	c.timeouts = unit_timeouts(now);
-	c.lapsed = unit_lapsed(now);
-	c.deadlines = unit_deadlines(now);
-	c.notified = unit_notify(now, &next);
-	c.purged = unit_purge(now);
-	SPI_finish();
-	SagaRestoreUser(&save);
+	SagaEnter(&save);
+	counts[0] = unit_timeouts(now);
+	counts[1] = unit_lapsed(now);
+	counts[2] = unit_deadlines(now);
+	counts[3] = unit_notify(now, &next);
+	counts[4] = unit_purge(now);
+	SagaLeave(&save);
 
-	vals[0] = c.timeouts;
-	vals[1] = c.lapsed;
-	vals[2] = c.deadlines;
-	vals[3] = c.notified;
-	vals[4] = c.purged;
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	for (int i = 0; i < 5; i++)
+	for (int i = 0; i < (int) lengthof(keys); i++)
 	{
+		JsonbValue	k,
+					v;
+
 		k.type = jbvString;
 		k.val.string.val = (char *) keys[i];
 		k.val.string.len = strlen(keys[i]);
 		pushJsonbValue(&ps, WJB_KEY, &k);
 		v.type = jbvNumeric;
-		v.val.numeric = int64_to_numeric(vals[i]);
+		v.val.numeric = int64_to_numeric(counts[i]);
 		pushJsonbValue(&ps, WJB_VALUE, &v);
 	}
 	PG_RETURN_JSONB_P(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
@@ -578,12 +561,9 @@ run_unit(const char *what, UnitFn fn, TimestampTz *next)
 		if (extension_ready())
 		{
 			SagaUserSave save;
-			int			rc;
 			TimestampTz now = GetCurrentTimestamp();
 
-			SagaBecomeOwner(&save);
-			if ((rc = SPI_connect()) != SPI_OK_CONNECT)
-				elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+			SagaEnter(&save);
 			if (fn != NULL)
 				n = fn(now);
 			else
@@ -593,8 +573,7 @@ run_unit(const char *what, UnitFn fn, TimestampTz *next)
 				n = unit_notify(now, &nx);
 				*next = next_due(nx);
 			}
-			SPI_finish();
-			SagaRestoreUser(&save);
+			SagaLeave(&save);
 		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
