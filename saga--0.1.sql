@@ -209,7 +209,7 @@ CREATE VIEW saga.incidents AS
 SELECT s.id AS saga_id, s.name, s.version, s.correlation_id,
        s.incident ->> 'step' AS step,
        s.incident -> 'error' AS error,
-       s.updated_at AS since,
+       COALESCE((s.incident ->> 'since')::timestamptz, s.updated_at) AS since,
        s.status,
        (s.incident ->> 'attempts')::integer AS attempts
   FROM saga.sagas s

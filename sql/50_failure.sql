@@ -182,7 +182,8 @@ SELECT step, status FROM saga.step_runs WHERE saga_id = :p ORDER BY step_index;
 
 --
 -- In-flight siblings are withdrawn: an undelivered task is deleted and its
--- step skipped; a delivered one awaits its late report.
+-- step skipped; a leased one stays in the outbox under its lease and awaits
+-- its late report (or the lapse of the lease).
 --
 SELECT saga.define('f_sib', $${"steps": [
   {"name": "a", "topic": "f_sa", "after": [], "compensate": {"topic": "f_sa"}},

@@ -18,6 +18,7 @@ SELECT step, lease FROM saga.claim('x_b', 'w1', 1, '1 hour');
 SELECT saga.cancel(:c1, 'customer changed their mind');
 SELECT status, cancel_reason, finished_at IS NULL AS unfinished FROM saga.instances WHERE id = :c1;
 SELECT step, status, withdrawn FROM saga.step_runs WHERE saga_id = :c1 ORDER BY step_index;
+-- the leased task stays under its lease, awaiting its report
 SELECT kind, step FROM saga.outbox WHERE saga_id = :c1 ORDER BY id;
 -- cancelling again, while it compensates: refused
 SELECT saga_test.err(format('SELECT saga.cancel(%s)', :c1));

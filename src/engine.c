@@ -268,7 +268,7 @@ enqueue(SagaState *st, int step, bool comp)
 	t->step = s->name;
 	/* compensations, and everything after a pivot, retry until they succeed */
 	t->max_attempts = (comp || st->pivoted) ? 0 : s->retry.max_attempts;
-	t->timeout = comp ? 0 : s->timeout;
+	t->timeout = (comp || st->pivoted) ? 0 : s->timeout;
 }
 
 static void
@@ -415,11 +415,22 @@ step_failed(SagaState *st, int step, Jsonb *error)
 	add_event(st, "failed", step, error);
 }
 
+static void
+withdrawn(SagaState *st, int step, SagaStepStatus status)
+{
+	JsonbParseState *ps = NULL;
+
+	st->step_status[step] = status;
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_str(&ps, "outcome", status == STEP_SKIPPED ? "skipped" : "awaiting report");
+	add_event(st, "withdrawn", step, jb_finish(&ps));
+}
+
 /*
  * Withdraw everything still in flight and start compensating.  Tasks nobody
- * has seen are deleted and their steps skipped; a task that was delivered
- * (or is locked by a poller right now) may be acted on, so its step is in
- * doubt until its report arrives.
+ * holds are deleted and their steps skipped; a task that is leased, or
+ * locked by a poller right now, may be acted on, so its step is in doubt
+ * until its report arrives (or its lease lapses).
  */
 static void
 begin_compensation(SagaState *st)
@@ -427,7 +438,6 @@ begin_compensation(SagaState *st)
 	int			n = st->def->nsteps;
 	int64	   *ids = palloc(sizeof(int64) * n);
 	int64	   *gone = palloc(sizeof(int64) * n);
-	int32	   *deliveries = palloc(sizeof(int32) * n);
 	int			nids = 0;
 	int			ngone;
 
@@ -447,39 +457,22 @@ begin_compensation(SagaState *st)
 		int			step = SAGA_TASK_STEP(st->tasks[t].id);
 
 		if (!SAGA_TASK_IS_COMP(st->tasks[t].id) && st->step_status[step] == STEP_READY)
-		{
-			JsonbParseState *ps = NULL;
-
-			st->step_status[step] = STEP_SKIPPED;
-			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-			jb_str(&ps, "outcome", "skipped");
-			add_event(st, "withdrawn", step, jb_finish(&ps));
-		}
+			withdrawn(st, step, STEP_SKIPPED);
 	}
 	st->ntasks = 0;
 
-	ngone = nids > 0 ? SagaOutboxWithdraw(ids, nids, gone, deliveries) : 0;
+	ngone = nids > 0 ? SagaOutboxWithdraw(ids, nids, gone) : 0;
 	for (int k = 0; k < nids; k++)
 	{
 		int			step = SAGA_TASK_STEP(ids[k]);
 		bool		deleted = false;
-		int32		delivered = 0;
-		JsonbParseState *ps = NULL;
 
 		if (st->step_status[step] != STEP_READY)
 			continue;
 		for (int g = 0; g < ngone; g++)
 			if (gone[g] == ids[k])
-			{
 				deleted = true;
-				delivered = deliveries[g];
-			}
-		st->step_status[step] = (deleted && delivered == 0) ? STEP_SKIPPED : STEP_IN_DOUBT;
-		if (deleted)
-			st->deliveries[step] = delivered;
-		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-		jb_str(&ps, "outcome", st->step_status[step] == STEP_SKIPPED ? "skipped" : "awaiting report");
-		add_event(st, "withdrawn", step, jb_finish(&ps));
+		withdrawn(st, step, deleted ? STEP_SKIPPED : STEP_IN_DOUBT);
 	}
 	compensate(st);
 }
@@ -497,7 +490,7 @@ retry_forward(SagaState *st, int step, int attempt, Jsonb *error, bool reported)
 
 	st->errors = jsonb_put(st->errors, st->def->steps[step].name, error);
 	st->attempts[step] = attempt;
-	SagaOutboxRetryLater(task, attempt + 1, delay);
+	SagaOutboxRetryLater(task, attempt + 1, delay, st->pivoted);
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 	jb_int(&ps, "attempt", attempt);
 	jb_int(&ps, "next_attempt", attempt + 1);
@@ -628,6 +621,7 @@ compensate(SagaState *st)
 					pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 					jb_str(&ps, "step", s->name);
 					jb_jsonb(&ps, "error", out);
+					jb_str(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
 					st->incident = jb_finish(&ps);
 					set_saga_status(st, SAGA_FAILED);
 					return;
@@ -884,8 +878,7 @@ save_saga(SagaState *st)
 		values[3] = PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1,
 													   dims, lbs, JSONBOID, -1, false,
 													   TYPALIGN_INT));
-		values[4] = CStringGetTextDatum(saga_actor ? saga_actor
-										: GetUserNameFromId(saga_caller, false));
+		values[4] = CStringGetTextDatum(SagaActorName());
 		rc = SPI_execute_plan(SagaPrepare(&plan_history,
 										  "INSERT INTO saga.history (saga_id, at, event, step, actor, detail) "
 										  "SELECT $1, pg_catalog.clock_timestamp(), e.event, e.step, $5, e.detail "
@@ -1115,6 +1108,7 @@ raise_incident(SagaState *st, int step, int attempt, Jsonb *error)
 	jb_str(&ps, "step", st->def->steps[step].name);
 	jb_int(&ps, "attempts", attempt);
 	jb_jsonb(&ps, "error", error);
+	jb_str(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
 	st->incident = jb_finish(&ps);
 	add_event(st, "incident", step, st->incident);
 }
@@ -1156,7 +1150,7 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 		JsonbParseState *ps = NULL;
 
 		st->errors = jsonb_put(st->errors, st->def->steps[step].name, payload);
-		SagaOutboxRetryLater(task, attempt + 1, delay);
+		SagaOutboxRetryLater(task, attempt + 1, delay, false);
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 		jb_int(&ps, "attempt", attempt);
 		jb_int(&ps, "delay_ms", delay / 1000);
@@ -1178,6 +1172,7 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 		jb_str(&ps, "step", st->def->steps[step].name);
 		jb_jsonb(&ps, "error", payload);
+		jb_str(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
 		st->incident = jb_finish(&ps);
 		set_saga_status(st, SAGA_FAILED);
 	}

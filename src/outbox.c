@@ -160,15 +160,16 @@ SagaOutboxDelete(int64 task_id)
 }
 
 /*
- * Delete the given tasks where no transaction holds them.  A task locked by
- * another transaction is being worked on by a poller: waiting for it could
- * deadlock (the poller will want the saga row we hold), so it stays.  A task
- * locked by our own transaction stays too: the caller may be working on it
- * in this very transaction and report it next.  Returns how many were
- * deleted, with their ids and delivery counts.
+ * Delete the given tasks where nobody holds them.  Three kinds stay, in
+ * doubt: a leased task (its worker may be acting; a late report or the
+ * lapse of the lease settles it), a task locked by another transaction (a
+ * poller at work: waiting for it could deadlock, as the poller will want the
+ * saga row we hold), and a task locked by our own transaction (the caller
+ * may be working on it and report it next).  Returns how many were deleted,
+ * with their ids.
  */
 int
-SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *deliveries)
+SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn)
 {
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum	   *d = palloc(sizeof(Datum) * nids);
@@ -202,55 +203,66 @@ SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *deliveries)
 	rc = SPI_execute_plan(SagaPrepare(&plan_withdraw,
 									  "DELETE FROM saga.outbox WHERE id IN "
 									  "(SELECT id FROM saga.outbox WHERE id = ANY($1) "
-									  "FOR UPDATE SKIP LOCKED) RETURNING id, deliveries",
+									  "AND lease_owner IS NULL FOR UPDATE SKIP LOCKED) RETURNING id",
 									  1, types),
 						  values, NULL, false, 0);
 	SagaSpiCheck(rc, SPI_OK_DELETE_RETURNING, "withdrawing tasks");
 	for (uint64 i = 0; i < SPI_processed; i++)
-	{
 		withdrawn[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		deliveries[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-	}
 	return (int) SPI_processed;
 }
 
-/* make a task visible again after a delay; its lease, if any, ends */
+/*
+ * Make a task visible again after a delay; its lease, if any, ends.  Past
+ * the pivot a step can only be retried, so its timeout no longer applies.
+ */
 void
-SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us)
+SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us, bool drop_timeout)
 {
-	Oid			types[3] = {INT8OID, INT4OID, INTERVALOID};
-	Datum		values[3];
+	Oid			types[4] = {INT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID};
+	Datum		values[4];
+	TimestampTz visible_at = GetCurrentTimestamp() + delay_us;
 	int			rc;
 
 	values[0] = Int64GetDatum(task_id);
 	values[1] = Int32GetDatum(attempt);
-	values[2] = interval_datum(delay_us);
+	values[2] = TimestampTzGetDatum(visible_at);
+	values[3] = BoolGetDatum(drop_timeout);
 	rc = SPI_execute_plan(SagaPrepare(&plan_retry,
 									  "UPDATE saga.outbox SET attempt = $2, lease_owner = NULL, "
-									  "visible_at = pg_catalog.clock_timestamp() + $3, "
+									  "visible_at = $3, "
+									  "timeout_at = CASE WHEN $4 THEN NULL ELSE timeout_at END, "
 									  "headers = headers || pg_catalog.jsonb_build_object('attempt', $2) "
 									  "WHERE id = $1",
-									  3, types),
+									  4, types),
 						  values, NULL, false, 0);
 	SagaSpiCheck(rc, SPI_OK_UPDATE, "scheduling a retry");
 	/* whoever listens on the topic is told when the delay is over */
-	SagaWakeAt(GetCurrentTimestamp() + delay_us);
+	SagaVisibleAt(visible_at);
 }
 
 /* a lease lapsed without a report: that was an attempt, and the task is free again */
 void
 SagaOutboxLapse(int64 task_id)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(task_id)};
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2] = {Int64GetDatum(task_id), CStringGetTextDatum(SagaActorName())};
 
+	/* history is append-only: the lapse is logged without taking the saga's lock */
 	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_lapse,
-											  "UPDATE saga.outbox SET attempt = attempt + 1, lease_owner = NULL, "
-											  "headers = headers || pg_catalog.jsonb_build_object('attempt', attempt + 1) "
-											  "WHERE id = $1 AND lease_owner IS NOT NULL",
-											  1, types),
+											  "WITH o AS (SELECT id, lease_owner, deliveries FROM saga.outbox "
+											  "WHERE id = $1 AND lease_owner IS NOT NULL), "
+											  "u AS (UPDATE saga.outbox t SET attempt = t.attempt + 1, lease_owner = NULL, "
+											  "headers = t.headers || pg_catalog.jsonb_build_object('attempt', t.attempt + 1) "
+											  "FROM o WHERE t.id = o.id RETURNING t.saga_id, t.step, t.kind, t.attempt) "
+											  "INSERT INTO saga.history (saga_id, at, event, step, actor, detail) "
+											  "SELECT u.saga_id, pg_catalog.clock_timestamp(), 'lease_lapsed', u.step, "
+											  "$2, pg_catalog.jsonb_build_object('kind', u.kind, "
+											  "'worker', o.lease_owner, 'lease', o.deliveries, 'next_attempt', u.attempt) "
+											  "FROM u, o",
+											  2, types),
 								  values, NULL, false, 0),
-				 SPI_OK_UPDATE, "ending a lapsed lease");
+				 SPI_OK_INSERT, "ending a lapsed lease");
 }
 
 /* take a task out of sight until a person calls saga.retry */
@@ -541,7 +553,7 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 				 errmsg("lease %d of task %lld is no longer held", lease, (long long) task_id),
 				 deliveries != lease
 				 ? errdetail("The task's current delivery is %d.", deliveries)
-				 : errdetail("The delivery has already been reported.")));
+				 : errdetail("The delivery has ended: it was reported, or its lease lapsed.")));
 	}
 
 	SagaLeave(&save);

@@ -106,6 +106,13 @@ SagaLeave(SagaUserSave *save)
 	SagaRestoreUser(save);
 }
 
+/* who history says acted: the background worker, or the calling role */
+const char *
+SagaActorName(void)
+{
+	return saga_actor ? saga_actor : GetUserNameFromId(saga_caller, false);
+}
+
 void
 SagaCheckPayload(Jsonb *value, const char *what)
 {

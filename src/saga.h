@@ -109,6 +109,7 @@ extern void SagaRestoreUser(SagaUserSave *save);
 extern Oid	SagaEnter(SagaUserSave *save);
 extern void SagaLeave(SagaUserSave *save);
 extern void SagaCheckPayload(Jsonb *value, const char *what);
+extern const char *SagaActorName(void);
 extern void SagaSpiCheck(int rc, int expected, const char *what);
 extern SPIPlanPtr SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern bool SagaValidTopic(const char *topic);
@@ -146,8 +147,9 @@ extern void SagaOutboxInsert(int64 saga_id, Jsonb *input, Jsonb *results,
 							 const char *correlation_id, const char *traceparent,
 							 SagaNewTask *tasks, int ntasks);
 extern void SagaOutboxDelete(int64 task_id);
-extern int	SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn, int32 *deliveries);
-extern void SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us);
+extern int	SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn);
+extern void SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us,
+								 bool drop_timeout);
 extern void SagaOutboxPark(int64 task_id);
 extern void SagaOutboxUnpark(int64 task_id);
 extern void SagaOutboxLapse(int64 task_id);
@@ -158,5 +160,6 @@ extern int	saga_incident_after;
 
 extern void SagaWorkerInit(void);
 extern void SagaWakeAt(TimestampTz due);
+extern void SagaVisibleAt(TimestampTz visible_at);
 
 #endif							/* SAGA_H */

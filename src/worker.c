@@ -64,7 +64,10 @@ typedef struct SagaWorkerSlot
 	Oid			dboid;
 	pid_t		pid;
 	Latch	   *latch;
-	pg_atomic_uint64 next_wake; /* TimestampTz; DT_NOEND while in a round */
+	/* TimestampTz of the next round; backends lower it (never raise it) */
+	pg_atomic_uint64 next_wake;
+	/* TimestampTz from which to announce visibility again, DT_NOEND: none */
+	pg_atomic_uint64 notify_from;
 } SagaWorkerSlot;
 
 typedef struct SagaShared
@@ -77,8 +80,9 @@ static SagaShared *shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* backend side: earliest due time created by the current transaction */
+/* backend side: earliest due time and delayed visibility of the current transaction */
 static TimestampTz pending_wake = DT_NOEND;
+static TimestampTz pending_visible = DT_NOEND;
 static bool xact_callback_registered = false;
 
 /* worker side */
@@ -131,6 +135,7 @@ saga_shmem_startup(void)
 			shared->slots[i].pid = 0;
 			shared->slots[i].latch = NULL;
 			pg_atomic_init_u64(&shared->slots[i].next_wake, (uint64) DT_NOEND);
+			pg_atomic_init_u64(&shared->slots[i].notify_from, (uint64) DT_NOEND);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -138,36 +143,83 @@ saga_shmem_startup(void)
 
 /* ---------- waking the worker ---------- */
 
+/* lower *target to value; true if it was lowered */
+static bool
+atomic_lower(pg_atomic_uint64 *target, TimestampTz value)
+{
+	uint64		cur = pg_atomic_read_u64(target);
+
+	while ((TimestampTz) cur > value)
+	{
+		if (pg_atomic_compare_exchange_u64(target, &cur, (uint64) value))
+			return true;
+	}
+	return false;
+}
+
+static SagaWorkerSlot *
+find_slot(Oid dboid, Latch **latch)
+{
+	SagaWorkerSlot *found = NULL;
+
+	SpinLockAcquire(&shared->mutex);
+	for (int i = 0; i < SAGA_MAX_WORKERS && found == NULL; i++)
+		if (shared->slots[i].dboid == dboid && shared->slots[i].latch != NULL)
+		{
+			found = &shared->slots[i];
+			*latch = found->latch;
+		}
+	SpinLockRelease(&shared->mutex);
+	return found;
+}
+
 static void
 saga_xact_callback(XactEvent event, void *arg)
 {
 	TimestampTz due = pending_wake;
+	TimestampTz visible = pending_visible;
+	SagaWorkerSlot *slot;
+	Latch	   *latch = NULL;
+	bool		wake = false;
 
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
 		event != XACT_EVENT_PREPARE)
 		return;
 	pending_wake = DT_NOEND;
+	pending_visible = DT_NOEND;
 	if (event != XACT_EVENT_COMMIT || due == DT_NOEND || shared == NULL)
 		return;
 
 	/* only after commit can the worker see what we wrote */
-	for (int i = 0; i < SAGA_MAX_WORKERS; i++)
-	{
-		SagaWorkerSlot *slot = &shared->slots[i];
-		Latch	   *latch = NULL;
-
-		if (slot->dboid != MyDatabaseId)
-			continue;
-		if ((TimestampTz) pg_atomic_read_u64(&slot->next_wake) <= due)
-			return;
-		SpinLockAcquire(&shared->mutex);
-		if (slot->dboid == MyDatabaseId)
-			latch = slot->latch;
-		SpinLockRelease(&shared->mutex);
-		if (latch != NULL)
-			SetLatch(latch);
+	slot = find_slot(MyDatabaseId, &latch);
+	if (slot == NULL)
 		return;
+
+	/*
+	 * Work that became visible before we committed may lie behind the
+	 * worker's last announcement, which could not see it: have it look
+	 * again from there.
+	 */
+	if (visible <= GetCurrentTimestamp() && atomic_lower(&slot->notify_from, visible - 1))
+		wake = true;
+	if (atomic_lower(&slot->next_wake, due))
+		wake = true;
+	if (wake)
+		SetLatch(latch);
+}
+
+static void
+remember(TimestampTz *pending, TimestampTz value)
+{
+	if (shared == NULL)
+		return;					/* not preloaded: saga.tick() does the work */
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(saga_xact_callback, NULL);
+		xact_callback_registered = true;
 	}
+	if (value < *pending)
+		*pending = value;
 }
 
 /*
@@ -177,15 +229,15 @@ saga_xact_callback(XactEvent event, void *arg)
 void
 SagaWakeAt(TimestampTz due)
 {
-	if (shared == NULL)
-		return;					/* not preloaded: saga.tick() does the work */
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(saga_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	if (due < pending_wake)
-		pending_wake = due;
+	remember(&pending_wake, due);
+}
+
+/* a task becomes visible later, at `visible_at`: it must be announced then */
+void
+SagaVisibleAt(TimestampTz visible_at)
+{
+	remember(&pending_wake, visible_at);
+	remember(&pending_visible, visible_at);
 }
 
 /* ---------- the units of a round ---------- */
@@ -301,8 +353,20 @@ static int
 unit_notify(TimestampTz now, TimestampTz *next)
 {
 	Oid			types[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum		values[2] = {TimestampTzGetDatum(notified_until), TimestampTzGetDatum(now)};
+	Datum		values[2];
 	int			notified = 0;
+	TimestampTz from = notified_until;
+
+	if (my_slot != NULL)
+	{
+		TimestampTz again = (TimestampTz) pg_atomic_exchange_u64(&my_slot->notify_from,
+																 (uint64) DT_NOEND);
+
+		if (again < from)
+			from = again;
+	}
+	values[0] = TimestampTzGetDatum(from);
+	values[1] = TimestampTzGetDatum(now);
 
 	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_topics,
 											  "WITH RECURSIVE t(topic) AS ("
@@ -599,6 +663,15 @@ unit_withdrawn_fn(TimestampTz now)
 	return unit_withdrawn();
 }
 
+/* announce what a late commit made visible, between rounds */
+static int
+unit_notify_only(TimestampTz now)
+{
+	TimestampTz ignored = DT_NOEND;
+
+	return unit_notify(now, &ignored);
+}
+
 /* one round; returns when the next should start */
 static TimestampTz
 worker_round(bool recovery)
@@ -684,6 +757,7 @@ saga_worker_main(Datum main_arg)
 									 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
+		TimestampTz now;
 		TimestampTz next;
 		long		timeout_ms;
 
@@ -702,17 +776,22 @@ saga_worker_main(Datum main_arg)
 			}
 		}
 
-		/* while in a round, any commit that creates timed work wakes us */
-		pg_atomic_write_u64(&my_slot->next_wake, (uint64) DT_NOEND);
+		now = GetCurrentTimestamp();
 		if (RecoveryInProgress())
-			next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), saga_max_sleep);
-		else
+			pg_atomic_write_u64(&my_slot->next_wake,
+								(uint64) TimestampTzPlusMilliseconds(now, saga_max_sleep));
+		else if (recovery || now >= (TimestampTz) pg_atomic_read_u64(&my_slot->next_wake))
 		{
+			/* during the round, a commit that creates timed work lowers this */
+			pg_atomic_write_u64(&my_slot->next_wake, (uint64) DT_NOEND);
 			next = worker_round(recovery);
 			recovery = false;
+			atomic_lower(&my_slot->next_wake, next);
 		}
-		pg_atomic_write_u64(&my_slot->next_wake, (uint64) next);
+		else if ((TimestampTz) pg_atomic_read_u64(&my_slot->notify_from) != DT_NOEND)
+			(void) run_unit("saga: wake-ups", unit_notify_only, &next);
 
+		next = (TimestampTz) pg_atomic_read_u64(&my_slot->next_wake);
 		timeout_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
 		if (timeout_ms > 0)
 		{
@@ -728,8 +807,23 @@ saga_worker_main(Datum main_arg)
 typedef struct LaunchedWorker
 {
 	Oid			dboid;
-	BackgroundWorkerHandle *handle;
+	BackgroundWorkerHandle *handle; /* in TopMemoryContext */
+	TimestampTz launched_at;
 } LaunchedWorker;
+
+/* is a worker attached for this database (perhaps started by an earlier launcher) */
+static bool
+worker_attached(Oid dboid)
+{
+	bool		attached = false;
+
+	SpinLockAcquire(&shared->mutex);
+	for (int i = 0; i < SAGA_MAX_WORKERS; i++)
+		if (shared->slots[i].dboid == dboid && shared->slots[i].pid != 0)
+			attached = true;
+	SpinLockRelease(&shared->mutex);
+	return attached;
+}
 
 static LaunchedWorker launched[SAGA_MAX_WORKERS];
 static int	nlaunched = 0;
@@ -791,16 +885,23 @@ launch_workers(void)
 		LaunchedWorker *lw = NULL;
 		BackgroundWorker bgw = {0};
 		pid_t		pid;
+		MemoryContext old;
 
 		if (!OidIsValid(dboid))
 		{
 			ereport(LOG, (errmsg("saga.databases names database \"%s\", which does not exist", dbname)));
 			continue;
 		}
+		if (worker_attached(dboid))
+			continue;
 		for (int i = 0; i < nlaunched; i++)
 			if (launched[i].dboid == dboid)
 				lw = &launched[i];
-		if (lw != NULL && GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
+		if (lw != NULL && lw->handle != NULL &&
+			GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
+			continue;
+		/* one that keeps dying at start is not relaunched in a tight loop */
+		if (lw != NULL && GetCurrentTimestamp() < lw->launched_at + SAGA_RESTART_SECS * USECS_PER_SEC)
 			continue;
 		if (lw == NULL)
 		{
@@ -812,6 +913,8 @@ launch_workers(void)
 			}
 			lw = &launched[nlaunched++];
 			lw->dboid = dboid;
+			lw->handle = NULL;
+			lw->launched_at = 0;
 		}
 
 		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -824,10 +927,16 @@ launch_workers(void)
 		snprintf(bgw.bgw_type, BGW_MAXLEN, "saga worker");
 		bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
 		bgw.bgw_notify_pid = MyProcPid;
+		if (lw->handle != NULL)
+			pfree(lw->handle);
+		lw->handle = NULL;
+		lw->launched_at = GetCurrentTimestamp();
+		old = MemoryContextSwitchTo(TopMemoryContext);
 		if (!RegisterDynamicBackgroundWorker(&bgw, &lw->handle))
 			ereport(LOG,
 					(errmsg("could not start a saga worker for database \"%s\"", dbname),
 					 errhint("Raise max_worker_processes.")));
+		MemoryContextSwitchTo(old);
 	}
 	CommitTransactionCommand();
 }
@@ -858,7 +967,7 @@ saga_launcher_main(Datum main_arg)
 		}
 		launch_workers();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 60000L, PG_WAIT_EXTENSION);
+						 SAGA_RESTART_SECS * 2000L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }

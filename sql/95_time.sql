@@ -1,0 +1,384 @@
+--
+-- 95_time: the time-based work, one round at a time with saga.tick(): step
+-- timeouts, lapsed leases, saga deadlines, wake-up notifications for delayed
+-- work, retention of finished sagas; and incidents for compensations that
+-- keep failing.
+--
+-- The regression database is not in saga.databases, so no background worker
+-- acts here: only saga.tick() does, in the caller's transaction.  Time passes
+-- by moving timestamps into the past (timeout_at, visible_at, deadline_at,
+-- finished_at), never by sleeping.
+--
+-- tick() counts everything in the database, and earlier files leave work
+-- behind: a first tick takes whatever of it is due.  Its notified_topics
+-- count also covers their delayed retries, which fall due while this file
+-- runs, so saga_test.tick() leaves that count out; notifications are checked
+-- with the listener instead, on this file's channels only.
+--
+CREATE ROLE regress_saga_time_admin IN ROLE saga_admin;
+CREATE ROLE regress_saga_time_worker IN ROLE saga_worker;
+CREATE ROLE regress_saga_time_reader IN ROLE saga_reader;
+CREATE ROLE regress_saga_time_nobody;
+SET ROLE regress_saga_time_admin;
+SELECT saga.tick() IS NOT NULL AS earlier_work_done;
+RESET ROLE;
+
+CREATE FUNCTION saga_test.tick() RETURNS jsonb
+LANGUAGE sql AS $$ SELECT saga.tick() - 'notified_topics' $$;
+
+-- A delay (a retry's backoff, a lease) ends now.  saga_test.time_passes()
+-- sets visible_at to a second before the statement's start, which may be
+-- before the previous round: tick announces only what became visible since
+-- its previous round, so the notification tests move visible_at to the clock
+-- time instead, which is always after the previous round.
+CREATE FUNCTION saga_test.delay_ends(task bigint) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE saga.outbox SET visible_at = clock_timestamp() WHERE id = task
+$$;
+
+-- the counts, and that nothing is due now
+SELECT key FROM jsonb_object_keys(saga.tick()) AS key ORDER BY key COLLATE "C";
+SELECT saga_test.tick();
+
+-- only saga_admin may run a round
+SET ROLE regress_saga_time_admin;
+SELECT saga_test.tick();
+SET ROLE regress_saga_time_worker;
+SELECT saga_test.err('SELECT saga.tick()');
+SET ROLE regress_saga_time_reader;
+SELECT saga_test.err('SELECT saga.tick()');
+SET ROLE regress_saga_time_nobody;
+SELECT saga_test.err('SELECT saga.tick()');
+RESET ROLE;
+DROP ROLE regress_saga_time_admin, regress_saga_time_worker, regress_saga_time_reader,
+          regress_saga_time_nobody;
+SELECT has_function_privilege('saga_admin', 'saga.tick()', 'EXECUTE') AS admin,
+       has_function_privilege('saga_worker', 'saga.tick()', 'EXECUTE') AS worker,
+       has_function_privilege('saga_reader', 'saga.tick()', 'EXECUTE') AS reader,
+       has_function_privilege('public', 'saga.tick()', 'EXECUTE') AS public;
+
+--
+-- Step timeouts: from dispatch; when one passes the step fails with
+-- {"reason": "timeout"} and the saga compensates in the same transaction.
+--
+SELECT saga.define('tm_flow', $${"steps": [
+  {"name": "a", "topic": "tm_a", "compensate": {"topic": "tm_undo"}},
+  {"name": "b", "topic": "tm_b", "timeout": "1 hour", "compensate": {"topic": "tm_undo"},
+   "retry": {"initial_delay": "10 minutes", "jitter": false}},
+  {"name": "c", "topic": "tm_c"}
+]}$$);
+SELECT saga.start('tm_flow', '{"n": 1}') AS t1 \gset
+SELECT timeout_at IS NULL AS no_timeout FROM saga.outbox WHERE id = saga_test.task(:t1, 'a');
+SELECT saga.complete(saga_test.task(:t1, 'a'), '{"a": 1}') AS recorded;
+SELECT timeout_at - created_at AS timeout, timeout_at > now() AS ahead
+  FROM saga.outbox WHERE id = saga_test.task(:t1, 'b');
+-- not yet
+SELECT saga_test.tick();
+SELECT step, status FROM saga.step_runs WHERE saga_id = :t1 ORDER BY step_index;
+
+-- the timeout passes; a round in a transaction that rolls back changes nothing
+UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = saga_test.task(:t1, 'b');
+BEGIN;
+SELECT saga_test.tick();
+ROLLBACK;
+SELECT step, status FROM saga.step_runs WHERE saga_id = :t1 ORDER BY step_index;
+SELECT saga_test.tick();
+SELECT step, status, attempts, error FROM saga.step_runs WHERE saga_id = :t1 ORDER BY step_index;
+SELECT status FROM saga.instances WHERE id = :t1;
+SELECT topic, kind, step FROM saga.outbox WHERE saga_id = :t1;
+-- history: the round acts as its caller
+SELECT event, step, detail, actor = current_user AS by_caller
+  FROM saga.history WHERE saga_id = :t1 ORDER BY id;
+-- once is enough
+SELECT saga_test.tick();
+-- the worker's report comes too late
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L)', saga_test.task(:t1, 'b'), '{"b": 1}'));
+SELECT saga.complete(saga_test.task(:t1, 'a', true), '{"undone": true}') AS recorded;
+SELECT status FROM saga.instances WHERE id = :t1;
+
+-- a leased step times out all the same; its report under the lease is refused
+SELECT saga.start('tm_flow', '{"n": 2}') AS t2 \gset
+SELECT saga.complete(saga_test.task(:t2, 'a'), '{"a": 2}') AS recorded;
+SELECT step, lease FROM saga.claim('tm_b', 'w1', 1, '1 day');
+UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = saga_test.task(:t2, 'b');
+SELECT saga_test.tick();
+SELECT step, status, error FROM saga.step_runs WHERE saga_id = :t2 ORDER BY step_index;
+SELECT saga_test.outcome(format('SELECT saga.complete(%s, %L, lease => 1)', saga_test.task(:t2, 'b'), '{"b": 2}')) AS late_complete;
+SELECT saga_test.outcome(format('SELECT saga.heartbeat(%s, 1)', saga_test.task(:t2, 'b'))) AS late_heartbeat;
+
+-- a step waiting for its retry times out too: the timeout spans all attempts
+SELECT saga.start('tm_flow', '{"n": 3}') AS t3 \gset
+SELECT saga.complete(saga_test.task(:t3, 'a'), '{"a": 3}') AS recorded;
+SELECT saga.fail(saga_test.task(:t3, 'b'), '{"reason": "busy"}') AS recorded;
+SELECT attempt, visible_at > now() AS waiting FROM saga.outbox WHERE id = saga_test.task(:t3, 'b');
+UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = saga_test.task(:t3, 'b');
+SELECT saga_test.tick();
+SELECT step, status, attempts, error FROM saga.step_runs WHERE saga_id = :t3 ORDER BY step_index;
+SELECT status FROM saga.instances WHERE id = :t3;
+
+-- after the pivot nothing is compensated: a timeout is retried forward, and
+-- the step can still be delivered and finish
+SELECT saga.define('tm_pivot', $${"steps": [
+  {"name": "a", "topic": "tm_a", "pivot": true},
+  {"name": "b", "topic": "tm_pb", "timeout": "1 hour"}
+]}$$);
+SELECT saga.start('tm_pivot') AS t4 \gset
+SELECT saga.complete(saga_test.task(:t4, 'a'), '{"a": 4}') AS recorded;
+UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = saga_test.task(:t4, 'b');
+SELECT saga_test.tick();
+SELECT step, status, error FROM saga.step_runs WHERE saga_id = :t4 ORDER BY step_index;
+SELECT status FROM saga.instances WHERE id = :t4;
+SELECT event, step FROM saga.history WHERE saga_id = :t4 ORDER BY id;
+-- the timeout was handled: the next round finds nothing
+SELECT saga_test.tick();
+SELECT saga_test.time_passes(saga_test.task(:t4, 'b'));
+SELECT step, kind FROM saga.claim('tm_pb', 'w1', 1, '1 hour');
+SELECT saga_test.outcome(format('SELECT saga.complete(%s, %L)', saga_test.task(:t4, 'b'), '{"b": 4}')) AS complete;
+SELECT status FROM saga.instances WHERE id = :t4;
+
+--
+-- Lapsed leases: a lease that ends without a report was an attempt; the
+-- lease is cleared and the task can be claimed again at once.  On the last
+-- attempt the step fails and the saga compensates.
+--
+SELECT saga.define('ls_flow', $${"steps": [
+  {"name": "a", "topic": "ls_a", "compensate": {"topic": "ls_undo"}},
+  {"name": "b", "topic": "ls_b", "retry": {"max_attempts": 2}}
+]}$$);
+SELECT saga.start('ls_flow') AS l1 \gset
+SELECT saga.complete(saga_test.task(:l1, 'a'), '{"a": 1}') AS recorded;
+SELECT step, lease, attempt FROM saga.claim('ls_b', 'w1', 1, '1 hour');
+-- a lease that has not ended is left alone
+SELECT saga_test.tick();
+SELECT attempt, deliveries, lease_owner FROM saga.outbox WHERE id = saga_test.task(:l1, 'b');
+-- it ends
+SELECT saga_test.time_passes(saga_test.task(:l1, 'b'));
+SELECT saga_test.tick();
+SELECT attempt, deliveries, lease_owner, headers -> 'attempt' AS attempt_header, visible_at <= now() AS visible
+  FROM saga.outbox WHERE id = saga_test.task(:l1, 'b');
+SELECT step, status, attempts FROM saga.step_runs WHERE saga_id = :l1 ORDER BY step_index;
+SELECT saga_test.tick();
+-- the lapsed lease is gone: no heartbeat, no report under it
+SELECT saga_test.outcome(format('SELECT saga.heartbeat(%s, 1)', saga_test.task(:l1, 'b'))) AS heartbeat;
+SELECT saga_test.outcome(format('SELECT saga.complete(%s, %L, lease => 1)', saga_test.task(:l1, 'b'), '{}')) AS complete;
+-- the second (last) attempt
+SELECT step, lease, attempt FROM saga.claim('ls_b', 'w2', 1, '1 hour');
+SELECT saga_test.time_passes(saga_test.task(:l1, 'b'));
+SELECT saga_test.tick();
+SELECT step, status, attempts, error FROM saga.step_runs WHERE saga_id = :l1 ORDER BY step_index;
+SELECT status FROM saga.instances WHERE id = :l1;
+SELECT event, step, detail FROM saga.history WHERE saga_id = :l1 ORDER BY id;
+-- a compensation's lease lapses too, as often as it may: compensations retry
+SELECT step, kind, lease, attempt FROM saga.claim('ls_undo', 'w3', 1, '1 hour');
+SELECT saga_test.time_passes(saga_test.task(:l1, 'a', true));
+SELECT saga_test.tick();
+SELECT kind, attempt, lease_owner FROM saga.outbox WHERE saga_id = :l1;
+SELECT step, kind, lease, attempt FROM saga.claim('ls_undo', 'w3', 1, '1 hour');
+SELECT saga.complete(saga_test.task(:l1, 'a', true), '{"undone": true}', lease => 2) AS recorded;
+SELECT status FROM saga.instances WHERE id = :l1;
+
+--
+-- Deadlines: when a saga's "deadline" passes it compensates; past its pivot
+-- the event is recorded and the saga moves on.
+--
+SELECT saga.define('dl_flow', $${"deadline": "1 hour", "steps": [
+  {"name": "a", "topic": "dl_a", "compensate": {"topic": "dl_undo"}},
+  {"name": "b", "topic": "dl_b"}
+]}$$);
+SELECT saga.define('dl_pivot', $${"deadline": "1 hour", "steps": [
+  {"name": "a", "topic": "dl_a", "pivot": true},
+  {"name": "b", "topic": "dl_b"}
+]}$$);
+SELECT saga.start('dl_flow', '{"n": 1}') AS d1 \gset
+SELECT deadline_at - started_at BETWEEN interval '1 hour' AND interval '1 hour 1 second' AS in_an_hour
+  FROM saga.sagas WHERE id = :d1;
+SELECT saga_test.tick();
+SELECT saga.complete(saga_test.task(:d1, 'a'), '{"a": 1}') AS recorded;
+UPDATE saga.sagas SET deadline_at = now() - interval '1 second' WHERE id = :d1;
+SELECT saga_test.tick();
+SELECT status, deadline_at IS NULL AS deadline_cleared FROM saga.sagas WHERE id = :d1;
+SELECT step, status FROM saga.step_runs WHERE saga_id = :d1 ORDER BY step_index;
+SELECT topic, kind, step FROM saga.outbox WHERE saga_id = :d1;
+SELECT event, step, detail, actor = current_user AS by_caller
+  FROM saga.history WHERE saga_id = :d1 ORDER BY id;
+SELECT saga_test.tick();
+SELECT saga.complete(saga_test.task(:d1, 'a', true), '{"undone": true}') AS recorded;
+SELECT status FROM saga.instances WHERE id = :d1;
+
+-- a saga that finishes in time has no deadline left
+SELECT saga.start('dl_flow', '{"n": 2}') AS d2 \gset
+SELECT saga.complete(saga_test.task(:d2, 'a'), '{"a": 2}') AS recorded;
+SELECT saga.complete(saga_test.task(:d2, 'b'), '{"b": 2}') AS recorded;
+SELECT status, deadline_at IS NULL AS deadline_cleared FROM saga.sagas WHERE id = :d2;
+
+-- a saga already compensating when its deadline passes: only the event
+SELECT saga.start('dl_flow', '{"n": 3}') AS d3 \gset
+SELECT saga.complete(saga_test.task(:d3, 'a'), '{"a": 3}') AS recorded;
+SELECT saga.fail(saga_test.task(:d3, 'b'), '{"reason": "no"}', retryable => false) AS recorded;
+SELECT status, deadline_at IS NOT NULL AS deadline_pending FROM saga.sagas WHERE id = :d3;
+UPDATE saga.sagas SET deadline_at = now() - interval '1 second' WHERE id = :d3;
+SELECT saga_test.tick();
+SELECT status, deadline_at IS NULL AS deadline_cleared FROM saga.sagas WHERE id = :d3;
+SELECT event, step, detail FROM saga.history WHERE saga_id = :d3 AND event = 'deadline_passed';
+SELECT saga_test.tick();
+SELECT count(*) FILTER (WHERE kind = 'compensate') AS compensations FROM saga.outbox WHERE saga_id = :d3;
+SELECT count(*) FILTER (WHERE event = 'compensation_dispatched') AS dispatched,
+       count(*) FILTER (WHERE event = 'compensating') AS compensating
+  FROM saga.history WHERE saga_id = :d3;
+
+-- past the pivot: the event only
+SELECT saga.start('dl_pivot') AS d4 \gset
+SELECT saga.complete(saga_test.task(:d4, 'a'), '{"a": 4}') AS recorded;
+UPDATE saga.sagas SET deadline_at = now() - interval '1 second' WHERE id = :d4;
+SELECT saga_test.tick();
+SELECT status, deadline_at IS NULL AS deadline_cleared FROM saga.sagas WHERE id = :d4;
+SELECT step, status FROM saga.step_runs WHERE saga_id = :d4 ORDER BY step_index;
+SELECT event, step, detail FROM saga.history WHERE saga_id = :d4 ORDER BY id;
+SELECT saga_test.tick();
+SELECT saga.complete(saga_test.task(:d4, 'b'), '{"b": 4}') AS recorded;
+SELECT status FROM saga.instances WHERE id = :d4;
+
+--
+-- Retention: finished sagas older than saga.retention (default 7 days) go,
+-- with their history; failed ones stay until retried, running ones stay.
+-- saga.retention is set in postgresql.conf (a reload applies it), not per
+-- session.
+--
+SHOW saga.retention;
+SELECT saga_test.err($$SET saga.retention = '1 hour'$$);
+CREATE FUNCTION saga_test.rt_undo(p jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p -> 'input' ->> 'undo' = 'breaks' THEN
+        RAISE 'cannot undo';
+    END IF;
+    RETURN '{}';
+END
+$$;
+SELECT saga.define('rt_flow', $${"steps": [
+  {"name": "a", "topic": "rt_a", "compensate": {"sql": "saga_test.rt_undo"}},
+  {"name": "b", "topic": "rt_b"}
+]}$$);
+-- completed, compensated, cancelled, failed, running, and a recent one
+SELECT saga.start('rt_flow', '{"k": "completed"}') AS r1 \gset
+SELECT saga.complete(saga_test.task(:r1, 'a')) AS recorded;
+SELECT saga.complete(saga_test.task(:r1, 'b')) AS recorded;
+SELECT saga.start('rt_flow', '{"k": "compensated"}') AS r2 \gset
+SELECT saga.complete(saga_test.task(:r2, 'a')) AS recorded;
+SELECT saga.fail(saga_test.task(:r2, 'b'), '{}', false) AS recorded;
+SELECT saga.start('rt_flow', '{"k": "cancelled"}') AS r3 \gset
+SELECT saga.cancel(:r3);
+SELECT saga.start('rt_flow', '{"k": "failed", "undo": "breaks"}') AS r4 \gset
+SELECT saga.complete(saga_test.task(:r4, 'a')) AS recorded;
+SELECT saga.fail(saga_test.task(:r4, 'b'), '{}', false) AS recorded;
+SELECT saga.start('rt_flow', '{"k": "running"}') AS r5 \gset
+SELECT saga.start('rt_flow', '{"k": "recent"}') AS r6 \gset
+SELECT saga.complete(saga_test.task(:r6, 'a')) AS recorded;
+SELECT saga.complete(saga_test.task(:r6, 'b')) AS recorded;
+SELECT input ->> 'k' AS k, status, finished_at IS NOT NULL AS finished
+  FROM saga.instances WHERE name = 'rt_flow' ORDER BY id;
+-- time passes: eight days for all but the recent one, which finished six days ago
+UPDATE saga.sagas SET finished_at = finished_at - interval '8 days', started_at = started_at - interval '8 days'
+ WHERE id IN (:r1, :r2, :r3, :r4, :r5);
+UPDATE saga.sagas SET finished_at = finished_at - interval '6 days' WHERE id = :r6;
+SELECT s.input ->> 'k' AS k, count(h.id) > 0 AS has_history
+  FROM saga.sagas s LEFT JOIN saga.history h ON h.saga_id = s.id
+ WHERE s.name = 'rt_flow' GROUP BY s.id ORDER BY s.id;
+SELECT saga_test.tick();
+SELECT input ->> 'k' AS k, status FROM saga.instances WHERE name = 'rt_flow' ORDER BY id;
+SELECT count(*) AS history_of_purged FROM saga.history WHERE saga_id IN (:r1, :r2, :r3);
+SELECT count(*) > 0 AS history_kept FROM saga.history WHERE saga_id = :r4;
+SELECT saga_id = :r4 AS failed_saga FROM saga.incidents WHERE name = 'rt_flow';
+SELECT saga_test.tick();
+
+--
+-- Incidents: a compensation that keeps failing retryably is retried for
+-- ever; after saga.compensation_incident_after attempts (default 5) the
+-- saga is listed in saga.incidents while it stays compensating, and the
+-- incident clears when the compensation succeeds.
+--
+SHOW saga.compensation_incident_after;
+SELECT saga.define('in_flow', $${"steps": [
+  {"name": "pay", "topic": "in_pay", "compensate": {"topic": "in_refund"}},
+  {"name": "ship", "topic": "in_ship"}
+]}$$);
+SELECT saga.start('in_flow', correlation_id => 'order-95') AS i1 \gset
+SELECT saga.complete(saga_test.task(:i1, 'pay'), '{"payment": "p95"}') AS recorded;
+SELECT saga.fail(saga_test.task(:i1, 'ship'), '{"reason": "no stock"}', retryable => false) AS recorded;
+SELECT saga_test.task(:i1, 'pay', true) AS refund \gset
+-- four failures: no incident yet
+SELECT lease, attempt FROM saga.claim('in_refund', 'w1', 1, '1 minute');
+SELECT saga.fail(:refund, '{"reason": "psp 1"}', lease => 1) AS recorded;
+SELECT saga_test.time_passes(:refund);
+SELECT lease, attempt FROM saga.claim('in_refund', 'w1', 1, '1 minute');
+SELECT saga.fail(:refund, '{"reason": "psp 2"}', lease => 2) AS recorded;
+SELECT saga_test.time_passes(:refund);
+SELECT lease, attempt FROM saga.claim('in_refund', 'w1', 1, '1 minute');
+SELECT saga.fail(:refund, '{"reason": "psp 3"}', lease => 3) AS recorded;
+SELECT saga_test.time_passes(:refund);
+SELECT lease, attempt FROM saga.claim('in_refund', 'w1', 1, '1 minute');
+SELECT saga.fail(:refund, '{"reason": "psp 4"}', lease => 4) AS recorded;
+SELECT count(*) AS incidents FROM saga.incidents WHERE saga_id = :i1;
+-- the fifth
+SELECT saga_test.time_passes(:refund);
+SELECT lease, attempt FROM saga.claim('in_refund', 'w1', 1, '1 minute');
+SELECT saga.fail(:refund, '{"reason": "psp 5"}', lease => 5) AS recorded;
+SELECT name, version, correlation_id, step, error, status, attempts, since IS NOT NULL AS has_since
+  FROM saga.incidents WHERE saga_id = :i1;
+SELECT status FROM saga.instances WHERE id = :i1;
+SELECT step, status, attempts, error FROM saga.step_runs WHERE saga_id = :i1 ORDER BY step_index;
+-- a sixth failure: still one incident, about the attempt that raised it
+SELECT saga_test.time_passes(:refund);
+SELECT lease, attempt FROM saga.claim('in_refund', 'w1', 1, '1 minute');
+SELECT saga.fail(:refund, '{"reason": "psp 6"}', lease => 6) AS recorded;
+SELECT step, error, status, attempts FROM saga.incidents WHERE saga_id = :i1;
+-- rounds leave it alone
+SELECT saga_test.tick();
+SELECT count(*) AS incidents FROM saga.incidents WHERE saga_id = :i1;
+-- the refund goes through: the incident clears
+SELECT saga_test.time_passes(:refund);
+SELECT lease, attempt FROM saga.claim('in_refund', 'w1', 1, '1 minute');
+SELECT saga.complete(:refund, '{"refunded": true}', lease => 7) AS recorded;
+SELECT count(*) AS incidents FROM saga.incidents WHERE saga_id = :i1;
+SELECT status FROM saga.instances WHERE id = :i1;
+SELECT event, step, detail -> 'attempt' AS attempt, detail -> 'attempts' AS attempts
+  FROM saga.history WHERE saga_id = :i1 AND event IN ('incident', 'compensation_retry_scheduled', 'compensated')
+ ORDER BY id;
+
+--
+-- Wake-ups: a delayed retry, or a task whose lease lapsed, becomes visible
+-- without anyone writing it; the next round NOTIFYs saga_<topic> for it.
+--
+SELECT saga.define('nt_flow', $${"steps": [
+  {"name": "a", "topic": "nt_r",
+   "retry": {"max_attempts": 5, "initial_delay": "1 hour", "max_delay": "1 hour", "jitter": false}}
+]}$$);
+SELECT saga_test.listen('saga_nt_r');
+SELECT saga_test.notifications();
+SELECT saga.start('nt_flow') AS n1 \gset
+SELECT saga_test.task(:n1, 'a') AS nt \gset
+SELECT saga_test.notifications();
+SELECT lease FROM saga.claim('nt_r', 'w1', 1, '1 hour');
+SELECT saga.fail(:nt, '{"reason": "later"}', lease => 1) AS recorded;
+SELECT saga_test.notifications();
+-- the delay has not passed: a round says nothing
+SELECT saga_test.tick();
+SELECT saga_test.notifications();
+-- it passes: the next round announces the task, once
+SELECT saga_test.delay_ends(:nt);
+SELECT saga_test.notifications();
+SELECT (saga.tick() ->> 'notified_topics')::int >= 1 AS notified_some;
+SELECT saga_test.notifications();
+SELECT saga_test.tick();
+SELECT saga_test.notifications();
+-- a lease that lapses: the round makes the task claimable and says so
+SELECT lease, attempt FROM saga.claim('nt_r', 'w1', 1, '1 hour');
+SELECT saga_test.tick();
+SELECT saga_test.notifications();
+SELECT saga_test.delay_ends(:nt);
+SELECT saga_test.tick();
+SELECT saga_test.notifications();
+SELECT lease, attempt FROM saga.claim('nt_r', 'w1', 1, '1 hour');
+SELECT saga.complete(:nt, '{}', lease => 3) AS recorded;
+SELECT status FROM saga.instances WHERE id = :n1;
+SELECT saga_test.notifications();
