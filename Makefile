@@ -31,6 +31,11 @@ ISOLATION = $(patsubst test/isolation/specs/%.spec,%,$(sort $(wildcard test/isol
 ISOLATION_OPTS = --temp-config=$(srcdir)/saga.conf --temp-instance=tmp_check_iso \
 	--inputdir=$(srcdir)/test/isolation --outputdir=output_iso --load-extension=saga
 
+# TAP tests (PostgreSQL::Test::Cluster) under test/t: each starts its own
+# cluster, so run them as a user the server accepts (scripts/test.sh does)
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

@@ -772,8 +772,10 @@ saga_worker_main(Datum main_arg)
 			{
 				ereport(LOG,
 						(errmsg("saga worker exiting: database no longer in saga.databases")));
-				proc_exit(0);	/* exit code 0: the postmaster does not restart us */
+				proc_exit(0);
 			}
+			/* new settings (retention, batch size, sleep) apply at once */
+			pg_atomic_write_u64(&my_slot->next_wake, (uint64) GetCurrentTimestamp());
 		}
 
 		now = GetCurrentTimestamp();
@@ -861,10 +863,17 @@ database_oid(const char *dbname)
 	return dboid;
 }
 
-/* start a worker for every listed database that has none running */
-static void
+/*
+ * Start a worker for every listed database that has none running.  Workers
+ * are not restarted by the postmaster: the launcher, told when one stops,
+ * starts it again, at most once per SAGA_RESTART_SECS.  Returns when it
+ * wants to look again.
+ */
+static TimestampTz
 launch_workers(void)
 {
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz again = now + 10 * USECS_PER_SEC;
 	List	   *names;
 	char	   *raw = pstrdup(saga_databases);
 	ListCell   *lc;
@@ -874,7 +883,7 @@ launch_workers(void)
 		ereport(LOG,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid list syntax in parameter \"saga.databases\"")));
-		return;
+		return again;
 	}
 
 	StartTransactionCommand();
@@ -901,8 +910,11 @@ launch_workers(void)
 			GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
 			continue;
 		/* one that keeps dying at start is not relaunched in a tight loop */
-		if (lw != NULL && GetCurrentTimestamp() < lw->launched_at + SAGA_RESTART_SECS * USECS_PER_SEC)
+		if (lw != NULL && now < lw->launched_at + SAGA_RESTART_SECS * USECS_PER_SEC)
+		{
+			again = Min(again, lw->launched_at + SAGA_RESTART_SECS * USECS_PER_SEC);
 			continue;
+		}
 		if (lw == NULL)
 		{
 			if (nlaunched == SAGA_MAX_WORKERS)
@@ -919,8 +931,7 @@ launch_workers(void)
 
 		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		/* terminated or crashed workers come back by themselves */
-		bgw.bgw_restart_time = SAGA_RESTART_SECS;
+		bgw.bgw_restart_time = BGW_NEVER_RESTART;
 		snprintf(bgw.bgw_library_name, BGW_MAXLEN, "saga");
 		snprintf(bgw.bgw_function_name, BGW_MAXLEN, "saga_worker_main");
 		snprintf(bgw.bgw_name, BGW_MAXLEN, "saga worker for database %s", dbname);
@@ -930,7 +941,7 @@ launch_workers(void)
 		if (lw->handle != NULL)
 			pfree(lw->handle);
 		lw->handle = NULL;
-		lw->launched_at = GetCurrentTimestamp();
+		lw->launched_at = now;
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		if (!RegisterDynamicBackgroundWorker(&bgw, &lw->handle))
 			ereport(LOG,
@@ -939,12 +950,14 @@ launch_workers(void)
 		MemoryContextSwitchTo(old);
 	}
 	CommitTransactionCommand();
+	return again;
 }
 
 void
 saga_launcher_main(Datum main_arg)
 {
 	ErrorContextCallback errcallback;
+	TimestampTz again;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -965,9 +978,10 @@ saga_launcher_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		launch_workers();
+		again = launch_workers();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 SAGA_RESTART_SECS * 2000L, PG_WAIT_EXTENSION);
+						 Max(1L, (long) ((again - GetCurrentTimestamp()) / 1000)),
+						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }

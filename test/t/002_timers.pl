@@ -1,0 +1,246 @@
+# 002_timers.pl: time-based work that the worker does with no client
+# calling anything: a step timeout, leases that lapse until the attempts run
+# out, a saga deadline, and the NOTIFY that tells a LISTENer when a delayed
+# retry becomes visible.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Utils;
+use SagaTest;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $node = saga_node('timers');
+
+ok( poll_until(
+		$node,
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'saga worker' AND datname = 'postgres'",
+		'1'),
+	'the saga worker runs');
+
+# the last history event of a step: "event actor"
+sub last_event
+{
+	my ($saga, $step) = @_;
+	return sql($node,
+		"SELECT event || ' ' || actor FROM saga.history WHERE saga_id = $saga AND step = '$step' "
+		  . "ORDER BY id DESC LIMIT 1");
+}
+
+# the outbox rows of a saga: "kind:step:topic" ...
+sub tasks
+{
+	my ($saga) = @_;
+	return sql($node,
+		"SELECT coalesce(string_agg(kind || ':' || step || ':' || topic, ' ' ORDER BY id), '') "
+		  . "FROM saga.outbox WHERE saga_id = $saga");
+}
+
+# --- a step timeout ------------------------------------------------------------
+
+sql(
+	$node, q{
+SELECT saga.define('to', '{"steps": [
+    {"name": "a", "topic": "to_a", "compensate": {"topic": "to_a_undo"}},
+    {"name": "b", "topic": "to_b", "timeout": "1 second"}]}');
+});
+my $s = sql($node, "SELECT saga.start('to')");
+is( sql($node,
+		"SELECT count(*) FILTER (WHERE saga.complete(id, '{\"a\": 1}', lease)) FROM saga.claim('to_a', 'tap')"
+	),
+	'1',
+	'timeout: complete a');
+my ($timeout_at, $b_task) = split /\|/,
+  sql($node,
+	"SELECT timeout_at, id FROM saga.outbox WHERE saga_id = $s AND step = 'b'");
+ok($timeout_at, "timeout: b is dispatched with a timeout ($timeout_at)");
+
+ok( poll_until(
+		$node, "SELECT status FROM saga.instances WHERE id = $s",
+		'compensating'),
+	'timeout: the saga turns compensating with no client action');
+is( sql($node,
+		"SELECT status || ' ' || (error = '{\"reason\": \"timeout\"}') FROM saga.step_runs "
+		  . "WHERE saga_id = $s AND step = 'b'"),
+	'failed true',
+	'timeout: b failed with {"reason": "timeout"}');
+is(last_event($s, 'b'), 'failed saga worker', 'timeout: the worker failed b');
+is( sql($node,
+		"SELECT at >= '$timeout_at' FROM saga.history WHERE saga_id = $s AND step = 'b' AND event = 'failed'"
+	),
+	't',
+	'timeout: not before the timeout');
+is(tasks($s), 'compensate:a:to_a_undo',
+	'timeout: b is gone and the compensation of a is enqueued');
+is( sql($node,
+		"SELECT count(*) FILTER (WHERE saga.complete(id, '{}', lease)) FROM saga.claim('to_a_undo', 'tap')"
+	),
+	'1',
+	'timeout: complete the compensation');
+is(sql($node, "SELECT status FROM saga.instances WHERE id = $s"),
+	'compensated', 'timeout: the saga ends compensated');
+
+# --- leases that lapse until the attempts run out ------------------------------
+
+sql(
+	$node, q{
+SELECT saga.define('ls', '{"steps": [
+    {"name": "a", "topic": "ls_a", "compensate": {"topic": "ls_a_undo"}},
+    {"name": "b", "topic": "ls_b", "retry": {"max_attempts": 2}}]}');
+});
+$s = sql($node, "SELECT saga.start('ls')");
+is( sql($node,
+		"SELECT count(*) FILTER (WHERE saga.complete(id, '{}', lease)) FROM saga.claim('ls_a', 'tap')"
+	),
+	'1',
+	'lease: complete a');
+is( sql($node,
+		"SELECT attempt || ' ' || lease FROM saga.claim('ls_b', 'tap', 1, '200 milliseconds')"),
+	'1 1',
+	'lease: claim b for 200 ms (attempt 1, lease 1)');
+ok( poll_until(
+		$node,
+		"SELECT lease_owner IS NULL AND attempt = 2 FROM saga.outbox WHERE saga_id = $s AND step = 'b'"
+	),
+	'lease: the worker counts the lapse: attempt 2, lease cleared');
+is( sql($node,
+		"SELECT s.status || ' ' || r.status || ' ' || r.attempts FROM saga.instances s "
+		  . "JOIN saga.step_runs r ON r.saga_id = s.id WHERE s.id = $s AND r.step = 'b'"),
+	'running ready 2',
+	'lease: with an attempt left the saga runs on and b is ready again');
+is( sql($node,
+		"SELECT attempt || ' ' || lease FROM saga.claim('ls_b', 'tap', 1, '200 milliseconds')"),
+	'2 2',
+	'lease: claim b again (attempt 2, lease 2), then nobody reports');
+ok( poll_until(
+		$node, "SELECT status FROM saga.instances WHERE id = $s",
+		'compensating'),
+	'lease: the saga turns compensating with no client action');
+is( sql($node,
+		"SELECT status || ' ' || (error = '{\"reason\": \"attempts exhausted: lease expired\"}') "
+		  . "FROM saga.step_runs WHERE saga_id = $s AND step = 'b'"),
+	'failed true',
+	'lease: b failed with {"reason": "attempts exhausted: lease expired"}');
+is(last_event($s, 'b'), 'failed saga worker', 'lease: the worker failed b');
+is(tasks($s), 'compensate:a:ls_a_undo',
+	'lease: b is gone and the compensation of a is enqueued');
+
+# --- a withdrawn task whose lease lapses ----------------------------------------
+
+# a and b run in parallel; b fails for good while a is leased, so a is
+# withdrawn but stays (a report may still come).  Nobody reports: when the
+# lease lapses the worker settles a as compensated in doubt.
+sql(
+	$node, q{
+SELECT saga.define('wd', '{"steps": [
+    {"name": "a", "topic": "wd_a", "after": [], "compensate": {"topic": "wd_a_undo"}},
+    {"name": "b", "topic": "wd_b", "after": []}]}');
+});
+$s = sql($node, "SELECT saga.start('wd')");
+is(sql($node, "SELECT count(*) FROM saga.claim('wd_a', 'tap', 1, '500 milliseconds')"),
+	'1', 'withdrawn: claim a for 500 ms');
+is( sql($node,
+		"SELECT count(*) FILTER (WHERE saga.fail(id, '{\"reason\": \"no\"}', false, lease)) FROM saga.claim('wd_b', 'tap')"
+	),
+	'1',
+	'withdrawn: b fails for good');
+is(tasks($s), 'action:a:wd_a', 'withdrawn: the leased a stays, awaiting its report');
+ok( poll_until(
+		$node, "SELECT count(*) FROM saga.outbox WHERE saga_id = $s AND kind = 'compensate'",
+		'1'),
+	'withdrawn: once the lease lapses a compensation is enqueued with no client action');
+is(tasks($s), 'compensate:a:wd_a_undo', 'withdrawn: for a, and a\'s action is gone');
+is( sql($node,
+		"SELECT actor || ': ' || (detail ->> 'outcome') FROM saga.history "
+		  . "WHERE saga_id = $s AND step = 'a' AND event = 'withdrawn' ORDER BY id DESC LIMIT 1"),
+	'saga worker: lease lapsed without a report: compensated in doubt',
+	'withdrawn: the worker settled a as compensated in doubt');
+
+# --- a saga deadline -----------------------------------------------------------
+
+sql(
+	$node, q{
+SELECT saga.define('dl', '{"deadline": "1 second", "steps": [
+    {"name": "a", "topic": "dl_a", "compensate": {"topic": "dl_a_undo"}},
+    {"name": "b", "topic": "dl_b"}]}');
+});
+$s = sql($node, "SELECT saga.start('dl')");
+is( sql($node,
+		"SELECT count(*) FILTER (WHERE saga.complete(id, '{}', lease)) FROM saga.claim('dl_a', 'tap')"
+	),
+	'1',
+	'deadline: complete a');
+ok( poll_until(
+		$node, "SELECT status FROM saga.instances WHERE id = $s",
+		'compensating'),
+	'deadline: the saga turns compensating with no client action');
+is( sql($node,
+		"SELECT event || ' ' || actor || ' ' || (at >= s.started_at + interval '1 second') "
+		  . "FROM saga.history h JOIN saga.instances s ON s.id = h.saga_id "
+		  . "WHERE h.saga_id = $s AND h.event = 'deadline_passed'"),
+	'deadline_passed saga worker true',
+	'deadline: the worker records deadline_passed, not before the deadline');
+is(tasks($s), 'compensate:a:dl_a_undo',
+	'deadline: b is withdrawn and the compensation of a is enqueued');
+
+# --- LISTEN and a delayed retry ------------------------------------------------
+
+sql(
+	$node, q{
+SELECT saga.define('nt', '{"steps": [
+    {"name": "a", "topic": "nt_a",
+     "retry": {"max_attempts": 3, "initial_delay": "2 seconds", "backoff": 1, "jitter": false}}]}');
+});
+$s = sql($node, "SELECT saga.start('nt')");
+# background_psql came to PostgreSQL 15 with 15.4
+die 'PostgreSQL::Test::Cluster has no background_psql: PostgreSQL 15.4 or later needed'
+  unless $node->can('background_psql');
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('LISTEN saga_nt_a');
+
+# the task is leased, so nothing about it is due; drain whatever the listener
+# got so far (the dispatch at start came before LISTEN)
+my ($task, $lease) = split /\|/,
+  sql($node, "SELECT id, lease FROM saga.claim('nt_a', 'tap', 1, '1 hour')");
+$listener->query_safe('SELECT 1');
+
+is( sql($node,
+		"SELECT saga.fail($task, '{\"reason\": \"busy\"}', true, $lease)"),
+	't',
+	'notify: fail the task retryably (visible again in 2 s)');
+my $visible = sql($node,
+	"SELECT extract(epoch FROM visible_at) FROM saga.outbox WHERE id = $task");
+my $worker = worker_pid($node);
+my $notified = qr/Asynchronous notification "saga_nt_a" received from server process with PID (\d+)/;
+
+my $out = $listener->query_safe('SELECT 1');
+unlike($out, $notified, 'notify: no notification right after the fail');
+
+# poll the listener: psql prints notifications after a command
+my ($got, $from);
+my $deadline = $visible + 30;
+while (time() < $deadline)
+{
+	$out = $listener->query_safe('SELECT 1');
+	my $now = time();
+	if ($out =~ $notified)
+	{
+		($got, $from) = ($now, $1);
+		last;
+	}
+	usleep(50_000);
+}
+ok(defined $got, 'notify: the listener is woken once the retry is due');
+ok(defined $got && $got >= $visible,
+	'notify: not before the task is visible ('
+	  . (defined $got ? sprintf('%.3f s after', $got - $visible) : 'never') . ')');
+is($from, $worker, 'notify: the saga worker sent it');
+is( sql($node, "SELECT attempt || ' ' || lease FROM saga.claim('nt_a', 'tap')"),
+	'2 2',
+	'notify: the task can be claimed again, attempt 2');
+$listener->quit;
+
+$node->stop;
+done_testing();
