@@ -46,10 +46,7 @@ static SPIPlanPtr plan_heartbeat = NULL;
 PG_FUNCTION_INFO_V1(saga_claim);
 PG_FUNCTION_INFO_V1(saga_heartbeat);
 
-/*
- * Wake LISTEN saga_<topic>.  The server folds identical notifications of one
- * transaction into one, so this is at most one per topic per transaction.
- */
+/* NOTIFY saga_<topic>, in the current transaction */
 void
 SagaNotifyTopic(const char *topic)
 {
@@ -140,7 +137,7 @@ SagaOutboxInsert(int64 saga_id, Jsonb *input, Jsonb *results,
 
 	for (int i = 0; i < ntasks; i++)
 	{
-		SagaNotifyTopic(tasks[i].topic);
+		SagaAnnounce(tasks[i].topic);
 		if (tasks[i].timeout > 0)
 			SagaWakeAt(DatumGetTimestampTz(values[4]) + tasks[i].timeout);
 	}
@@ -299,7 +296,7 @@ SagaOutboxUnpark(int64 task_id)
 	{
 		bool		isnull;
 
-		SagaNotifyTopic(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+		SagaAnnounce(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
 														  SPI_tuptable->tupdesc, 1, &isnull)));
 	}
 }

@@ -132,9 +132,9 @@ SagaSpiCheck(int rc, int expected, const char *what)
 }
 
 /*
- * Prepare a statement once per backend.  Kept plans survive the transaction
- * and are re-analysed by the plan cache when the tables change, so an
- * extension dropped and created again is fine.
+ * Prepare a statement once per backend, for a generic plan.  Kept plans
+ * survive the transaction and are re-analysed by the plan cache when the
+ * tables change, so an extension dropped and created again is fine.
  */
 SPIPlanPtr
 SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
@@ -143,7 +143,8 @@ SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 
 	if (*cache != NULL)
 		return *cache;
-	plan = SPI_prepare(sql, nargs, argtypes);
+	/* our statements are key lookups: a custom plan per call would only cost */
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 	if (plan == NULL)
 		elog(ERROR, "saga: SPI_prepare failed for \"%s\": %s",
 			 sql, SPI_result_code_string(SPI_result));

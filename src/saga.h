@@ -161,5 +161,6 @@ extern int	saga_incident_after;
 extern void SagaWorkerInit(void);
 extern void SagaWakeAt(TimestampTz due);
 extern void SagaVisibleAt(TimestampTz visible_at);
+extern void SagaAnnounce(const char *topic);
 
 #endif							/* SAGA_H */

@@ -51,6 +51,8 @@
 
 #define SAGA_MAX_WORKERS	32
 #define SAGA_RESTART_SECS	5
+#define SAGA_TOPIC_QUEUE	64	/* topics waiting to be announced, per worker */
+#define SAGA_TOPIC_SIZE		49	/* ^[a-z][a-z0-9_]{0,47}$ and its NUL */
 
 /* GUCs */
 char	   *saga_databases = NULL;
@@ -58,6 +60,7 @@ int			saga_retention = 7 * 24 * 3600;	/* seconds, -1 keeps forever */
 int			saga_batch_size = 500;
 int			saga_max_sleep = 60000; /* milliseconds */
 int			saga_incident_after = 5;
+bool		saga_notify = true;
 
 typedef struct SagaWorkerSlot
 {
@@ -68,6 +71,16 @@ typedef struct SagaWorkerSlot
 	pg_atomic_uint64 next_wake;
 	/* TimestampTz from which to announce visibility again, DT_NOEND: none */
 	pg_atomic_uint64 notify_from;
+
+	/*
+	 * Topics that committed transactions made work visible on.  The worker
+	 * sends their NOTIFYs, so that client commits do not queue on the
+	 * server's notification lock.
+	 */
+	slock_t		topic_lock;
+	int			ntopics;
+	bool		topic_overflow;
+	char		topics[SAGA_TOPIC_QUEUE][SAGA_TOPIC_SIZE];
 } SagaWorkerSlot;
 
 typedef struct SagaShared
@@ -83,6 +96,11 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 /* backend side: earliest due time and delayed visibility of the current transaction */
 static TimestampTz pending_wake = DT_NOEND;
 static TimestampTz pending_visible = DT_NOEND;
+
+/* ... and the topics it made work visible on, for the worker to announce */
+static char pending_topics[SAGA_TOPIC_QUEUE][SAGA_TOPIC_SIZE];
+static int	npending_topics = 0;
+static bool pending_overflow = false;
 static bool xact_callback_registered = false;
 
 /* worker side */
@@ -136,6 +154,9 @@ saga_shmem_startup(void)
 			shared->slots[i].latch = NULL;
 			pg_atomic_init_u64(&shared->slots[i].next_wake, (uint64) DT_NOEND);
 			pg_atomic_init_u64(&shared->slots[i].notify_from, (uint64) DT_NOEND);
+			SpinLockInit(&shared->slots[i].topic_lock);
+			shared->slots[i].ntopics = 0;
+			shared->slots[i].topic_overflow = false;
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -182,12 +203,18 @@ saga_xact_callback(XactEvent event, void *arg)
 	Latch	   *latch = NULL;
 	bool		wake = false;
 
+	int			ntopics = npending_topics;
+	bool		overflow = pending_overflow;
+
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
 		event != XACT_EVENT_PREPARE)
 		return;
 	pending_wake = DT_NOEND;
 	pending_visible = DT_NOEND;
-	if (event != XACT_EVENT_COMMIT || due == DT_NOEND || shared == NULL)
+	npending_topics = 0;
+	pending_overflow = false;
+	if (event != XACT_EVENT_COMMIT || shared == NULL ||
+		(due == DT_NOEND && ntopics == 0 && !overflow))
 		return;
 
 	/* only after commit can the worker see what we wrote */
@@ -195,14 +222,37 @@ saga_xact_callback(XactEvent event, void *arg)
 	if (slot == NULL)
 		return;
 
+	if (ntopics > 0 || overflow)
+	{
+		SpinLockAcquire(&slot->topic_lock);
+		for (int i = 0; i < ntopics && !slot->topic_overflow; i++)
+		{
+			bool		queued = false;
+
+			for (int k = 0; k < slot->ntopics && !queued; k++)
+				queued = strcmp(slot->topics[k], pending_topics[i]) == 0;
+			if (queued)
+				continue;
+			if (slot->ntopics == SAGA_TOPIC_QUEUE)
+				slot->topic_overflow = true;
+			else
+				strlcpy(slot->topics[slot->ntopics++], pending_topics[i], SAGA_TOPIC_SIZE);
+		}
+		if (overflow)
+			slot->topic_overflow = true;
+		SpinLockRelease(&slot->topic_lock);
+		wake = true;
+	}
+
 	/*
 	 * Work that became visible before we committed may lie behind the
 	 * worker's last announcement, which could not see it: have it look
 	 * again from there.
 	 */
-	if (visible <= GetCurrentTimestamp() && atomic_lower(&slot->notify_from, visible - 1))
+	if (visible != DT_NOEND && visible <= GetCurrentTimestamp() &&
+		atomic_lower(&slot->notify_from, visible - 1))
 		wake = true;
-	if (atomic_lower(&slot->next_wake, due))
+	if (due != DT_NOEND && atomic_lower(&slot->next_wake, due))
 		wake = true;
 	if (wake)
 		SetLatch(latch);
@@ -230,6 +280,47 @@ void
 SagaWakeAt(TimestampTz due)
 {
 	remember(&pending_wake, due);
+}
+
+/*
+ * Work became visible on a topic: LISTEN saga_<topic> is to be woken.  Where
+ * a worker serves the database, it sends the NOTIFY after our commit, one
+ * per topic for many transactions; elsewhere we send it ourselves (the
+ * server folds repeats within a transaction).
+ */
+void
+SagaAnnounce(const char *topic)
+{
+	static LocalTransactionId checked_in = InvalidLocalTransactionId;
+	static bool via_worker = false;
+
+	if (!saga_notify)
+		return;
+	if (checked_in != MyProc->lxid)
+	{
+		Latch	   *latch;
+
+		via_worker = shared != NULL && my_slot == NULL &&
+			find_slot(MyDatabaseId, &latch) != NULL;
+		checked_in = MyProc->lxid;
+	}
+	if (!via_worker)
+	{
+		SagaNotifyTopic(topic);
+		return;
+	}
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(saga_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	for (int i = 0; i < npending_topics; i++)
+		if (strcmp(pending_topics[i], topic) == 0)
+			return;
+	if (npending_topics == SAGA_TOPIC_QUEUE)
+		pending_overflow = true;
+	else
+		strlcpy(pending_topics[npending_topics++], topic, SAGA_TOPIC_SIZE);
 }
 
 /* a task becomes visible later, at `visible_at`: it must be announced then */
@@ -367,6 +458,8 @@ unit_notify(TimestampTz now, TimestampTz *next)
 	}
 	values[0] = TimestampTzGetDatum(from);
 	values[1] = TimestampTzGetDatum(now);
+	if (!saga_notify)
+		values[0] = values[1];	/* nothing to announce; the next due time still counts */
 
 	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_topics,
 											  "WITH RECURSIVE t(topic) AS ("
@@ -546,6 +639,34 @@ saga_tick(PG_FUNCTION_ARGS)
 }
 
 /* ---------- the worker ---------- */
+
+/* send the NOTIFYs that backends queued for us, in one transaction */
+static void
+announce_queued(void)
+{
+	char		topics[SAGA_TOPIC_QUEUE][SAGA_TOPIC_SIZE];
+	int			ntopics;
+	bool		overflow;
+
+	SpinLockAcquire(&my_slot->topic_lock);
+	ntopics = my_slot->ntopics;
+	overflow = my_slot->topic_overflow;
+	memcpy(topics, my_slot->topics, sizeof(topics[0]) * ntopics);
+	my_slot->ntopics = 0;
+	my_slot->topic_overflow = false;
+	SpinLockRelease(&my_slot->topic_lock);
+
+	/* too many to list: announce every topic with visible work */
+	if (overflow)
+		atomic_lower(&my_slot->notify_from, DT_NOBEGIN);
+	if (ntopics == 0 || !saga_notify)
+		return;
+
+	StartTransactionCommand();
+	for (int i = 0; i < ntopics; i++)
+		SagaNotifyTopic(topics[i]);
+	CommitTransactionCommand();
+}
 
 static void
 worker_errcontext(void *arg)
@@ -777,6 +898,9 @@ saga_worker_main(Datum main_arg)
 			/* new settings (retention, batch size, sleep) apply at once */
 			pg_atomic_write_u64(&my_slot->next_wake, (uint64) GetCurrentTimestamp());
 		}
+
+		if (!RecoveryInProgress())
+			announce_queued();
 
 		now = GetCurrentTimestamp();
 		if (RecoveryInProgress())
@@ -1012,6 +1136,10 @@ SagaWorkerInit(void)
 							"Work due sooner wakes it; this bounds the wait should a wake-up be missed.",
 							&saga_max_sleep, 60000, 100, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomBoolVariable("saga.notify",
+							 "Whether LISTEN saga_<topic> is woken when work becomes visible.",
+							 "Off leaves pollers to their own polling interval.",
+							 &saga_notify, true, PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("saga.compensation_incident_after",
 							"Attempts after which a failing compensation is listed in saga.incidents.",
 							"The compensation keeps being retried.",

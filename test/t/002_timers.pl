@@ -240,6 +240,37 @@ is($from, $worker, 'notify: the saga worker sent it');
 is( sql($node, "SELECT attempt || ' ' || lease FROM saga.claim('nt_a', 'tap')"),
 	'2 2',
 	'notify: the task can be claimed again, attempt 2');
+
+# new work: the backend that starts the saga leaves the NOTIFY to the worker,
+# so client commits do not queue on the notification lock
+$listener->query_safe('SELECT 1');
+sql($node, "SELECT saga.start('nt')");
+($got, $from) = (undef, undef);
+$deadline = time() + 30;
+while (time() < $deadline)
+{
+	$out = $listener->query_safe('SELECT 1');
+	if ($out =~ $notified)
+	{
+		($got, $from) = (time(), $1);
+		last;
+	}
+	usleep(20_000);
+}
+ok(defined $got, 'notify: a new task wakes the listener');
+is($from, $worker, 'notify: the worker sent it on behalf of the committing backend');
+
+# saga.notify = off: no notification at all
+sql($node, "ALTER SYSTEM SET saga.notify = off");
+sql($node, "SELECT pg_reload_conf()");
+my $quiet = $node->background_psql('postgres');
+$quiet->query_safe('SET saga.notify = off');
+$quiet->query_safe("SELECT saga.start('nt')");
+$quiet->quit;
+$out = $listener->query_safe('SELECT pg_sleep(0.5)');
+unlike($out, $notified, 'notify: with saga.notify off nobody is woken');
+sql($node, "ALTER SYSTEM RESET saga.notify");
+sql($node, "SELECT pg_reload_conf()");
 $listener->quit;
 
 $node->stop;
