@@ -381,8 +381,8 @@ unit_lapsed(TimestampTz now)
 
 	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_lapsed,
 											  "SELECT o.id, CASE "
-											  "WHEN o.kind = 'action' AND NOT EXISTS (SELECT FROM saga.sagas s "
-											  "WHERE s.id = o.saga_id AND s.status = 'running') THEN 2 "
+											  "WHEN o.kind = 'action' AND (SELECT s.status FROM saga.sagas s "
+											  "WHERE s.id = o.saga_id) IS DISTINCT FROM 'running' THEN 2 "
 											  "WHEN o.attempt >= COALESCE(o.max_attempts, 2147483647) THEN 1 "
 											  "ELSE 0 END "
 											  "FROM saga.outbox o WHERE o.lease_owner IS NOT NULL "
