@@ -80,8 +80,8 @@ struct SagaState
 static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_update = NULL;
 static SPIPlanPtr plan_insert = NULL;
-static SPIPlanPtr plan_history = NULL;
 static SPIPlanPtr plan_task = NULL;
+static SPIPlanPtr plan_take = NULL;
 static SPIPlanPtr plan_nextval = NULL;
 static SPIPlanPtr plan_find_key = NULL;
 static SPIPlanPtr plan_saga_tasks = NULL;
@@ -764,132 +764,193 @@ text_or_null(const char *s, char *nulls, int i)
 }
 
 /*
- * Write the saga row, the outbox changes and the history in one go.  A new
- * saga whose idempotency key is already taken is not written: returns false.
+ * The parameters both writes share, then the CTEs that apply the outbox
+ * and history changes.  Data-modifying CTEs all run, so one statement (one
+ * executor start, one snapshot) writes the saga row, its tasks and its
+ * history; empty arrays simply write nothing.
+ */
+#define SAVE_NPARAMS_COMMON 24
+#define SAVE_CTES \
+	"d AS (DELETE FROM saga.outbox WHERE id = ANY($19)), " \
+	"o AS (INSERT INTO saga.outbox (id, topic, kind, saga_id, step, attempt, max_attempts, " \
+	"payload, headers, visible_at, created_at, timeout_at) " \
+	"SELECT t.id, t.topic, t.kind, $1, t.step, 1, NULLIF(t.max_attempts, 0), " \
+	"pg_catalog.jsonb_build_object('input', $9, 'results', $7), " \
+	"pg_catalog.jsonb_build_object('saga_id', $1, 'step', t.step, 'kind', t.kind, 'attempt', 1, " \
+	"'idempotency_key', $1::text || '/' || t.step || '/' || t.kind, " \
+	"'correlation_id', $10, " \
+	"'traceparent', pg_catalog.substr($11, 1, 36) " \
+	"|| pg_catalog.lpad(pg_catalog.to_hex(t.id), 16, '0') || '-01'), " \
+	"$12, $12, CASE WHEN t.timeout > interval '0' THEN $12 + t.timeout END " \
+	"FROM ROWS FROM (pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]), " \
+	"pg_catalog.unnest($15::text[]), pg_catalog.unnest($16::text[]), " \
+	"pg_catalog.unnest($17::integer[]), pg_catalog.unnest($18::interval[])) " \
+	"AS t(id, topic, kind, step, max_attempts, timeout)), " \
+	"h AS (INSERT INTO saga.history (saga_id, at, event, step, actor, detail) " \
+	"SELECT $1, pg_catalog.clock_timestamp(), e.event, e.step, $23, e.detail " \
+	"FROM ROWS FROM (pg_catalog.unnest($20::text[]), pg_catalog.unnest($21::text[]), " \
+	"pg_catalog.unnest($22::jsonb[])) WITH ORDINALITY AS e(event, step, detail, n) ORDER BY e.n) "
+
+static Datum
+datum_array(Datum *d, int n, Oid type, int len, bool byval, char align)
+{
+	return PointerGetDatum(construct_array(d, n, type, len, byval, align));
+}
+
+/* fill the shared parameters; types and values have room for the rest */
+static void
+save_params(SagaState *st, Oid *types, Datum *values, char *nulls, TimestampTz now)
+{
+	static const Oid common[SAVE_NPARAMS_COMMON] = {
+		INT8OID, TEXTOID, BOOLOID, INT2ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, JSONBOID, JSONBOID,
+		JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, INT4ARRAYOID, INTERVALARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		JSONBARRAYOID, TEXTOID, BOOLOID
+	};
+	int			n = st->def->nsteps;
+	int			nt = st->ntasks;
+	Datum	   *ids = palloc(sizeof(Datum) * (nt + 1));
+	Datum	   *topics = palloc(sizeof(Datum) * (nt + 1));
+	Datum	   *kinds = palloc(sizeof(Datum) * (nt + 1));
+	Datum	   *steps = palloc(sizeof(Datum) * (nt + 1));
+	Datum	   *maxes = palloc(sizeof(Datum) * (nt + 1));
+	Datum	   *timeouts = palloc(sizeof(Datum) * (nt + 1));
+	Datum	   *dels = palloc(sizeof(Datum) * (st->ndeletes + 1));
+	int			dims[1] = {st->nevents};
+	int			lbs[1] = {1};
+
+	memcpy(types, common, sizeof(common));
+	for (int i = 0; i < SAVE_NPARAMS_COMMON; i++)
+		nulls[i] = ' ';
+
+	for (int i = 0; i < nt; i++)
+	{
+		Interval   *iv = palloc0(sizeof(Interval));
+
+		iv->time = st->tasks[i].timeout;
+		ids[i] = Int64GetDatum(st->tasks[i].id);
+		topics[i] = CStringGetTextDatum(st->tasks[i].topic);
+		kinds[i] = CStringGetTextDatum(st->tasks[i].kind);
+		steps[i] = CStringGetTextDatum(st->tasks[i].step);
+		maxes[i] = Int32GetDatum(st->tasks[i].max_attempts);
+		timeouts[i] = IntervalPGetDatum(iv);
+	}
+	for (int i = 0; i < st->ndeletes; i++)
+		dels[i] = Int64GetDatum(st->deletes[i]);
+
+	values[0] = Int64GetDatum(st->id);
+	values[1] = CStringGetTextDatum(st->status);
+	values[2] = BoolGetDatum(st->pivoted);
+	values[3] = PointerGetDatum(int16_array(st->step_status, n));
+	values[4] = PointerGetDatum(int32_array(st->attempts, n));
+	values[5] = PointerGetDatum(int32_array(st->deliveries, n));
+	values[6] = JsonbPGetDatum(st->results);
+	values[7] = JsonbPGetDatum(st->errors);
+	values[8] = JsonbPGetDatum(st->input);
+	values[9] = text_or_null(st->correlation_id, nulls, 9);
+	values[10] = CStringGetTextDatum(st->traceparent);
+	values[11] = TimestampTzGetDatum(now);
+	values[12] = datum_array(ids, nt, INT8OID, 8, true, TYPALIGN_DOUBLE);
+	values[13] = datum_array(topics, nt, TEXTOID, -1, false, TYPALIGN_INT);
+	values[14] = datum_array(kinds, nt, TEXTOID, -1, false, TYPALIGN_INT);
+	values[15] = datum_array(steps, nt, TEXTOID, -1, false, TYPALIGN_INT);
+	values[16] = datum_array(maxes, nt, INT4OID, 4, true, TYPALIGN_INT);
+	values[17] = datum_array(timeouts, nt, INTERVALOID, 16, false, TYPALIGN_DOUBLE);
+	values[18] = datum_array(dels, st->ndeletes, INT8OID, 8, true, TYPALIGN_DOUBLE);
+	values[19] = datum_array(st->ev_event, st->nevents, TEXTOID, -1, false, TYPALIGN_INT);
+	values[20] = PointerGetDatum(construct_md_array(st->ev_step, st->ev_step_null, 1, dims, lbs,
+													TEXTOID, -1, false, TYPALIGN_INT));
+	values[21] = PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1, dims,
+													lbs, JSONBOID, -1, false, TYPALIGN_INT));
+	values[22] = CStringGetTextDatum(SagaActorName());
+	values[23] = BoolGetDatum(saga_finished(st->status));
+}
+
+/*
+ * Write the saga row, the outbox changes and the history in one statement.
+ * A new saga whose idempotency key is already taken is not written: returns
+ * false.
  */
 static bool
 save_saga(SagaState *st)
 {
+	Oid			types[SAVE_NPARAMS_COMMON + 5];
+	Datum		values[SAVE_NPARAMS_COMMON + 5];
+	char		nulls[SAVE_NPARAMS_COMMON + 6];
+	TimestampTz now = GetCurrentTimestamp();
 	int			rc;
-	int			n = st->def->nsteps;
-	bool		finished = saga_finished(st->status);
+	bool		isnull;
 
+	save_params(st, types, values, nulls, now);
+	nulls[SAVE_NPARAMS_COMMON + 5] = '\0';
 	if (st->is_new)
 	{
-		Oid			types[16] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, BOOLOID,
-			INT2ARRAYOID, INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID,
-		INT8OID, INT4ARRAYOID};
-		Datum		values[16];
-		char		nulls[17] = "                ";
-
-		values[0] = Int64GetDatum(st->id);
-		values[1] = Int32GetDatum(st->def->id);
-		values[2] = CStringGetTextDatum(st->def->name);
-		values[3] = Int32GetDatum(st->def->version);
-		values[4] = CStringGetTextDatum(st->status);
-		values[5] = BoolGetDatum(st->pivoted);
-		values[6] = PointerGetDatum(int16_array(st->step_status, n));
-		values[7] = PointerGetDatum(int32_array(st->attempts, n));
-		values[8] = JsonbPGetDatum(st->input);
-		values[9] = JsonbPGetDatum(st->results);
-		values[10] = JsonbPGetDatum(st->errors);
-		values[11] = text_or_null(st->correlation_id, nulls, 11);
-		values[12] = text_or_null(st->idempotency_key, nulls, 12);
-		values[13] = CStringGetTextDatum(st->traceparent);
-		values[14] = Int64GetDatum(st->def->deadline);
-		values[15] = PointerGetDatum(int32_array(st->deliveries, n));
+		types[24] = INT4OID;
+		values[24] = Int32GetDatum(st->def->id);
+		types[25] = TEXTOID;
+		values[25] = CStringGetTextDatum(st->def->name);
+		types[26] = INT4OID;
+		values[26] = Int32GetDatum(st->def->version);
+		types[27] = TEXTOID;
+		values[27] = text_or_null(st->idempotency_key, nulls, 27);
+		types[28] = INT8OID;
+		values[28] = Int64GetDatum(st->def->deadline);
+		nulls[24] = nulls[25] = nulls[26] = nulls[28] = ' ';
 		rc = SPI_execute_plan(SagaPrepare(&plan_insert,
-										  "INSERT INTO saga.sagas (id, definition_id, name, version, status, "
-										  "pivoted, step_status, attempts, input, results, errors, "
-										  "correlation_id, idempotency_key, traceparent, deliveries, started_at, "
+										  "WITH s AS (INSERT INTO saga.sagas (id, definition_id, name, version, "
+										  "status, pivoted, step_status, attempts, deliveries, input, results, "
+										  "errors, correlation_id, idempotency_key, traceparent, started_at, "
 										  "updated_at, finished_at, deadline_at) "
-										  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16, "
-										  "pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), "
-										  "CASE WHEN $5 IN ('completed', 'compensated', 'cancelled', 'failed') "
-										  "THEN pg_catalog.clock_timestamp() END, "
-										  "CASE WHEN $15 > 0 THEN pg_catalog.clock_timestamp() "
-										  "+ $15::float8 * interval '1 microsecond' END) "
+										  "VALUES ($1, $25, $26, $27, $2, $3, $4, $5, $6, $9, $7, $8, $10, $28, $11, "
+										  "$12, $12, CASE WHEN $24 THEN $12 END, "
+										  "CASE WHEN $29 > 0 THEN $12 + $29::float8 * interval '1 microsecond' END) "
 										  "ON CONFLICT (name, idempotency_key) "
-										  "WHERE idempotency_key IS NOT NULL DO NOTHING",
-										  16, types),
+										  "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1), "
+										  SAVE_CTES
+										  "SELECT count(*) FROM s",
+										  SAVE_NPARAMS_COMMON + 5, types),
 							  values, nulls, false, 0);
-		SagaSpiCheck(rc, SPI_OK_INSERT, "inserting a saga");
-		if (SPI_processed == 0)
-			return false;
-		st->is_new = false;
 	}
 	else
 	{
-		Oid			types[13] = {INT8OID, TEXTOID, BOOLOID, BOOLOID, TEXTOID, INT2ARRAYOID,
-		INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, BOOLOID, INT4ARRAYOID, BOOLOID};
-		Datum		values[13];
-		char		nulls[14] = "             ";
-
-		values[0] = Int64GetDatum(st->id);
-		values[1] = CStringGetTextDatum(st->status);
-		values[2] = BoolGetDatum(st->pivoted);
-		values[3] = BoolGetDatum(st->cancel_requested);
-		values[4] = text_or_null(st->cancel_reason, nulls, 4);
-		values[5] = PointerGetDatum(int16_array(st->step_status, n));
-		values[6] = PointerGetDatum(int32_array(st->attempts, n));
-		values[7] = JsonbPGetDatum(st->results);
-		values[8] = JsonbPGetDatum(st->errors);
-		nulls[9] = st->incident == NULL ? 'n' : ' ';
-		values[9] = st->incident == NULL ? (Datum) 0 : JsonbPGetDatum(st->incident);
-		values[10] = BoolGetDatum(finished);
-		values[11] = PointerGetDatum(int32_array(st->deliveries, n));
-		values[12] = BoolGetDatum(st->deadline_done);
+		types[24] = BOOLOID;
+		values[24] = BoolGetDatum(st->cancel_requested);
+		types[25] = TEXTOID;
+		values[25] = text_or_null(st->cancel_reason, nulls, 25);
+		types[26] = JSONBOID;
+		nulls[26] = st->incident == NULL ? 'n' : ' ';
+		values[26] = st->incident == NULL ? (Datum) 0 : JsonbPGetDatum(st->incident);
+		types[27] = BOOLOID;
+		values[27] = BoolGetDatum(st->deadline_done);
+		nulls[24] = nulls[27] = ' ';
 		rc = SPI_execute_plan(SagaPrepare(&plan_update,
-										  "UPDATE saga.sagas SET status = $2, pivoted = $3, "
-										  "cancel_requested = $4, cancel_reason = $5, step_status = $6, "
-										  "attempts = $7, results = $8, errors = $9, incident = $10, deliveries = $12, "
-										  "updated_at = pg_catalog.clock_timestamp(), "
-										  "finished_at = CASE WHEN $11 THEN COALESCE(finished_at, "
+										  "WITH s AS (UPDATE saga.sagas SET status = $2, pivoted = $3, "
+										  "step_status = $4, attempts = $5, deliveries = $6, results = $7, "
+										  "errors = $8, cancel_requested = $25, cancel_reason = $26, "
+										  "incident = $27, updated_at = pg_catalog.clock_timestamp(), "
+										  "finished_at = CASE WHEN $24 THEN COALESCE(finished_at, "
 										  "pg_catalog.clock_timestamp()) END, "
-										  "deadline_at = CASE WHEN $11 OR $13 THEN NULL ELSE deadline_at END "
-										  "WHERE id = $1",
-										  13, types),
+										  "deadline_at = CASE WHEN $24 OR $28 THEN NULL ELSE deadline_at END "
+										  "WHERE id = $1 RETURNING 1), "
+										  SAVE_CTES
+										  "SELECT count(*) FROM s",
+										  SAVE_NPARAMS_COMMON + 4, types),
 							  values, nulls, false, 0);
-		SagaSpiCheck(rc, SPI_OK_UPDATE, "updating a saga");
 	}
-
-	for (int i = 0; i < st->ndeletes; i++)
-		SagaOutboxDelete(st->deletes[i]);
-	st->ndeletes = 0;
-
-	if (st->ntasks > 0)
-		SagaOutboxInsert(st->id, st->input, st->results, st->correlation_id,
-						 st->traceparent, st->tasks, st->ntasks);
-	st->ntasks = 0;
-
-	if (st->nevents > 0)
+	SagaSpiCheck(rc, SPI_OK_SELECT, "writing a saga");
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) == 0)
 	{
-		Oid			types[6] = {INT8OID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TEXTOID};
-		Datum		values[5];
-		int			dims[1] = {st->nevents};
-		int			lbs[1] = {1};
-
-		values[0] = Int64GetDatum(st->id);
-		values[1] = PointerGetDatum(construct_array(st->ev_event, st->nevents, TEXTOID, -1,
-													false, TYPALIGN_INT));
-		values[2] = PointerGetDatum(construct_md_array(st->ev_step, st->ev_step_null, 1,
-													   dims, lbs, TEXTOID, -1, false,
-													   TYPALIGN_INT));
-		values[3] = PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1,
-													   dims, lbs, JSONBOID, -1, false,
-													   TYPALIGN_INT));
-		values[4] = CStringGetTextDatum(SagaActorName());
-		rc = SPI_execute_plan(SagaPrepare(&plan_history,
-										  "INSERT INTO saga.history (saga_id, at, event, step, actor, detail) "
-										  "SELECT $1, pg_catalog.clock_timestamp(), e.event, e.step, $5, e.detail "
-										  "FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), "
-										  "pg_catalog.unnest($4::jsonb[])) "
-										  "WITH ORDINALITY AS e(event, step, detail, n) ORDER BY e.n",
-										  5, types),
-							  values, NULL, false, 0);
-		SagaSpiCheck(rc, SPI_OK_INSERT, "appending history");
-		st->nevents = 0;
+		/* a new saga lost its idempotency key to another: nothing was written */
+		if (st->is_new)
+			return false;
+		elog(ERROR, "saga: saga %lld vanished while locked", (long long) st->id);
 	}
+	st->is_new = false;
+
+	SagaOutboxEnqueued(st->tasks, st->ntasks, now);
+	st->ntasks = 0;
+	st->ndeletes = 0;
+	st->nevents = 0;
 	return true;
 }
 
@@ -1040,8 +1101,13 @@ typedef struct TaskRow
 	bool		backing_off;	/* waiting out a retry delay */
 } TaskRow;
 
+/*
+ * Lock the task's row, or, for a success, delete it at once: it leaves the
+ * outbox whatever else the report does, and should the report be refused
+ * the error rolls the delete back.
+ */
 static bool
-lock_task(int64 task_id, TaskRow *row)
+lock_task(int64 task_id, TaskRow *row, bool take)
 {
 	Oid			argtypes[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(task_id)};
@@ -1051,14 +1117,28 @@ lock_task(int64 task_id, TaskRow *row)
 	Datum		d;
 	int			rc;
 
-	rc = SPI_execute_plan(SagaPrepare(&plan_task,
-									  "SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
-									  "lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
-									  "AND visible_at > pg_catalog.clock_timestamp() "
-									  "FROM saga.outbox WHERE id = $1 FOR UPDATE",
-									  1, argtypes),
-						  values, NULL, false, 1);
-	SagaSpiCheck(rc, SPI_OK_SELECT, "locking a task");
+	if (take)
+	{
+		rc = SPI_execute_plan(SagaPrepare(&plan_take,
+										  "DELETE FROM saga.outbox WHERE id = $1 "
+										  "RETURNING saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
+										  "lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
+										  "AND visible_at > pg_catalog.clock_timestamp()",
+										  1, argtypes),
+							  values, NULL, false, 1);
+		SagaSpiCheck(rc, SPI_OK_DELETE_RETURNING, "taking a task");
+	}
+	else
+	{
+		rc = SPI_execute_plan(SagaPrepare(&plan_task,
+										  "SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
+										  "lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
+										  "AND visible_at > pg_catalog.clock_timestamp() "
+										  "FROM saga.outbox WHERE id = $1 FOR UPDATE",
+										  1, argtypes),
+							  values, NULL, false, 1);
+		SagaSpiCheck(rc, SPI_OK_SELECT, "locking a task");
+	}
 	if (SPI_processed == 0)
 		return false;
 	tup = SPI_tuptable->vals[0];
@@ -1137,7 +1217,6 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 
 	if (success)
 	{
-		delete_task(st, task);
 		st->step_status[step] = STEP_COMPENSATED;
 		add_event(st, "compensated", step, NULL);
 		clear_incident(st, step);
@@ -1191,7 +1270,6 @@ report_action(SagaState *st, int step, bool success, Jsonb *payload,
 	st->deliveries[step] = row->deliveries;
 	if (success)
 	{
-		delete_task(st, task);
 		step_succeeded(st, step, payload);
 		if (running)
 			advance(st);
@@ -1290,7 +1368,7 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 		task_not_found(task_id);
 
 	/* the task row first, then the saga: the order every path takes */
-	have_row = lock_task(task_id, &row);
+	have_row = lock_task(task_id, &row, success);
 	if (have_row && row.saga_id != SAGA_TASK_SAGA(task_id))
 		task_not_found(task_id);
 	st = load_saga(SAGA_TASK_SAGA(task_id));
@@ -1350,7 +1428,7 @@ SagaSettleWithdrawn(int64 task_id)
 	SagaState  *st;
 	JsonbParseState *ps = NULL;
 
-	if (!lock_task(task_id, &row))
+	if (!lock_task(task_id, &row, false))
 		return;
 	st = load_saga(SAGA_TASK_SAGA(task_id));
 	if (st == NULL || step >= st->def->nsteps || strcmp(st->status, SAGA_RUNNING) == 0)

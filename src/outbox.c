@@ -30,8 +30,6 @@
 
 #define SAGA_MAX_CLAIM 1000
 
-static SPIPlanPtr plan_insert = NULL;
-static SPIPlanPtr plan_delete = NULL;
 static SPIPlanPtr plan_withdraw = NULL;
 static SPIPlanPtr plan_held = NULL;
 static SPIPlanPtr plan_park = NULL;
@@ -56,104 +54,19 @@ SagaNotifyTopic(const char *topic)
 	Async_Notify(channel, NULL);
 }
 
-static Datum
-interval_datum(int64 usecs)
-{
-	Interval   *iv = palloc0(sizeof(Interval));
-
-	iv->time = usecs;
-	return IntervalPGetDatum(iv);
-}
-
+/*
+ * Tasks were written (with their saga, in engine.c): wake LISTEN saga_<topic>
+ * and, for a task with a timeout, the worker when it is due.
+ */
 void
-SagaOutboxInsert(int64 saga_id, Jsonb *input, Jsonb *results,
-				 const char *correlation_id, const char *traceparent,
-				 SagaNewTask *tasks, int ntasks)
+SagaOutboxEnqueued(SagaNewTask *tasks, int ntasks, TimestampTz written_at)
 {
-	Oid			types[12] = {INT8OID, JSONBOID, JSONBOID, TEXTOID, TIMESTAMPTZOID,
-		INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-	INTERVALARRAYOID, TEXTOID};
-	Datum		values[12];
-	char		nulls[13] = "            ";
-	Datum	   *ids = palloc(sizeof(Datum) * ntasks);
-	Datum	   *topics = palloc(sizeof(Datum) * ntasks);
-	Datum	   *kinds = palloc(sizeof(Datum) * ntasks);
-	Datum	   *steps = palloc(sizeof(Datum) * ntasks);
-	Datum	   *maxes = palloc(sizeof(Datum) * ntasks);
-	Datum	   *timeouts = palloc(sizeof(Datum) * ntasks);
-	int			rc;
-
-	for (int i = 0; i < ntasks; i++)
-	{
-		ids[i] = Int64GetDatum(tasks[i].id);
-		topics[i] = CStringGetTextDatum(tasks[i].topic);
-		kinds[i] = CStringGetTextDatum(tasks[i].kind);
-		steps[i] = CStringGetTextDatum(tasks[i].step);
-		maxes[i] = Int32GetDatum(tasks[i].max_attempts);
-		timeouts[i] = interval_datum(tasks[i].timeout);
-	}
-
-	values[0] = Int64GetDatum(saga_id);
-	values[1] = JsonbPGetDatum(input);
-	values[2] = JsonbPGetDatum(results);
-	values[3] = correlation_id ? CStringGetTextDatum(correlation_id) : (Datum) 0;
-	nulls[3] = correlation_id ? ' ' : 'n';
-	/* a new row is visible from the clock time it is written (DESIGN.md) */
-	values[4] = TimestampTzGetDatum(GetCurrentTimestamp());
-	values[5] = PointerGetDatum(construct_array(ids, ntasks, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	values[6] = PointerGetDatum(construct_array(topics, ntasks, TEXTOID, -1, false, TYPALIGN_INT));
-	values[7] = PointerGetDatum(construct_array(kinds, ntasks, TEXTOID, -1, false, TYPALIGN_INT));
-	values[8] = PointerGetDatum(construct_array(steps, ntasks, TEXTOID, -1, false, TYPALIGN_INT));
-	values[9] = PointerGetDatum(construct_array(maxes, ntasks, INT4OID, 4, true, TYPALIGN_INT));
-	values[10] = PointerGetDatum(construct_array(timeouts, ntasks, INTERVALOID, 16, false,
-												 TYPALIGN_DOUBLE));
-	values[11] = CStringGetTextDatum(traceparent);
-
-	/*
-	 * The idempotency key names the step and kind, so a compensation can
-	 * compute the key its action was sent with.  Each task is a span of the
-	 * saga's trace, its parent id derived from the task id.
-	 */
-	rc = SPI_execute_plan(SagaPrepare(&plan_insert,
-									  "INSERT INTO saga.outbox (id, topic, kind, saga_id, step, attempt, "
-									  "max_attempts, payload, headers, visible_at, created_at, timeout_at) "
-									  "SELECT t.id, t.topic, t.kind, $1, t.step, 1, NULLIF(t.max_attempts, 0), "
-									  "pg_catalog.jsonb_build_object('input', $2, 'results', $3), "
-									  "pg_catalog.jsonb_build_object('saga_id', $1, 'step', t.step, "
-									  "'kind', t.kind, 'attempt', 1, "
-									  "'idempotency_key', $1::text || '/' || t.step || '/' || t.kind, "
-									  "'correlation_id', $4, "
-									  "'traceparent', pg_catalog.substr($12, 1, 36) "
-									  "|| pg_catalog.lpad(pg_catalog.to_hex(t.id), 16, '0') || '-01'), "
-									  "$5, $5, "
-									  "CASE WHEN t.timeout > interval '0' THEN $5 + t.timeout END "
-									  "FROM ROWS FROM (pg_catalog.unnest($6::bigint[]), pg_catalog.unnest($7::text[]), "
-									  "pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::text[]), "
-									  "pg_catalog.unnest($10::integer[]), pg_catalog.unnest($11::interval[])) "
-									  "AS t(id, topic, kind, step, max_attempts, timeout)",
-									  12, types),
-						  values, nulls, false, 0);
-	SagaSpiCheck(rc, SPI_OK_INSERT, "enqueueing tasks");
-
 	for (int i = 0; i < ntasks; i++)
 	{
 		SagaAnnounce(tasks[i].topic);
 		if (tasks[i].timeout > 0)
-			SagaWakeAt(DatumGetTimestampTz(values[4]) + tasks[i].timeout);
+			SagaWakeAt(written_at + tasks[i].timeout);
 	}
-}
-
-void
-SagaOutboxDelete(int64 task_id)
-{
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(task_id)};
-	int			rc;
-
-	rc = SPI_execute_plan(SagaPrepare(&plan_delete,
-									  "DELETE FROM saga.outbox WHERE id = $1", 1, types),
-						  values, NULL, false, 0);
-	SagaSpiCheck(rc, SPI_OK_DELETE, "removing a finished task");
 }
 
 /*

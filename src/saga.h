@@ -143,10 +143,7 @@ typedef struct SagaNewTask
 	int64		timeout;		/* microseconds, 0 = none */
 } SagaNewTask;
 
-extern void SagaOutboxInsert(int64 saga_id, Jsonb *input, Jsonb *results,
-							 const char *correlation_id, const char *traceparent,
-							 SagaNewTask *tasks, int ntasks);
-extern void SagaOutboxDelete(int64 task_id);
+extern void SagaOutboxEnqueued(SagaNewTask *tasks, int ntasks, TimestampTz written_at);
 extern int	SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn);
 extern void SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us,
 								 bool drop_timeout);
