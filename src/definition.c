@@ -24,6 +24,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/array.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -45,6 +46,19 @@ typedef struct DefCacheEntry
 
 static HTAB *def_cache = NULL;
 static Oid	definitions_relid = InvalidOid;
+
+/*
+ * name -> id of its latest version.  saga.define invalidates the relcache
+ * entry of saga.definitions when it stores a version, so every backend drops
+ * this map at that commit.
+ */
+typedef struct LatestEntry
+{
+	char		name[NAMEDATALEN];
+	int32		id;
+} LatestEntry;
+
+static HTAB *latest_cache = NULL;
 
 static SPIPlanPtr plan_latest = NULL;
 static SPIPlanPtr plan_load = NULL;
@@ -643,13 +657,56 @@ latest_id(const char *name)
 	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+static void
+latest_cache_flush(Datum arg, Oid relid)
+{
+	if (latest_cache != NULL && (relid == InvalidOid || relid == definitions_relid))
+	{
+		hash_destroy(latest_cache);
+		latest_cache = NULL;
+	}
+}
+
+void
+SagaDefinitionInit(void)
+{
+	CacheRegisterRelcacheCallback(latest_cache_flush, (Datum) 0);
+}
+
 /* the latest version of a definition, or NULL */
 SagaDef *
 SagaDefinitionLatest(const char *name)
 {
-	int32		id = latest_id(name);
+	LatestEntry *entry;
+	bool		found;
+	int32		id;
 
-	return id == 0 ? NULL : SagaDefinitionLoad(id);
+	if (strlen(name) >= NAMEDATALEN)
+		return NULL;			/* define accepts no such name */
+	if (latest_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(LatestEntry);
+		ctl.hcxt = CacheMemoryContext;
+		latest_cache = hash_create("saga latest definitions", 32, &ctl,
+								   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	entry = hash_search(latest_cache, name, HASH_FIND, NULL);
+	if (entry != NULL)
+		return SagaDefinitionLoad(entry->id);
+
+	id = latest_id(name);
+	if (id == 0)
+		return NULL;
+	/* the lookup may have processed an invalidation that dropped the map */
+	if (latest_cache != NULL)
+	{
+		entry = hash_search(latest_cache, name, HASH_ENTER, &found);
+		entry->id = id;
+	}
+	return SagaDefinitionLoad(id);
 }
 
 /* saga.define(name, definition): validate and store a new version */
@@ -728,6 +785,9 @@ saga_define(PG_FUNCTION_ARGS)
 										  5, types),
 							  values, NULL, false, 0);
 		SagaSpiCheck(rc, SPI_OK_INSERT, "storing a definition");
+		/* at commit, every backend forgets which version is the latest */
+		CacheInvalidateRelcacheByRelid(get_relname_relid("definitions",
+														 get_namespace_oid("saga", false)));
 	}
 
 	SagaLeave(&save);

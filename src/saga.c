@@ -43,6 +43,7 @@ _PG_init(void)
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
+	SagaDefinitionInit();
 	SagaWorkerInit();
 
 	MarkGUCPrefixReserved("saga");

@@ -117,6 +117,7 @@ extern bool SagaValidTopic(const char *topic);
 /* definition.c */
 extern SagaDef *SagaDefinitionLoad(int32 def_id);
 extern SagaDef *SagaDefinitionLatest(const char *name);
+extern void SagaDefinitionInit(void);
 
 /* engine.c */
 typedef struct SagaState SagaState;
