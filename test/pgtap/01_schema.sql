@@ -162,12 +162,15 @@ SELECT is_empty(
                           WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')$$,
     'every relation, composite type and function in schema saga is a member of the extension');
 
--- the statuses of the contract
-SELECT ok(pg_get_constraintdef(oid) ~ 'running' AND pg_get_constraintdef(oid) ~ 'completed'
-          AND pg_get_constraintdef(oid) ~ 'compensating' AND pg_get_constraintdef(oid) ~ 'compensated'
-          AND pg_get_constraintdef(oid) ~ 'failed' AND pg_get_constraintdef(oid) ~ 'cancelled',
-          'the saga statuses of the contract are allowed')
-  FROM pg_constraint WHERE conname = 'sagas_status_check';
+-- the step statuses of the contract, as the view names them
+SELECT ok(pg_get_viewdef('saga.step_runs'::regclass) ~ 'pending'
+          AND pg_get_viewdef('saga.step_runs'::regclass) ~ 'ready'
+          AND pg_get_viewdef('saga.step_runs'::regclass) ~ 'running'
+          AND pg_get_viewdef('saga.step_runs'::regclass) ~ 'succeeded'
+          AND pg_get_viewdef('saga.step_runs'::regclass) ~ 'compensating'
+          AND pg_get_viewdef('saga.step_runs'::regclass) ~ 'compensated'
+          AND pg_get_viewdef('saga.step_runs'::regclass) ~ 'skipped',
+          'the step statuses of the contract are named by saga.step_runs');
 
 -- the roles
 SELECT has_role('saga_admin');
