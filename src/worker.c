@@ -860,6 +860,8 @@ saga_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	/* generic plans over big tables look costly enough to JIT: never worth it here */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	StartTransactionCommand();
 	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
