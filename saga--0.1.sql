@@ -222,6 +222,8 @@ CREATE FUNCTION saga.define(name text, definition jsonb)
 RETURNS integer
 LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS 'MODULE_PATHNAME', 'saga_define';
 COMMENT ON FUNCTION saga.define(text, jsonb) IS 'validate and store a saga definition; returns its version';
 
@@ -232,6 +234,8 @@ CREATE FUNCTION saga.start(name text, input jsonb DEFAULT '{}',
 RETURNS bigint
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS 'MODULE_PATHNAME', 'saga_start';
 COMMENT ON FUNCTION saga.start(text, jsonb, text, text, text) IS 'start a saga of the latest version of a definition; returns its id';
 
@@ -240,7 +244,7 @@ CREATE FUNCTION saga.claim(topic text, worker text, max_tasks integer DEFAULT 1,
 RETURNS SETOF saga.task
 LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 10
 SET search_path = pg_catalog, pg_temp
--- its generic plan costs LIMIT $n as a tenth of the topic: enough to JIT each call
+SET enable_seqscan = off
 SET jit = off
 AS 'MODULE_PATHNAME', 'saga_claim';
 COMMENT ON FUNCTION saga.claim(text, text, integer, interval) IS 'lease up to max_tasks visible tasks of a topic';
@@ -249,6 +253,8 @@ CREATE FUNCTION saga.complete(task_id bigint, result jsonb DEFAULT '{}', lease i
 RETURNS boolean
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS 'MODULE_PATHNAME', 'saga_complete';
 COMMENT ON FUNCTION saga.complete(bigint, jsonb, integer) IS 'report a task done; false for a repeated identical report';
 
@@ -257,6 +263,8 @@ CREATE FUNCTION saga.fail(task_id bigint, error jsonb DEFAULT '{}', retryable bo
 RETURNS boolean
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS 'MODULE_PATHNAME', 'saga_fail';
 COMMENT ON FUNCTION saga.fail(bigint, jsonb, boolean, integer) IS 'report a task failed; false for a repeated identical report';
 
@@ -264,6 +272,8 @@ CREATE FUNCTION saga.heartbeat(task_id bigint, lease integer, extend interval DE
 RETURNS timestamptz
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS 'MODULE_PATHNAME', 'saga_heartbeat';
 COMMENT ON FUNCTION saga.heartbeat(bigint, integer, interval) IS 'extend a lease; returns when it now expires';
 
@@ -271,6 +281,8 @@ CREATE FUNCTION saga.cancel(saga_id bigint, reason text DEFAULT NULL)
 RETURNS void
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS 'MODULE_PATHNAME', 'saga_cancel';
 COMMENT ON FUNCTION saga.cancel(bigint, text) IS 'compensate a running saga on request; it ends cancelled';
 
@@ -278,6 +290,8 @@ CREATE FUNCTION saga.retry(saga_id bigint)
 RETURNS void
 LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
 AS 'MODULE_PATHNAME', 'saga_retry';
 COMMENT ON FUNCTION saga.retry(bigint) IS 'resume the compensation of a failed saga';
 
@@ -285,9 +299,19 @@ CREATE FUNCTION saga.tick()
 RETURNS jsonb
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 SET jit = off
 AS 'MODULE_PATHNAME', 'saga_tick';
 COMMENT ON FUNCTION saga.tick() IS 'one round of the time-based work (timeouts, lapsed leases, deadlines, wake-ups, retention); returns counts';
+
+/*
+ * About the SET clauses of the functions above: the engine keeps one generic
+ * plan per statement and backend (planning each call cost a quarter of the
+ * throughput), and a generic plan made while a table was small would scan it
+ * whole for ever after: every statement is meant to go through an index, so
+ * seqscans are priced out.  A generic plan prices LIMIT $n at a tenth of the
+ * table, which with a large backlog is enough to JIT each call: off too.
+ */
 
 /*
  * Privileges.  The C functions are not SECURITY DEFINER: they check nothing

@@ -860,7 +860,8 @@ saga_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	/* generic plans over big tables look costly enough to JIT: never worth it here */
+	/* what the SQL functions' SET clauses do for backends: see saga--0.1.sql */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	StartTransactionCommand();
