@@ -133,26 +133,40 @@ CREATE INDEX outbox_timeout ON saga.outbox (timeout_at) WHERE timeout_at IS NOT 
 CREATE INDEX outbox_leased ON saga.outbox (visible_at) WHERE lease_owner IS NOT NULL;
 COMMENT ON TABLE saga.outbox IS 'tasks ready for services: poll with FOR UPDATE SKIP LOCKED or saga.claim()';
 
-CREATE TABLE saga.history (
+/*
+ * One row per transaction that moved a saga, holding the events it logged
+ * (a completion logs "succeeded" and the "dispatched" of what follows): one
+ * row and one index entry per transition, like the outbox row it replaces.
+ * saga.history shows one row per event.
+ */
+CREATE TABLE saga.history_log (
     id       bigint NOT NULL,
     saga_id  bigint NOT NULL,
     at       timestamptz NOT NULL,
-    event    text NOT NULL,
-    step     text,
     actor    text NOT NULL,
-    detail   jsonb
+    events   text[] NOT NULL,
+    steps    text[] NOT NULL,
+    details  jsonb[] NOT NULL
 );
-CREATE SEQUENCE saga.history_id_seq AS bigint OWNED BY saga.history.id;
-ALTER TABLE saga.history ALTER COLUMN id SET DEFAULT pg_catalog.nextval('saga.history_id_seq');
-CREATE INDEX history_saga_id ON saga.history (saga_id, id);
-COMMENT ON TABLE saga.history IS 'append-only log of every saga transition';
+CREATE SEQUENCE saga.history_id_seq AS bigint OWNED BY saga.history_log.id;
+ALTER TABLE saga.history_log ALTER COLUMN id SET DEFAULT pg_catalog.nextval('saga.history_id_seq');
+CREATE INDEX history_log_saga_id ON saga.history_log (saga_id, id);
+COMMENT ON TABLE saga.history_log IS 'the transitions behind saga.history, one row per transaction';
+
+-- id orders events: the transition's row id * 4096 + the event's place in it
+CREATE VIEW saga.history AS
+SELECT h.id * 4096 + e.n - 1 AS id, h.saga_id, h.at, e.event, e.step, h.actor, e.detail
+  FROM saga.history_log h
+ CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(h.events), pg_catalog.unnest(h.steps),
+                              pg_catalog.unnest(h.details)) WITH ORDINALITY AS e(event, step, detail, n);
+COMMENT ON VIEW saga.history IS 'append-only log of every saga transition, one row per event';
 
 SELECT pg_catalog.pg_extension_config_dump('saga.definitions', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.definitions_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.sagas', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.sagas_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.outbox', '');
-SELECT pg_catalog.pg_extension_config_dump('saga.history', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.history_log', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.history_id_seq', '');
 
 CREATE TYPE saga.task AS (

@@ -203,9 +203,15 @@ jsonb_reason(const char *reason)
 
 /* ---------- state bookkeeping ---------- */
 
+/* saga.history numbers the events of one transition in 12 bits */
+#define MAX_EVENTS	4096
+
 static void
 add_event(SagaState *st, const char *event, int step, Jsonb *detail)
 {
+	if (st->nevents == MAX_EVENTS)
+		elog(ERROR, "saga: more than %d events in one transition of saga %lld",
+			 MAX_EVENTS, (long long) st->id);
 	if (st->nevents == st->maxevents)
 	{
 		int			n = st->maxevents == 0 ? MAX_EVENTS_INIT : st->maxevents * 2;
@@ -785,10 +791,9 @@ text_or_null(const char *s, char *nulls, int i)
 	"pg_catalog.unnest($15::text[]), pg_catalog.unnest($16::text[]), " \
 	"pg_catalog.unnest($17::integer[]), pg_catalog.unnest($18::interval[])) " \
 	"AS t(id, topic, kind, step, max_attempts, timeout)), " \
-	"h AS (INSERT INTO saga.history (saga_id, at, event, step, actor, detail) " \
-	"SELECT $1, pg_catalog.clock_timestamp(), e.event, e.step, $23, e.detail " \
-	"FROM ROWS FROM (pg_catalog.unnest($20::text[]), pg_catalog.unnest($21::text[]), " \
-	"pg_catalog.unnest($22::jsonb[])) WITH ORDINALITY AS e(event, step, detail, n) ORDER BY e.n) "
+	"h AS (INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) " \
+	"SELECT $1, pg_catalog.clock_timestamp(), $23, $20, $21, $22 " \
+	"WHERE pg_catalog.cardinality($20) > 0) "
 
 static Datum
 datum_array(Datum *d, int n, Oid type, int len, bool byval, char align)

@@ -165,10 +165,10 @@ SagaOutboxLapse(int64 task_id)
 											  "u AS (UPDATE saga.outbox t SET attempt = t.attempt + 1, lease_owner = NULL, "
 											  "headers = t.headers || pg_catalog.jsonb_build_object('attempt', t.attempt + 1) "
 											  "FROM o WHERE t.id = o.id RETURNING t.saga_id, t.step, t.kind, t.attempt) "
-											  "INSERT INTO saga.history (saga_id, at, event, step, actor, detail) "
-											  "SELECT u.saga_id, pg_catalog.clock_timestamp(), 'lease_lapsed', u.step, "
-											  "$2, pg_catalog.jsonb_build_object('kind', u.kind, "
-											  "'worker', o.lease_owner, 'lease', o.deliveries, 'next_attempt', u.attempt) "
+											  "INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
+											  "SELECT u.saga_id, pg_catalog.clock_timestamp(), $2, '{lease_lapsed}', "
+											  "ARRAY[u.step], ARRAY[pg_catalog.jsonb_build_object('kind', u.kind, "
+											  "'worker', o.lease_owner, 'lease', o.deliveries, 'next_attempt', u.attempt)] "
 											  "FROM u, o",
 											  2, types),
 								  values, NULL, false, 0),

@@ -528,7 +528,7 @@ unit_purge(TimestampTz now)
 	}
 	hvalues[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_purge_history,
-											  "DELETE FROM saga.history WHERE saga_id = ANY($1)",
+											  "DELETE FROM saga.history_log WHERE saga_id = ANY($1)",
 											  1, htypes),
 								  hvalues, NULL, false, 0),
 				 SPI_OK_DELETE, "removing history of finished sagas");

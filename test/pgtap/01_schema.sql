@@ -114,7 +114,7 @@ SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'saga'::regnam
 -- indexes: the claim index matches the poll's ORDER BY (topic, visible_at, id)
 SELECT has_index('saga', 'outbox', 'outbox_claim', ARRAY['topic', 'visible_at', 'id'],
                  'outbox_claim on (topic, visible_at, id)');
-SELECT has_index('saga', 'history', 'history_saga_id', ARRAY['saga_id', 'id'], 'history by saga');
+SELECT has_index('saga', 'history_log', 'history_log_saga_id', ARRAY['saga_id', 'id'], 'history by saga');
 SELECT index_is_unique('saga', 'sagas', 'sagas_idempotency_key', 'one saga per (name, idempotency_key)');
 SELECT has_index('saga', 'sagas', 'sagas_idempotency_key', ARRAY['name', 'idempotency_key'], 'idempotency index columns');
 SELECT index_is_unique('saga', 'definitions', 'definitions_name_version_key', 'one row per (name, version)');
