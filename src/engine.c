@@ -80,6 +80,7 @@ struct SagaState
 static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_update = NULL;
 static SPIPlanPtr plan_insert = NULL;
+static SPIPlanPtr plan_insert_keyed = NULL;
 static SPIPlanPtr plan_task = NULL;
 static SPIPlanPtr plan_take = NULL;
 static SPIPlanPtr plan_find_key = NULL;
@@ -795,6 +796,15 @@ text_or_null(const char *s, char *nulls, int i)
 	"SELECT $1, pg_catalog.clock_timestamp(), $23, $20, $21, $22 " \
 	"WHERE pg_catalog.cardinality($20) > 0) "
 
+#define SAVE_INSERT \
+	"WITH s AS (INSERT INTO saga.sagas (id, definition_id, name, version, " \
+	"status, pivoted, step_status, attempts, deliveries, input, results, " \
+	"errors, correlation_id, idempotency_key, traceparent, started_at, " \
+	"updated_at, finished_at, deadline_at) " \
+	"VALUES ($1, $25, $26, $27, $2, $3, $4, $5, $6, $9, $7, $8, $10, $28, $11, " \
+	"$12, $12, CASE WHEN $24 THEN $12 END, " \
+	"CASE WHEN $29 > 0 THEN $12 + $29::float8 * interval '1 microsecond' END) "
+
 static Datum
 datum_array(Datum *d, int n, Oid type, int len, bool byval, char align)
 {
@@ -900,20 +910,23 @@ save_saga(SagaState *st)
 		types[28] = INT8OID;
 		values[28] = Int64GetDatum(st->def->deadline);
 		nulls[24] = nulls[25] = nulls[26] = nulls[28] = ' ';
-		rc = SPI_execute_plan(SagaPrepare(&plan_insert,
-										  "WITH s AS (INSERT INTO saga.sagas (id, definition_id, name, version, "
-										  "status, pivoted, step_status, attempts, deliveries, input, results, "
-										  "errors, correlation_id, idempotency_key, traceparent, started_at, "
-										  "updated_at, finished_at, deadline_at) "
-										  "VALUES ($1, $25, $26, $27, $2, $3, $4, $5, $6, $9, $7, $8, $10, $28, $11, "
-										  "$12, $12, CASE WHEN $24 THEN $12 END, "
-										  "CASE WHEN $29 > 0 THEN $12 + $29::float8 * interval '1 microsecond' END) "
-										  "ON CONFLICT (name, idempotency_key) "
-										  "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1), "
-										  SAVE_CTES
-										  "SELECT count(*) FROM s",
-										  SAVE_NPARAMS_COMMON + 5, types),
-							  values, nulls, false, 0);
+		/* ON CONFLICT makes the insert speculative: only when a key can clash */
+		if (st->idempotency_key != NULL)
+			rc = SPI_execute_plan(SagaPrepare(&plan_insert_keyed,
+											  SAVE_INSERT
+											  "ON CONFLICT (name, idempotency_key) "
+											  "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1), "
+											  SAVE_CTES
+											  "SELECT count(*) FROM s",
+											  SAVE_NPARAMS_COMMON + 5, types),
+								  values, nulls, false, 0);
+		else
+			rc = SPI_execute_plan(SagaPrepare(&plan_insert,
+											  SAVE_INSERT "RETURNING 1), "
+											  SAVE_CTES
+											  "SELECT count(*) FROM s",
+											  SAVE_NPARAMS_COMMON + 5, types),
+								  values, nulls, false, 0);
 	}
 	else
 	{
