@@ -225,6 +225,13 @@ saga_xact_callback(XactEvent event, void *arg)
 	if (ntopics > 0 || overflow)
 	{
 		SpinLockAcquire(&slot->topic_lock);
+
+		/*
+		 * Whoever queued the first topic woke the worker, which has not taken
+		 * the queue yet: a signal per commit would only cost a kill() each.
+		 */
+		if (slot->ntopics == 0 && !slot->topic_overflow)
+			wake = true;
 		for (int i = 0; i < ntopics && !slot->topic_overflow; i++)
 		{
 			bool		queued = false;
@@ -241,7 +248,6 @@ saga_xact_callback(XactEvent event, void *arg)
 		if (overflow)
 			slot->topic_overflow = true;
 		SpinLockRelease(&slot->topic_lock);
-		wake = true;
 	}
 
 	/*
