@@ -6,7 +6,9 @@
  * Subsystems: saga.c (module init, GUCs, running as the engine's role),
  * definition.c (parsing, validation and caching of definitions),
  * engine.c (the state machine of one saga instance), outbox.c (tasks,
- * claims and wake-ups) and api.c (the SQL-callable entry points).
+ * claims, leases), api.c (the SQL-callable entry points) and worker.c (the
+ * launcher and workers, saga.tick(), and how LISTENers and the worker are
+ * woken).
  *
  *-------------------------------------------------------------------------
  */
