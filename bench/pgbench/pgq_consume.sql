@@ -1,0 +1,2 @@
+-- PgQ consumer: one batch per transaction
+SELECT bench_pgq_consume();

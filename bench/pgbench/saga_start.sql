@@ -1,0 +1,4 @@
+-- saga.start of a 10-step chain (definition st), one per transaction
+BEGIN;
+SELECT saga.start('st', '{"n": 1}');
+COMMIT;

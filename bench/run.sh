@@ -1,0 +1,615 @@
+#!/usr/bin/env bash
+# bench/run.sh: the saga benchmarks.  Usage: bash bench/run.sh   (as root or with sudo)
+#
+# Installs what it needs (the packages of scripts/common.sh, postgresql-15-pgq3 and libpq-dev),
+# builds and installs saga, starts a throwaway PostgreSQL 15 (fsync and synchronous_commit on,
+# shared_buffers 512MB, max_connections 50, the saga worker in the bench databases), runs the
+# workloads below with pgbench (8 clients, 2 threads), alternating the variants of each
+# comparison (A B A B ...), prints a table and writes it to bench/RESULTS.md.  The server and
+# its directory are removed on exit, also on failure.  bench/README.md describes each figure.
+#
+# Environment (defaults; QUICK=1 gives a ~3-minute smoke test, written to RESULTS-quick.md):
+#   DURATION=15          seconds per pgbench run (QUICK: 3)
+#   ROUNDS=2             rounds of each A/B alternation
+#   CLIENTS=8 JOBS=2     pgbench clients and threads
+#   DURATION_LATENCY=10  seconds per latency measurement (QUICK: 3)
+#   CLAIM_BACKLOG=1000000  pending tasks for the claim-latency comparison (QUICK: 100000)
+#   DURATION_STEADY=600  seconds of the steady-load run (QUICK: 20)
+#   SAMPLE_EVERY=30      seconds between size samples (QUICK: 5)
+#   RETENTION=60         saga.retention during the steady run, seconds (QUICK: 5)
+#   RESULTS=bench/RESULTS.md   where the report goes
+# shellcheck disable=SC2119  # helpers with optional arguments
+set -euo pipefail
+
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+
+SAGA_PACKAGES+=(postgresql-15-pgq3 libpq-dev)
+
+# the command that reproduces this run: the settings given in the environment
+GIVEN=""
+for v in QUICK DURATION ROUNDS CLIENTS JOBS DURATION_LATENCY CLAIM_BACKLOG DURATION_STEADY \
+	SAMPLE_EVERY RETENTION; do
+	if [ -n "${!v:-}" ]; then GIVEN+="$v=${!v} "; fi
+done
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+	D=${DURATION:-3} D_LAT=${DURATION_LATENCY:-3} BACKLOG=${CLAIM_BACKLOG:-100000}
+	D_STEADY=${DURATION_STEADY:-20} SAMPLE=${SAMPLE_EVERY:-5} RETENTION_S=${RETENTION:-5}
+	RESULTS_FILE=${RESULTS:-$SAGA_ROOT/bench/RESULTS-quick.md}
+else
+	D=${DURATION:-15} D_LAT=${DURATION_LATENCY:-10} BACKLOG=${CLAIM_BACKLOG:-1000000}
+	D_STEADY=${DURATION_STEADY:-600} SAMPLE=${SAMPLE_EVERY:-30} RETENTION_S=${RETENTION:-60}
+	RESULTS_FILE=${RESULTS:-$SAGA_ROOT/bench/RESULTS.md}
+fi
+ROUNDS=${ROUNDS:-2}
+CLIENTS=${CLIENTS:-8}
+JOBS=${JOBS:-2}
+DBS=(bench bench_claim bench_steady)
+
+OUT=            # pgbench logs and tool output of this run
+BG_PIDS=()      # background pgbench / loaders of ours
+declare -A R    # R[workload] = "rate rate ..." (one per round)
+declare -A NOTE # NOTE[workload] = warnings (pool ran dry, failed transactions)
+REPORT=()       # lines of the results table
+
+# ---------- helpers ----------------------------------------------------------------------------
+
+q() { # q DB SQL: one value (or rows, |-separated)
+	saga_psql -A -t -d "$1" -c "$2"
+}
+
+calc() { awk "BEGIN { printf \"%s\", ($*) }"; }
+fmt0() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
+fmt2() { awk -v v="$1" 'BEGIN { printf "%.2f", v }'; }
+
+mean() { # mean of the numbers in $1
+	awk -v s="$1" 'BEGIN { n = split(s, a, " "); t = 0; for (i = 1; i <= n; i++) t += a[i]; printf "%.1f", n ? t / n : 0 }'
+}
+
+ratio() { # ratio B A, two decimals; n/a when A is 0 or missing
+	awk -v b="$1" -v a="$2" 'BEGIN { if (a + 0 == 0 || b == "") print "n/a"; else printf "%.2f", b / a }'
+}
+
+# "mean (r1, r2, ...)" of a workload's rounds, rates rounded
+figure() {
+	local w=$1 list
+	list=$(awk -v s="${R[$w]:-}" 'BEGIN { n = split(s, a, " "); for (i = 1; i <= n; i++) printf "%s%.0f", (i > 1 ? ", " : ""), a[i] }')
+	printf '%s (%s)%s' "$(fmt0 "$(mean "${R[$w]:-}")")" "$list" "${NOTE[$w]:+ $(printf '%s' "${NOTE[$w]}")}"
+}
+
+add_row() { # add_row MEASUREMENT A_LABEL A_KEY B_LABEL B_KEY
+	local a b
+	a=$(mean "${R[$3]:-}") b=$(mean "${R[$5]:-}")
+	REPORT+=("| $1 | $2: $(figure "$3") | $4: $(figure "$5") | **$(ratio "$b" "$a")** |")
+}
+
+kill_background() {
+	local pid
+	for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${BG_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	BG_PIDS=()
+}
+
+# wait until the benchmark clients of a database have gone (their statistics are flushed at exit)
+wait_clients_gone() {
+	local i
+	for i in $(seq 1 100); do
+		[ "$(q "$1" "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+		              AND backend_type = 'client backend' AND pid <> pg_backend_pid()")" = 0 ] && return 0
+		sleep 0.1
+	done
+	saga_warn "clients of $1 still connected after 10 s"
+}
+
+# run_pgbench NAME DB CLIENTS SECONDS SCRIPT [pgbench options]: sets PGB_TX, PGB_TPS, PGB_ELAPSED
+run_pgbench() {
+	local name=$1 db=$2 clients=$3 secs=$4 script=$5 jobs=$JOBS failed rc
+	shift 5
+	[ "$clients" -ge "$jobs" ] || jobs=$clients
+	q "$db" "CHECKPOINT" >/dev/null
+	rc=0
+	saga_as_pg pgbench -n -c "$clients" -j "$jobs" -T "$secs" \
+		-f "src/bench/pgbench/$script" "$@" "$db" >"$OUT/$name.log" 2>&1 || rc=$?
+	if [ "$rc" -eq 2 ]; then
+		# some clients aborted on an error: the run counts, marked
+		saga_warn "pgbench $name: clients aborted: $(grep -m1 'aborted' "$OUT/$name.log")"
+		NOTE[${name%.r*}]+=" [clients aborted]"
+	elif [ "$rc" -ne 0 ]; then
+		cat "$OUT/$name.log" >&2
+		saga_die "pgbench $name failed"
+	fi
+	PGB_TX=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$OUT/$name.log")
+	PGB_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' "$OUT/$name.log")
+	failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$OUT/$name.log")
+	PGB_ELAPSED=$(awk -v n="$PGB_TX" -v t="$PGB_TPS" 'BEGIN { printf "%.6f", (t > 0 ? n / t : 1) }')
+	if [ "${failed:-0}" != 0 ]; then NOTE[${name%.r*}]+=" [${failed} failed tx]"; fi
+	wait_clients_gone "$db"
+}
+
+record() { # record WORKLOAD RATE
+	R[$1]="${R[$1]:-} $2"
+	case $1 in saga_step | saga_poll50 | saga_claim50 | saga_claim50_1 | notify_*)
+		CHAIN_RATE=$(awk -v a="$CHAIN_RATE" -v b="$2" 'BEGIN { print (b > a ? b : a) }') ;;
+	esac
+	printf '    %-22s round %s: %10.1f /s\n' "$1" "$ROUND" "$2"
+}
+
+outbox_deleted() { # rows deleted from an outbox table so far (statistics)
+	q bench "SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = '$1'::regclass"
+}
+
+pending() { # ready tasks of a topic in saga.outbox
+	q "${2:-bench}" "SELECT count(*) FROM saga.outbox WHERE topic = '$1'"
+}
+
+dry_check() { # dry_check WORKLOAD COUNT: warn when the pool it drew from ran empty
+	if [ "$2" -eq 0 ]; then
+		NOTE[$1]=" [pool ran dry]"
+		saga_warn "$1: the pool ran dry during round $ROUND; raise the preload"
+	fi
+}
+
+# ---------- pools (preloaded work, outside the timed runs) -----------------------------------
+
+CHAIN_POOL=20000     # pending sagas on topic chain (and baseline sagas), set after calibration
+CHAIN_RATE=0         # the highest step rate seen on topic chain
+
+# before a run on topic chain: at least CHAIN_POOL sagas pending, and steps left in them for a
+# run at 1.5 times the highest rate seen (a pending task of step i has 10 - i steps left)
+topup_chain() {
+	local have left need
+	IFS='|' read -r have left < <(q bench "SELECT count(*), coalesce(sum(10 - ((id >> 1) & 511)), 0)
+	                                         FROM saga.outbox WHERE topic = 'chain'")
+	need=$(awk -v h="$have" -v l="$left" -v p="$CHAIN_POOL" -v r="$CHAIN_RATE" -v d="$D" 'BEGIN {
+		a = p - h; b = int((1.5 * r * d - l) / 10) + 1; n = (a > b ? a : b); print (n > 0 ? n : 0) }')
+	if [ "$need" -gt 0 ]; then
+		saga_psql -d bench -c "SET synchronous_commit = off" -c "CALL bench_start_many('chain', $need)"
+	fi
+}
+
+fill_pgq() { # fill_pgq EVENTS: make at least EVENTS pending for consumer c
+	local have
+	have=$(q bench "SELECT pending_events FROM pgq.get_consumer_info('bq', 'c')")
+	if [ "$have" -lt "$1" ]; then
+		saga_psql -d bench -c "SET synchronous_commit = off" \
+			-c "CALL bench_pgq_fill($(($1 - have)), 50)"
+	fi
+}
+
+# ---------- workloads (each measures one round and records its rate) ---------------------------
+
+wl_base_start() {
+	run_pgbench "base_start.r$ROUND" bench "$CLIENTS" "$D" base_start.sql
+	record base_start "$PGB_TPS"
+}
+wl_saga_start() {
+	run_pgbench "saga_start.r$ROUND" bench "$CLIENTS" "$D" saga_start.sql
+	record saga_start "$PGB_TPS"
+}
+wl_pgq_insert() {
+	run_pgbench "pgq_insert.r$ROUND" bench "$CLIENTS" "$D" pgq_insert.sql
+	record pgq_insert "$PGB_TPS"
+}
+
+# steps/s = outbox rows deleted (one per completed task) per second of the run
+steps_run() { # steps_run WORKLOAD OUTBOX CLIENTS SCRIPT [options]
+	local w=$1 table=$2 clients=$3 before after
+	shift 3
+	before=$(outbox_deleted "$table")
+	run_pgbench "$w.r$ROUND" bench "$clients" "$D" "$@"
+	after=$(outbox_deleted "$table")
+	record "$w" "$(calc "($after - $before) / $PGB_ELAPSED")"
+}
+
+wl_base_step() {
+	steps_run base_step base.outbox "$CLIENTS" base_step.sql -D "topic='chain'" -D nsteps=10 -D wrap=1
+}
+wl_base_step_quiet() {
+	steps_run base_step_quiet base.outbox "$CLIENTS" base_step.sql -D "topic='chain'" -D nsteps=10 -D wrap=1
+}
+wl_base_step_notify() {
+	steps_run base_step_notify base.outbox "$CLIENTS" base_step_notify.sql -D "topic='chain'" -D nsteps=10 -D wrap=1
+}
+wl_saga_step() {
+	topup_chain
+	steps_run saga_step saga.outbox "$CLIENTS" saga_step.sql -D "topic='chain'" -D n=1
+	dry_check saga_step "$(pending chain)"
+}
+wl_saga_poll50() {
+	topup_chain
+	steps_run saga_poll50 saga.outbox "$CLIENTS" saga_step.sql -D "topic='chain'" -D n=50
+	dry_check saga_poll50 "$(pending chain)"
+}
+wl_saga_claim50() {
+	topup_chain
+	steps_run saga_claim50 saga.outbox "$CLIENTS" saga_claim.sql -D "topic='chain'" -D n=50
+	dry_check saga_claim50 "$(pending chain)"
+}
+wl_saga_claim50_1() {
+	topup_chain
+	steps_run saga_claim50_1 saga.outbox 1 saga_claim.sql -D "topic='chain'" -D n=50
+	dry_check saga_claim50_1 "$(pending chain)"
+}
+wl_pgq_consume_1() {
+	local before after
+	fill_pgq "$(fmt0 "$(calc "1.5 * $PGQ_RATE * $D + 10000")")"
+	before=$(q bench "SELECT pending_events FROM pgq.get_consumer_info('bq', 'c')")
+	run_pgbench "pgq_consume_1.r$ROUND" bench 1 "$D" pgq_consume.sql
+	after=$(q bench "SELECT pending_events FROM pgq.get_consumer_info('bq', 'c')")
+	record pgq_consume_1 "$(calc "($before - $after) / $PGB_ELAPSED")"
+	PGQ_RATE=$(calc "($before - $after) / $PGB_ELAPSED > $PGQ_RATE ? ($before - $after) / $PGB_ELAPSED : $PGQ_RATE")
+	dry_check pgq_consume_1 "$after"
+}
+
+# sagas/s end to end: sagas that finished during the run
+wl_base_e3() {
+	local t0 n
+	t0=$(q bench "SELECT clock_timestamp()")
+	run_pgbench "base_e3.r$ROUND" bench "$CLIENTS" "$D" base_e3.sql
+	n=$(q bench "SELECT count(*) FROM base.saga WHERE state = -1 AND updated_at >= '$t0'")
+	record base_e3 "$(calc "$n / $PGB_ELAPSED")"
+}
+wl_saga_e3() {
+	local t0 n
+	t0=$(q bench "SELECT clock_timestamp()")
+	run_pgbench "saga_e3.r$ROUND" bench "$CLIENTS" "$D" saga_e3.sql
+	n=$(q bench "SELECT count(*) FROM saga.sagas WHERE name = 'e3' AND status = 'completed'
+	               AND finished_at >= '$t0'")
+	record saga_e3 "$(calc "$n / $PGB_ELAPSED")"
+}
+
+# success and failure of step s2 of saga fs, drawn from one preloaded pool
+wl_fs_success() {
+	steps_run fs_success saga.outbox "$CLIENTS" saga_step.sql -D "topic='fs_b'" -D n=1
+	dry_check fs_success "$(pending fs_b)"
+}
+wl_fs_fail() {
+	steps_run fs_fail saga.outbox "$CLIENTS" saga_fail.sql
+	dry_check fs_fail "$(pending fs_b)"
+}
+
+set_notify() {
+	saga_psql -d bench -c "ALTER SYSTEM SET saga.notify = $1" -c "SELECT pg_reload_conf()" >/dev/null
+	sleep 0.5
+}
+wl_notify_on() {
+	set_notify on
+	topup_chain
+	steps_run notify_on saga.outbox "$CLIENTS" saga_step.sql -D "topic='chain'" -D n=1
+}
+wl_notify_off() {
+	set_notify off
+	topup_chain
+	steps_run notify_off saga.outbox "$CLIENTS" saga_step.sql -D "topic='chain'" -D n=1
+	set_notify on
+}
+
+rotate() { # rotate WORKLOAD...: ROUNDS rounds of the workloads in turn
+	local w
+	for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+		for w in "$@"; do "wl_$w"; done
+	done
+}
+
+# ---------- stages -----------------------------------------------------------------------------
+
+setup_cluster() {
+	saga_make_workdir bench
+	OUT=$SAGA_WORK/out
+	mkdir -p "$OUT" "$SAGA_WORK/bin"
+	local inc
+	inc=$("$PG_CONFIG" --includedir)
+	gcc -O2 -Wall -Wextra -Werror -o "$SAGA_WORK/bin/listen_latency" "$SAGA_ROOT/bench/listen_latency.c" -I"$inc" -lpq
+	gcc -O2 -Wall -Wextra -Werror -o "$SAGA_WORK/bin/claim_latency" "$SAGA_ROOT/bench/claim_latency.c" -I"$inc" -lpq
+	chmod 755 "$SAGA_WORK/bin" "$SAGA_WORK/bin"/*
+	saga_cluster_start "fsync = on" "synchronous_commit = on" "shared_buffers = 512MB" \
+		"max_connections = 50" "saga.databases = '$(
+			IFS=,
+			echo "${DBS[*]}"
+		)'"
+	saga_on_cleanup kill_background
+	local db
+	for db in "${DBS[@]}"; do
+		saga_psql -c "CREATE DATABASE $db"
+		saga_psql -d "$db" -f src/bench/setup.sql >/dev/null
+	done
+	saga_psql -d bench -f src/bench/setup_pgq.sql >/dev/null
+}
+
+stage_starts() {
+	rotate base_start saga_start pgq_insert
+	add_row "starts/s ($CLIENTS clients, one per transaction)" "baseline start" base_start "saga.start" saga_start
+	add_row "... against PgQ (one event per transaction)" "pgq.insert_event" pgq_insert "saga.start" saga_start
+}
+
+stage_steps() {
+	local cal before
+	# calibrate the pool: a short batched run sizes it so that no saga of the pool can finish
+	# within a run (each run advances every pending saga by less than 10 steps)
+	saga_psql -d bench -c "SET synchronous_commit = off" -c "CALL bench_start_many('chain', $CHAIN_POOL)" \
+		-c "SELECT base.start_many('chain', $CHAIN_POOL)" >/dev/null
+	ROUND=0
+	before=$(outbox_deleted saga.outbox)
+	run_pgbench calibrate bench "$CLIENTS" 2 saga_step.sql -D "topic='chain'" -D n=50
+	cal=$(calc "($(outbox_deleted saga.outbox) - $before) / $PGB_ELAPSED")
+	CHAIN_RATE=$cal
+	CHAIN_POOL=$(awk -v r="$cal" -v d="$D" -v p="$CHAIN_POOL" 'BEGIN { n = int(r * d * 0.4 / 1000 + 1) * 1000; print (n > p ? n : p) }')
+	saga_log "batched poll ~$(fmt0 "$cal") steps/s: pools of $CHAIN_POOL sagas"
+	topup_chain >/dev/null
+	saga_psql -d bench -c "SET synchronous_commit = off" \
+		-c "SELECT base.start_many('chain', ($CHAIN_POOL - (SELECT count(*) FROM base.outbox WHERE topic = 'chain'))::int)" >/dev/null
+	saga_psql -d bench -c "VACUUM ANALYZE" >/dev/null
+	rotate base_step saga_step saga_poll50 saga_claim50
+	add_row "steps/s ($CLIENTS clients, one task per transaction)" "baseline" base_step "transactional poll" saga_step
+	add_row "steps/s, batches of 50 per transaction" "baseline, 1 per tx" base_step "poll LIMIT 50 + complete" saga_poll50
+	add_row "steps/s, batches of 50 per transaction" "baseline, 1 per tx" base_step "claim(50) + complete(lease)" saga_claim50
+}
+
+stage_pgq_consume() {
+	fill_pgq 200000 >/dev/null
+	# a short calibration so the queue is filled for a whole run
+	ROUND=0
+	run_pgbench pgq_calibrate bench 1 1 pgq_consume.sql
+	PGQ_RATE=$(calc "$PGB_TPS * 50")
+	rotate pgq_consume_1 saga_claim50_1
+	add_row "events/s, one consumer, batches of 50" "PgQ next_batch/get_batch_events/finish_batch" pgq_consume_1 "saga claim(50) + complete, 1 client" saga_claim50_1
+}
+
+stage_e2e() {
+	rotate base_e3 saga_e3
+	add_row "3-step sagas/s end to end (start + 3 polled steps)" "baseline" base_e3 "saga" saga_e3
+}
+
+stage_failure() {
+	local n
+	n=$(awk -v r="$(mean "${R[saga_step]}")" -v d="$D" -v k="$ROUNDS" 'BEGIN { printf "%d", 1.3 * r * d * k * 2 + 2000 }')
+	saga_log "preloading $n sagas at step s2 (of saga fs)"
+	saga_psql -d bench -c "SET synchronous_commit = off" -c "CALL bench_start_many('fs', $n)" \
+		-c "CALL bench_complete_topic('fs_a', $n)" -c "VACUUM ANALYZE saga.outbox" >/dev/null
+	rotate fs_success fs_fail
+	add_row "failure path vs success path (steps/s)" "complete (next step dispatched)" fs_success "fail(retryable => false) + compensation enqueued" fs_fail
+}
+
+stage_notify() {
+	if q bench "SHOW saga.notify" >/dev/null 2>&1; then
+		rotate notify_on notify_off
+		add_row "steps/s, NOTIFY on dispatch on vs off" "saga.notify = on" notify_on "saga.notify = off" notify_off
+	else
+		saga_log "no GUC saga.notify: nothing to switch; measuring what a NOTIFY per transaction costs the baseline"
+		REPORT+=("| steps/s, NOTIFY on dispatch on vs off | n/a (no switch: the GUC saga.notify does not exist) | | |")
+		rotate base_step_quiet base_step_notify
+		add_row "... proxy: baseline step without / with one NOTIFY per transaction" "baseline" base_step_quiet "baseline + NOTIFY" base_step_notify
+	fi
+}
+
+LAT_LINES=()
+stage_dispatch_latency() {
+	local peak rate samples idle loaded bg_tps
+	samples=$((D_LAT * 1000 / 20))
+	idle=$(saga_as_pg "$SAGA_WORK/bin/listen_latency" "dbname=bench" disp disp "$samples" 20)
+	peak=$(mean "${R[saga_step]}")
+	rate=$(fmt0 "$(calc "$peak / 2")")
+	topup_chain >/dev/null
+	q bench "CHECKPOINT" >/dev/null
+	saga_log "background load: transactional poll at $rate steps/s (half of $(fmt0 "$peak"))"
+	saga_as_pg pgbench -n -c "$CLIENTS" -j "$JOBS" -T $((D_LAT + 4)) -R "$rate" \
+		-f src/bench/pgbench/saga_step.sql -D "topic='chain'" -D n=1 bench >"$OUT/dispatch_bg.log" 2>&1 &
+	BG_PIDS+=($!)
+	sleep 2
+	loaded=$(saga_as_pg "$SAGA_WORK/bin/listen_latency" "dbname=bench" disp disp "$samples" 20)
+	wait "${BG_PIDS[@]}" || saga_warn "background pgbench failed: $(tail -3 "$OUT/dispatch_bg.log")"
+	BG_PIDS=()
+	bg_tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' "$OUT/dispatch_bg.log")
+	wait_clients_gone bench
+	# samples missed avg p50 p99 max send_p50 send_p99
+	read -r -a I <<<"$idle"
+	read -r -a L <<<"$loaded"
+	LAT_LINES+=("| dispatch: commit -> LISTENer notified, p50 / p99 (ms) | idle: ${I[3]} / ${I[4]} | at $(fmt0 "$bg_tps") steps/s (half of peak): ${L[3]} / ${L[4]} | p99 $(ratio "${L[4]}" "${I[4]}") |")
+	LAT_LINES+=("| dispatch: statement sent -> notified, p50 / p99 (ms) | idle: ${I[6]} / ${I[7]} | loaded: ${L[6]} / ${L[7]} | p99 $(ratio "${L[7]}" "${I[7]}") |")
+	LAT_LINES+=("| dispatch: samples (missed), max commit -> notified (ms) | idle: ${I[0]} (${I[1]}), ${I[5]} | loaded: ${L[0]} (${L[1]}), ${L[5]} | |")
+}
+
+declare -A CL # CL[case] = "claim_avg claim_p50 claim_p99 both_avg both_p50 both_p99" summed over rounds
+claim_run() { # claim_run CASE TOPIC DEFINITION
+	local out
+	q bench_claim "CHECKPOINT" >/dev/null
+	out=$(saga_as_pg "$SAGA_WORK/bin/claim_latency" "dbname=bench_claim" "$2" "$3" "$D_LAT")
+	printf '    %-22s round %s: %s\n' "claim_$1" "$ROUND" "$out"
+	CL[$1]="${CL[$1]:-}|$out"
+}
+claim_mean() { # claim_mean CASE FIELD: mean over rounds of field FIELD (0-based) of the output
+	awk -v s="${CL[$1]}" -v f="$2" 'BEGIN { n = split(s, r, "|"); t = 0; k = 0
+		for (i = 1; i <= n; i++) if (r[i] != "") { split(r[i], a, " "); t += a[f + 1]; k++ }
+		printf "%.3f", k ? t / k : 0 }'
+}
+stage_claim_latency() {
+	local loaders=2 per i
+	for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do claim_run empty lat lat; done
+	per=$((BACKLOG / loaders))
+	saga_log "loading $BACKLOG pending tasks on topic bulk ($loaders sessions, saga.start in transactions of 10k)"
+	for ((i = 0; i < loaders; i++)); do
+		saga_psql -d bench_claim -c "SET synchronous_commit = off" \
+			-c "CALL bench_start_many('bulk', $per)" >/dev/null &
+		BG_PIDS+=($!)
+	done
+	wait "${BG_PIDS[@]}"
+	BG_PIDS=()
+	saga_psql -d bench_claim -c "VACUUM ANALYZE" >/dev/null
+	saga_log "$(pending bulk bench_claim) tasks pending on topic bulk"
+	for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+		claim_run other lat lat
+		claim_run same bulk bulk
+	done
+	local c label
+	for c in other same; do
+		if [ $c = other ]; then label="$BACKLOG pending on another topic"; else label="$BACKLOG pending on the same topic"; fi
+		LAT_LINES+=("| claim(1) latency avg / p50 / p99 (ms) | empty topic: $(claim_mean empty 1) / $(claim_mean empty 2) / $(claim_mean empty 3) | $label: $(claim_mean $c 1) / $(claim_mean $c 2) / $(claim_mean $c 3) | p50 $(ratio "$(claim_mean $c 2)" "$(claim_mean empty 2)"), p99 $(ratio "$(claim_mean $c 3)" "$(claim_mean empty 3)") |")
+		LAT_LINES+=("| claim + complete latency avg / p50 / p99 (ms) | empty topic: $(claim_mean empty 7) / $(claim_mean empty 8) / $(claim_mean empty 9) | $label: $(claim_mean $c 7) / $(claim_mean $c 8) / $(claim_mean $c 9) | p50 $(ratio "$(claim_mean $c 8)" "$(claim_mean empty 8)"), p99 $(ratio "$(claim_mean $c 9)" "$(claim_mean empty 9)") |")
+	done
+	# the backlog is not needed any more
+	saga_psql -c "ALTER SYSTEM SET saga.databases = 'bench,bench_steady'" -c "SELECT pg_reload_conf()" >/dev/null
+	saga_psql -c "DROP DATABASE bench_claim WITH (FORCE)" >/dev/null
+}
+
+SIZE_SERIES=()
+STEADY_EXTRA=
+HIST=saga.history   # the table behind the history (saga.history_log where saga.history is a view)
+sizes_row() { # one line of sizes (MB) of the saga tables in bench_steady
+	q bench_steady "
+	  SELECT format('%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s', $1,
+	    (SELECT count(*) FROM saga.sagas), (SELECT count(*) FROM saga.sagas WHERE finished_at IS NULL),
+	    (SELECT count(*) FROM saga.outbox),
+	    round(pg_relation_size('saga.sagas') / 1048576.0, 1), round(pg_indexes_size('saga.sagas') / 1048576.0, 1),
+	    round(pg_relation_size('saga.outbox') / 1048576.0, 1), round(pg_indexes_size('saga.outbox') / 1048576.0, 1),
+	    round(pg_relation_size('$HIST') / 1048576.0, 1), round(pg_indexes_size('$HIST') / 1048576.0, 1),
+	    (SELECT round(sum(pg_total_relation_size(c.oid)) / 1048576.0, 1) FROM pg_class c
+	      WHERE c.relnamespace = 'saga'::regnamespace AND c.relkind IN ('r', 'p')),
+	    (SELECT count(*) FROM saga.history))"
+}
+stage_steady() {
+	local rate t0 pid next elapsed
+	rate=$(fmt0 "$(calc "$(mean "${R[saga_e3]}") / 2")")
+	HIST=$(q bench_steady "SELECT c.oid::regclass FROM pg_class c WHERE c.relnamespace = 'saga'::regnamespace
+	                         AND c.relname IN ('history_log', 'history') AND c.relkind IN ('r', 'p')
+	                       ORDER BY c.relname = 'history_log' DESC LIMIT 1")
+	saga_psql -c "ALTER SYSTEM SET saga.retention = $RETENTION_S" -c "SELECT pg_reload_conf()" >/dev/null
+	if [ "$QUICK" = 1 ]; then
+		# the worker sleeps up to saga.max_sleep (60 s) between rounds: too long for a short run
+		saga_psql -c "ALTER SYSTEM SET saga.max_sleep = 1000" -c "SELECT pg_reload_conf()" >/dev/null
+		STEADY_EXTRA=", saga.max_sleep = 1000 ms"
+	fi
+	saga_log "steady load: $rate 3-step sagas/s (half of the measured peak) for $D_STEADY s, saga.retention = $RETENTION_S s"
+	SIZE_SERIES+=("$(sizes_row "'before'")")
+	q bench_steady "CHECKPOINT" >/dev/null
+	saga_as_pg pgbench -n -c "$CLIENTS" -j "$JOBS" -T "$D_STEADY" -R "$rate" \
+		-f src/bench/pgbench/saga_e3.sql bench_steady >"$OUT/steady.log" 2>&1 &
+	pid=$!
+	BG_PIDS+=("$pid")
+	t0=$SECONDS
+	next=$SAMPLE
+	while kill -0 "$pid" 2>/dev/null; do
+		elapsed=$((SECONDS - t0))
+		if [ "$elapsed" -ge "$next" ]; then
+			SIZE_SERIES+=("$(sizes_row "$elapsed")")
+			printf '    %s\n' "${SIZE_SERIES[-1]}"
+			next=$((next + SAMPLE))
+		fi
+		sleep 1
+	done
+	wait "$pid" || saga_warn "steady pgbench failed: $(tail -3 "$OUT/steady.log")"
+	BG_PIDS=()
+	wait_clients_gone bench_steady
+	SIZE_SERIES+=("$(sizes_row "'after'")")
+	STEADY_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' "$OUT/steady.log")
+	STEADY_RATE=$rate
+}
+
+# ---------- report -----------------------------------------------------------------------------
+
+command_line() { printf '%sbash bench/run.sh' "$GIVEN"; }
+
+run_stage() { # run_stage TITLE FUNCTION
+	note_foreign_servers
+	saga_stage_begin "$1"
+	"$2"
+	saga_stage_end
+}
+
+# other PostgreSQL servers on this machine compete for its CPUs and disk: note their data
+# directories (checked at every stage)
+declare -A FOREIGN
+note_foreign_servers() {
+	local dir
+	while IFS= read -r dir; do
+		[ -n "$dir" ] && [ "$dir" != "$SAGA_PGDATA" ] && FOREIGN[$dir]=1
+	done < <(ps -eo args= 2>/dev/null | sed -n 's|^[^ ]*/bin/postgres .*-D \([^ ]*\).*|\1|p')
+	return 0
+}
+
+write_report() {
+	local f=$1 commit dirty settings line
+	commit=$(git -C "$SAGA_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+	dirty=$(git -C "$SAGA_ROOT" status --porcelain -- src saga--0.1.sql 2>/dev/null | wc -l || echo 0)
+	settings=$(q bench "SELECT string_agg(name || ' = ' || setting || coalesce(unit, ''), ', ' ORDER BY name)
+	                      FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers',
+	                      'max_connections', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'autovacuum')")
+	{
+		printf '# saga benchmarks\n\n'
+		# shellcheck disable=SC2016  # the backquotes are markdown
+		printf 'Reproduce: `%s` (as root or with sudo; see bench/README.md).\n\n' "$(command_line)"
+		printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+		if [ "$dirty" -gt 0 ]; then dirty=' + uncommitted changes in src/'; else dirty=''; fi
+		printf -- '- saga: commit %s%s\n' "$commit" "$dirty"
+		printf -- '- machine: %s CPUs (%s), %s GB RAM, %s\n' "$(nproc)" \
+			"$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" \
+			"$(awk '/MemTotal/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)" "$(uname -sr)"
+		printf -- '- server: %s\n' "$(q bench "SELECT version()")"
+		printf -- '- settings: %s; shared_preload_libraries = saga; saga.databases = the bench databases; default saga.* otherwise\n' "$settings"
+		if [ ${#FOREIGN[@]} -gt 0 ]; then
+			printf -- '- **caution**: other PostgreSQL servers ran on this machine during the benchmark (%s); their load makes these figures noisier and lower\n' \
+				"$(printf '%s ' "${!FOREIGN[@]}" | sed 's/ $//')"
+		fi
+		printf -- '- load: pgbench, %s clients, %s threads, %s s per run, variants alternated A B A B (%s rounds); figures are the mean, rounds in parentheses\n\n' \
+			"$CLIENTS" "$JOBS" "$D" "$ROUNDS"
+		printf '## Throughput\n\n'
+		printf '| measurement | A (reference) | B | B/A |\n| --- | --- | --- | --- |\n'
+		for line in "${REPORT[@]}"; do printf '%s\n' "$line"; done
+		printf '\n## Latency (single client; %s s per measurement)\n\n' "$D_LAT"
+		printf '| measurement | A | B | B/A |\n| --- | --- | --- | --- |\n'
+		for line in "${LAT_LINES[@]}"; do printf '%s\n' "$line"; done
+		printf '\n## Table sizes under steady load\n\n'
+		printf '3-step sagas started and driven by %s clients at %s/s (half of the peak above; achieved %s/s), ' \
+			"$CLIENTS" "$STEADY_RATE" "$(fmt0 "${STEADY_TPS:-0}")"
+		printf 'for %s s, saga.retention = %s s%s; sizes in MB, sampled every %s s.\n\n' "$D_STEADY" "$RETENTION_S" "${STEADY_EXTRA:-}" "$SAMPLE"
+		printf 'History table: %s; total: every table of schema saga with its indexes and TOAST.\n\n' "$HIST"
+		printf '| t (s) | sagas | running | outbox rows | sagas heap | sagas idx | outbox heap | outbox idx | history heap | history idx | total | history events |\n'
+		printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+		for line in "${SIZE_SERIES[@]}"; do printf '| %s |\n' "$line"; done
+		if [ ${#SIZE_SERIES[@]} -ge 3 ]; then
+			local mid=$((${#SIZE_SERIES[@]} / 2)) a b
+			a=$(awk -F'|' '{ gsub(/ /, "", $11); print $11 }' <<<"${SIZE_SERIES[$mid]}")
+			b=$(awk -F'|' '{ gsub(/ /, "", $11); print $11 }' <<<"${SIZE_SERIES[-1]}")
+			printf '\nTotal size at the end / at mid-run: **%s** (1.00 = a plateau).\n' "$(ratio "$b" "$a")"
+		fi
+		printf '\nNotes: steps are counted as outbox rows deleted (one per completed task); sagas end to end as sagas finished during the run. '
+		printf 'The baseline is bench/pgbench/base_*.sql: one state row, one outbox row per ready step, one history row per transition, '
+		printf 'in one statement per transaction. Claim latency is bench/claim_latency.c (claim and complete are separate transactions, '
+		printf 'prepared statements); dispatch latency is bench/listen_latency.c (CLOCK_REALTIME, one process).\n'
+	} >"$f"
+}
+
+main() {
+	local t_start=$SECONDS
+	saga_traps
+	saga_init_privileges
+	saga_stage_begin "packages"
+	saga_install_packages
+	saga_stage_end
+	saga_stage_begin "build and install"
+	saga_build_install
+	saga_stage_end
+	saga_stage_begin "throwaway cluster"
+	setup_cluster
+	saga_stage_end
+
+	run_stage "starts" stage_starts
+	run_stage "steps" stage_steps
+	run_stage "one consumer vs PgQ" stage_pgq_consume
+	run_stage "end to end" stage_e2e
+	run_stage "failure path" stage_failure
+	run_stage "notify on/off" stage_notify
+	run_stage "dispatch latency" stage_dispatch_latency
+	run_stage "claim latency" stage_claim_latency
+	run_stage "steady load, sizes" stage_steady
+	note_foreign_servers
+
+	write_report "$OUT/RESULTS.md"
+	printf '\n'
+	cat "$OUT/RESULTS.md"
+	cp "$OUT/RESULTS.md" "$RESULTS_FILE"
+	saga_print_timings
+	printf '\nwritten to %s (%s s in all)\n' "$RESULTS_FILE" $((SECONDS - t_start))
+}
+
+main "$@"
