@@ -582,7 +582,6 @@ SagaDefinitionLoad(int32 def_id)
 	bool		found;
 	Oid			argtypes[1] = {INT4OID};
 	Datum		values[1];
-	int			rc;
 	bool		isnull;
 	HeapTuple	tup;
 	TupleDesc	desc;
@@ -607,12 +606,10 @@ SagaDefinitionLoad(int32 def_id)
 		return entry->def;
 
 	values[0] = Int32GetDatum(def_id);
-	rc = SPI_execute_plan(SagaPrepare(&plan_load,
-									  "SELECT name, version, definition, owner::oid "
-									  "FROM saga.definitions WHERE id = $1",
-									  1, argtypes),
-						  values, NULL, false, 1);
-	SagaSpiCheck(rc, SPI_OK_SELECT, "loading a definition");
+	SagaExecute(&plan_load,
+				"SELECT name, version, definition, owner::oid "
+				"FROM saga.definitions WHERE id = $1",
+				1, argtypes, values, NULL, SPI_OK_SELECT, "loading a definition");
 	if (SPI_processed != 1)
 		elog(ERROR, "saga: definition %d does not exist", def_id);
 	tup = SPI_tuptable->vals[0];
@@ -646,12 +643,10 @@ latest_id(const char *name)
 	bool		isnull;
 
 	values[0] = CStringGetTextDatum(name);
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_latest,
-											  "SELECT id FROM saga.definitions WHERE name = $1 "
-											  "ORDER BY version DESC LIMIT 1",
-											  1, argtypes),
-								  values, NULL, false, 1),
-				 SPI_OK_SELECT, "finding a definition");
+	SagaExecute(&plan_latest,
+				"SELECT id FROM saga.definitions WHERE name = $1 "
+				"ORDER BY version DESC LIMIT 1",
+				1, argtypes, values, NULL, SPI_OK_SELECT, "finding a definition");
 	if (SPI_processed == 0)
 		return 0;
 	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -742,12 +737,10 @@ saga_define(PG_FUNCTION_ARGS)
 		Oid			lock_types[1] = {TEXTOID};
 		Datum		lock_values[1] = {CStringGetTextDatum(name)};
 
-		rc = SPI_execute_plan(SagaPrepare(&plan_lock,
-										  "SELECT pg_catalog.pg_advisory_xact_lock(1935763297, "
-										  "pg_catalog.hashtext($1))",
-										  1, lock_types),
-							  lock_values, NULL, false, 1);
-		SagaSpiCheck(rc, SPI_OK_SELECT, "locking a definition name");
+		SagaExecute(&plan_lock,
+					"SELECT pg_catalog.pg_advisory_xact_lock(1935763297, "
+					"pg_catalog.hashtext($1))",
+					1, lock_types, lock_values, NULL, SPI_OK_SELECT, "locking a definition name");
 	}
 
 	latest = latest_id(name);
@@ -779,12 +772,10 @@ saga_define(PG_FUNCTION_ARGS)
 		values[3] = PointerGetDatum(construct_array(names, def->nsteps, TEXTOID, -1, false,
 													TYPALIGN_INT));
 		values[4] = ObjectIdGetDatum(caller);
-		rc = SPI_execute_plan(SagaPrepare(&plan_insert,
-										  "INSERT INTO saga.definitions (name, version, definition, step_names, owner) "
-										  "VALUES ($1, $2, $3, $4, $5)",
-										  5, types),
-							  values, NULL, false, 0);
-		SagaSpiCheck(rc, SPI_OK_INSERT, "storing a definition");
+		SagaExecute(&plan_insert,
+					"INSERT INTO saga.definitions (name, version, definition, step_names, owner) "
+					"VALUES ($1, $2, $3, $4, $5)",
+					5, types, values, NULL, SPI_OK_INSERT, "storing a definition");
 		/* at commit, every backend forgets which version is the latest */
 		CacheInvalidateRelcacheByRelid(get_relname_relid("definitions",
 														 get_namespace_oid("saga", false)));

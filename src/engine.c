@@ -701,16 +701,13 @@ load_saga(int64 saga_id)
 	bool		isnull;
 	SagaState  *st;
 	Datum		d;
-	int			rc;
 
-	rc = SPI_execute_plan(SagaPrepare(&plan_load,
-									  "SELECT definition_id, status, pivoted, cancel_requested, "
-									  "cancel_reason, step_status, attempts, input, results, errors, "
-									  "incident, correlation_id, traceparent, deliveries "
-									  "FROM saga.sagas WHERE id = $1 FOR UPDATE",
-									  1, argtypes),
-						  values, NULL, false, 1);
-	SagaSpiCheck(rc, SPI_OK_SELECT, "locking a saga");
+	SagaExecute(&plan_load,
+				"SELECT definition_id, status, pivoted, cancel_requested, "
+				"cancel_reason, step_status, attempts, input, results, errors, "
+				"incident, correlation_id, traceparent, deliveries "
+				"FROM saga.sagas WHERE id = $1 FOR UPDATE",
+				1, argtypes, values, NULL, SPI_OK_SELECT, "locking a saga");
 	if (SPI_processed == 0)
 		return NULL;
 
@@ -1027,17 +1024,14 @@ find_by_key(const char *name, const char *key)
 {
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
-	int			rc;
 	bool		isnull;
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(key);
-	rc = SPI_execute_plan(SagaPrepare(&plan_find_key,
-									  "SELECT id FROM saga.sagas WHERE name = $1 "
-									  "AND idempotency_key = $2",
-									  2, types),
-						  values, NULL, false, 1);
-	SagaSpiCheck(rc, SPI_OK_SELECT, "finding an idempotency key");
+	SagaExecute(&plan_find_key,
+				"SELECT id FROM saga.sagas WHERE name = $1 "
+				"AND idempotency_key = $2",
+				2, types, values, NULL, SPI_OK_SELECT, "finding an idempotency key");
 	if (SPI_processed == 0)
 		return 0;
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -1128,29 +1122,24 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		d;
-	int			rc;
 
 	if (take)
 	{
-		rc = SPI_execute_plan(SagaPrepare(&plan_take,
-										  "DELETE FROM saga.outbox WHERE id = $1 "
-										  "RETURNING saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
-										  "lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
-										  "AND visible_at > pg_catalog.clock_timestamp()",
-										  1, argtypes),
-							  values, NULL, false, 1);
-		SagaSpiCheck(rc, SPI_OK_DELETE_RETURNING, "taking a task");
+		SagaExecute(&plan_take,
+					"DELETE FROM saga.outbox WHERE id = $1 "
+					"RETURNING saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
+					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
+					"AND visible_at > pg_catalog.clock_timestamp()",
+					1, argtypes, values, NULL, SPI_OK_DELETE_RETURNING, "taking a task");
 	}
 	else
 	{
-		rc = SPI_execute_plan(SagaPrepare(&plan_task,
-										  "SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
-										  "lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
-										  "AND visible_at > pg_catalog.clock_timestamp() "
-										  "FROM saga.outbox WHERE id = $1 FOR UPDATE",
-										  1, argtypes),
-							  values, NULL, false, 1);
-		SagaSpiCheck(rc, SPI_OK_SELECT, "locking a task");
+		SagaExecute(&plan_task,
+					"SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
+					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
+					"AND visible_at > pg_catalog.clock_timestamp() "
+					"FROM saga.outbox WHERE id = $1 FOR UPDATE",
+					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a task");
 	}
 	if (SPI_processed == 0)
 		return false;
@@ -1536,15 +1525,12 @@ saga_tasks(int64 saga_id, int64 *out)
 	Oid			types[2] = {INT8OID, INT8OID};
 	Datum		values[2] = {Int64GetDatum(SAGA_TASK_ID(saga_id, 0, false)),
 	Int64GetDatum(SAGA_TASK_ID(saga_id + 1, 0, false))};
-	int			rc;
 	bool		isnull;
 
-	rc = SPI_execute_plan(SagaPrepare(&plan_saga_tasks,
-									  "SELECT id FROM saga.outbox WHERE id >= $1 AND id < $2 "
-									  "AND visible_at = 'infinity'",
-									  2, types),
-						  values, NULL, false, 0);
-	SagaSpiCheck(rc, SPI_OK_SELECT, "listing a saga's tasks");
+	SagaExecute(&plan_saga_tasks,
+				"SELECT id FROM saga.outbox WHERE id >= $1 AND id < $2 "
+				"AND visible_at = 'infinity'",
+				2, types, values, NULL, SPI_OK_SELECT, "listing a saga's tasks");
 	for (uint64 i = 0; i < SPI_processed; i++)
 		out[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 	return (int) SPI_processed;

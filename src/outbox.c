@@ -86,16 +86,13 @@ SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn)
 	Datum		values[1];
 	bool		isnull;
 	int			nfree = 0;
-	int			rc;
 
 	for (int i = 0; i < nids; i++)
 		d[i] = Int64GetDatum(ids[i]);
 	values[0] = PointerGetDatum(construct_array(d, nids, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	rc = SPI_execute_plan(SagaPrepare(&plan_held,
-									  "SELECT id, xmax FROM saga.outbox WHERE id = ANY($1)",
-									  1, types),
-						  values, NULL, false, 0);
-	SagaSpiCheck(rc, SPI_OK_SELECT, "inspecting tasks to withdraw");
+	SagaExecute(&plan_held,
+				"SELECT id, xmax FROM saga.outbox WHERE id = ANY($1)",
+				1, types, values, NULL, SPI_OK_SELECT, "inspecting tasks to withdraw");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -110,13 +107,11 @@ SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn)
 		return 0;
 
 	values[0] = PointerGetDatum(construct_array(d, nfree, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	rc = SPI_execute_plan(SagaPrepare(&plan_withdraw,
-									  "DELETE FROM saga.outbox WHERE id IN "
-									  "(SELECT id FROM saga.outbox WHERE id = ANY($1) "
-									  "AND lease_owner IS NULL FOR UPDATE SKIP LOCKED) RETURNING id",
-									  1, types),
-						  values, NULL, false, 0);
-	SagaSpiCheck(rc, SPI_OK_DELETE_RETURNING, "withdrawing tasks");
+	SagaExecute(&plan_withdraw,
+				"DELETE FROM saga.outbox WHERE id IN "
+				"(SELECT id FROM saga.outbox WHERE id = ANY($1) "
+				"AND lease_owner IS NULL FOR UPDATE SKIP LOCKED) RETURNING id",
+				1, types, values, NULL, SPI_OK_DELETE_RETURNING, "withdrawing tasks");
 	for (uint64 i = 0; i < SPI_processed; i++)
 		withdrawn[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 	return (int) SPI_processed;
@@ -132,21 +127,18 @@ SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us, bool drop_timeo
 	Oid			types[4] = {INT8OID, INT4OID, TIMESTAMPTZOID, BOOLOID};
 	Datum		values[4];
 	TimestampTz visible_at = GetCurrentTimestamp() + delay_us;
-	int			rc;
 
 	values[0] = Int64GetDatum(task_id);
 	values[1] = Int32GetDatum(attempt);
 	values[2] = TimestampTzGetDatum(visible_at);
 	values[3] = BoolGetDatum(drop_timeout);
-	rc = SPI_execute_plan(SagaPrepare(&plan_retry,
-									  "UPDATE saga.outbox SET attempt = $2, lease_owner = NULL, "
-									  "visible_at = $3, "
-									  "timeout_at = CASE WHEN $4 THEN NULL ELSE timeout_at END, "
-									  "headers = headers || pg_catalog.jsonb_build_object('attempt', $2) "
-									  "WHERE id = $1",
-									  4, types),
-						  values, NULL, false, 0);
-	SagaSpiCheck(rc, SPI_OK_UPDATE, "scheduling a retry");
+	SagaExecute(&plan_retry,
+				"UPDATE saga.outbox SET attempt = $2, lease_owner = NULL, "
+				"visible_at = $3, "
+				"timeout_at = CASE WHEN $4 THEN NULL ELSE timeout_at END, "
+				"headers = headers || pg_catalog.jsonb_build_object('attempt', $2) "
+				"WHERE id = $1",
+				4, types, values, NULL, SPI_OK_UPDATE, "scheduling a retry");
 	/* whoever listens on the topic is told when the delay is over */
 	SagaVisibleAt(visible_at);
 }
@@ -159,20 +151,18 @@ SagaOutboxLapse(int64 task_id)
 	Datum		values[2] = {Int64GetDatum(task_id), CStringGetTextDatum(SagaActorName())};
 
 	/* history is append-only: the lapse is logged without taking the saga's lock */
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_lapse,
-											  "WITH o AS (SELECT id, lease_owner, deliveries FROM saga.outbox "
-											  "WHERE id = $1 AND lease_owner IS NOT NULL), "
-											  "u AS (UPDATE saga.outbox t SET attempt = t.attempt + 1, lease_owner = NULL, "
-											  "headers = t.headers || pg_catalog.jsonb_build_object('attempt', t.attempt + 1) "
-											  "FROM o WHERE t.id = o.id RETURNING t.saga_id, t.step, t.kind, t.attempt) "
-											  "INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
-											  "SELECT u.saga_id, pg_catalog.clock_timestamp(), $2, '{lease_lapsed}', "
-											  "ARRAY[u.step], ARRAY[pg_catalog.jsonb_build_object('kind', u.kind, "
-											  "'worker', o.lease_owner, 'lease', o.deliveries, 'next_attempt', u.attempt)] "
-											  "FROM u, o",
-											  2, types),
-								  values, NULL, false, 0),
-				 SPI_OK_INSERT, "ending a lapsed lease");
+	SagaExecute(&plan_lapse,
+				"WITH o AS (SELECT id, lease_owner, deliveries FROM saga.outbox "
+				"WHERE id = $1 AND lease_owner IS NOT NULL), "
+				"u AS (UPDATE saga.outbox t SET attempt = t.attempt + 1, lease_owner = NULL, "
+				"headers = t.headers || pg_catalog.jsonb_build_object('attempt', t.attempt + 1) "
+				"FROM o WHERE t.id = o.id RETURNING t.saga_id, t.step, t.kind, t.attempt) "
+				"INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
+				"SELECT u.saga_id, pg_catalog.clock_timestamp(), $2, '{lease_lapsed}', "
+				"ARRAY[u.step], ARRAY[pg_catalog.jsonb_build_object('kind', u.kind, "
+				"'worker', o.lease_owner, 'lease', o.deliveries, 'next_attempt', u.attempt)] "
+				"FROM u, o",
+				2, types, values, NULL, SPI_OK_INSERT, "ending a lapsed lease");
 }
 
 /* take a task out of sight until a person calls saga.retry */
@@ -182,12 +172,10 @@ SagaOutboxPark(int64 task_id)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(task_id)};
 
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_park,
-											  "UPDATE saga.outbox SET lease_owner = NULL, "
-											  "visible_at = 'infinity' WHERE id = $1",
-											  1, types),
-								  values, NULL, false, 0),
-				 SPI_OK_UPDATE, "parking a task");
+	SagaExecute(&plan_park,
+				"UPDATE saga.outbox SET lease_owner = NULL, "
+				"visible_at = 'infinity' WHERE id = $1",
+				1, types, values, NULL, SPI_OK_UPDATE, "parking a task");
 }
 
 /* bring a parked task back as its next attempt */
@@ -197,14 +185,12 @@ SagaOutboxUnpark(int64 task_id)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(task_id)};
 
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_unpark,
-											  "UPDATE saga.outbox SET attempt = attempt + 1, "
-											  "visible_at = pg_catalog.clock_timestamp(), "
-											  "headers = headers || pg_catalog.jsonb_build_object('attempt', attempt + 1) "
-											  "WHERE id = $1 RETURNING topic",
-											  1, types),
-								  values, NULL, false, 0),
-				 SPI_OK_UPDATE_RETURNING, "resuming a task");
+	SagaExecute(&plan_unpark,
+				"UPDATE saga.outbox SET attempt = attempt + 1, "
+				"visible_at = pg_catalog.clock_timestamp(), "
+				"headers = headers || pg_catalog.jsonb_build_object('attempt', attempt + 1) "
+				"WHERE id = $1 RETURNING topic",
+				1, types, values, NULL, SPI_OK_UPDATE_RETURNING, "resuming a task");
 	if (SPI_processed == 1)
 	{
 		bool		isnull;
@@ -238,7 +224,6 @@ saga_claim(PG_FUNCTION_ARGS)
 	Interval   *lease;
 	SagaUserSave save;
 	TimestampTz now;
-	int			rc;
 	int64	   *deliver;
 	int			ndeliver = 0;
 	int			nexpired = 0;
@@ -284,17 +269,15 @@ saga_claim(PG_FUNCTION_ARGS)
 		Datum		values[3] = {CStringGetTextDatum(topic), TimestampTzGetDatum(now),
 		Int32GetDatum(max_tasks)};
 
-		rc = SPI_execute_plan(SagaPrepare(&plan_candidates,
-										  "SELECT o.id, o.lease_owner IS NOT NULL "
-										  "AND o.attempt >= COALESCE(o.max_attempts, 2147483647), "
-										  "o.timeout_at <= $2, "
-										  "o.kind = 'action' AND (SELECT s.status FROM saga.sagas s "
-										  "WHERE s.id = o.saga_id) IS DISTINCT FROM 'running' "
-										  "FROM saga.outbox o WHERE o.topic = $1 AND o.visible_at <= $2 "
-										  "ORDER BY o.visible_at, o.id LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
-										  3, types),
-							  values, NULL, false, 0);
-		SagaSpiCheck(rc, SPI_OK_SELECT, "finding tasks to claim");
+		SagaExecute(&plan_candidates,
+					"SELECT o.id, o.lease_owner IS NOT NULL "
+					"AND o.attempt >= COALESCE(o.max_attempts, 2147483647), "
+					"o.timeout_at <= $2, "
+					"o.kind = 'action' AND (SELECT s.status FROM saga.sagas s "
+					"WHERE s.id = o.saga_id) IS DISTINCT FROM 'running' "
+					"FROM saga.outbox o WHERE o.topic = $1 AND o.visible_at <= $2 "
+					"ORDER BY o.visible_at, o.id LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
+					3, types, values, NULL, SPI_OK_SELECT, "finding tasks to claim");
 	}
 
 	deliver = palloc(sizeof(int64) * (SPI_processed + 1));
@@ -351,19 +334,17 @@ saga_claim(PG_FUNCTION_ARGS)
 		values[3] = TimestampTzGetDatum(now);
 
 		/* a lease that lapsed without a report was an attempt */
-		rc = SPI_execute_plan(SagaPrepare(&plan_lease,
-										  "UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
-										  "lease_owner = $2, lease_length = $3, visible_at = $4 + $3, "
-										  "attempt = o.attempt + (o.lease_owner IS NOT NULL)::integer, "
-										  "headers = CASE WHEN o.lease_owner IS NOT NULL THEN o.headers || "
-										  "pg_catalog.jsonb_build_object('attempt', o.attempt + 1) "
-										  "ELSE o.headers END "
-										  "WHERE o.id = ANY($1) "
-										  "RETURNING o.id, o.topic, o.kind, o.saga_id, o.step, o.attempt, "
-										  "o.deliveries, o.payload, o.headers, o.visible_at",
-										  4, types),
-							  values, NULL, false, 0);
-		SagaSpiCheck(rc, SPI_OK_UPDATE_RETURNING, "leasing tasks");
+		SagaExecute(&plan_lease,
+					"UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
+					"lease_owner = $2, lease_length = $3, visible_at = $4 + $3, "
+					"attempt = o.attempt + (o.lease_owner IS NOT NULL)::integer, "
+					"headers = CASE WHEN o.lease_owner IS NOT NULL THEN o.headers || "
+					"pg_catalog.jsonb_build_object('attempt', o.attempt + 1) "
+					"ELSE o.headers END "
+					"WHERE o.id = ANY($1) "
+					"RETURNING o.id, o.topic, o.kind, o.saga_id, o.step, o.attempt, "
+					"o.deliveries, o.payload, o.headers, o.visible_at",
+					4, types, values, NULL, SPI_OK_UPDATE_RETURNING, "leasing tasks");
 		if (SPI_processed > 0)
 			SagaWakeAt(now + interval_usecs(lease));
 
@@ -398,7 +379,6 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 	int64		task_id;
 	int32		lease;
 	SagaUserSave save;
-	int			rc;
 	bool		isnull;
 	TimestampTz until;
 	Oid			types[4] = {INT8OID, INT4OID, INTERVALOID, TIMESTAMPTZOID};
@@ -423,26 +403,22 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
 	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
 	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
-	rc = SPI_execute_plan(SagaPrepare(&plan_heartbeat,
-									  "WITH t AS (SELECT id, deliveries, lease_owner IS NOT NULL AS leased "
-									  "FROM saga.outbox WHERE id = $1 FOR UPDATE), "
-									  "u AS (UPDATE saga.outbox o SET visible_at = $4 + COALESCE($3, o.lease_length) "
-									  "FROM t WHERE o.id = t.id AND t.deliveries = $2 AND t.leased "
-									  "RETURNING o.visible_at) "
-									  "SELECT t.deliveries, t.leased, (SELECT visible_at FROM u) FROM t",
-									  4, types),
-						  values, nulls, false, 0);
-	SagaSpiCheck(rc, SPI_OK_SELECT, "extending a lease");
+	SagaExecute(&plan_heartbeat,
+				"WITH t AS (SELECT id, deliveries, lease_owner IS NOT NULL AS leased "
+				"FROM saga.outbox WHERE id = $1 FOR UPDATE), "
+				"u AS (UPDATE saga.outbox o SET visible_at = $4 + COALESCE($3, o.lease_length) "
+				"FROM t WHERE o.id = t.id AND t.deliveries = $2 AND t.leased "
+				"RETURNING o.visible_at) "
+				"SELECT t.deliveries, t.leased, (SELECT visible_at FROM u) FROM t",
+				4, types, values, nulls, SPI_OK_SELECT, "extending a lease");
 	if (SPI_processed == 0)
 	{
 		Oid			stypes[1] = {INT8OID};
 		Datum		svalues[1] = {Int64GetDatum(SAGA_TASK_SAGA(task_id))};
 
-		SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_saga_exists,
-												  "SELECT FROM saga.sagas WHERE id = $1",
-												  1, stypes),
-									  svalues, NULL, false, 1),
-					 SPI_OK_SELECT, "finding a saga");
+		SagaExecute(&plan_saga_exists,
+					"SELECT FROM saga.sagas WHERE id = $1",
+					1, stypes, svalues, NULL, SPI_OK_SELECT, "finding a saga");
 		if (SPI_processed == 0 || task_id <= 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),

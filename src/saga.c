@@ -155,6 +155,19 @@ SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/*
+ * Run a statement prepared once per backend (see SagaPrepare) and check
+ * that SPI reports what the statement does.
+ */
+void
+SagaExecute(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
+			Datum *values, const char *nulls, int expected, const char *what)
+{
+	SagaSpiCheck(SPI_execute_plan(SagaPrepare(cache, sql, nargs, argtypes),
+								  values, nulls, false, 0),
+				 expected, what);
+}
+
 /* topic names: ^[a-z][a-z0-9_]{0,47}$ (the LISTEN channel adds "saga_") */
 bool
 SagaValidTopic(const char *topic)

@@ -114,6 +114,8 @@ extern void SagaCheckPayload(Jsonb *value, const char *what);
 extern const char *SagaActorName(void);
 extern void SagaSpiCheck(int rc, int expected, const char *what);
 extern SPIPlanPtr SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
+extern void SagaExecute(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
+						Datum *values, const char *nulls, int expected, const char *what);
 extern bool SagaValidTopic(const char *topic);
 
 /* definition.c */

@@ -360,12 +360,10 @@ unit_timeouts(TimestampTz now)
 	int64	   *ids;
 	int			n;
 
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_timeouts,
-											  "SELECT id FROM saga.outbox WHERE timeout_at <= $1 "
-											  "ORDER BY timeout_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-											  2, types),
-								  values, NULL, false, 0),
-				 SPI_OK_SELECT, "finding timed-out tasks");
+	SagaExecute(&plan_timeouts,
+				"SELECT id FROM saga.outbox WHERE timeout_at <= $1 "
+				"ORDER BY timeout_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+				2, types, values, NULL, SPI_OK_SELECT, "finding timed-out tasks");
 	ids = collect_ids(&n);
 	for (int i = 0; i < n; i++)
 		SagaExhaustTask(ids[i], "timeout");
@@ -385,18 +383,16 @@ unit_lapsed(TimestampTz now)
 	int64	   *ids;
 	int		   *what;
 
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_lapsed,
-											  "SELECT o.id, CASE "
-											  "WHEN o.kind = 'action' AND (SELECT s.status FROM saga.sagas s "
-											  "WHERE s.id = o.saga_id) IS DISTINCT FROM 'running' THEN 2 "
-											  "WHEN o.attempt >= COALESCE(o.max_attempts, 2147483647) THEN 1 "
-											  "ELSE 0 END "
-											  "FROM saga.outbox o WHERE o.lease_owner IS NOT NULL "
-											  "AND o.visible_at <= $1 "
-											  "ORDER BY o.visible_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
-											  2, types),
-								  values, NULL, false, 0),
-				 SPI_OK_SELECT, "finding lapsed leases");
+	SagaExecute(&plan_lapsed,
+				"SELECT o.id, CASE "
+				"WHEN o.kind = 'action' AND (SELECT s.status FROM saga.sagas s "
+				"WHERE s.id = o.saga_id) IS DISTINCT FROM 'running' THEN 2 "
+				"WHEN o.attempt >= COALESCE(o.max_attempts, 2147483647) THEN 1 "
+				"ELSE 0 END "
+				"FROM saga.outbox o WHERE o.lease_owner IS NOT NULL "
+				"AND o.visible_at <= $1 "
+				"ORDER BY o.visible_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
+				2, types, values, NULL, SPI_OK_SELECT, "finding lapsed leases");
 	n = SPI_processed;
 	ids = palloc(sizeof(int64) * (n + 1));
 	what = palloc(sizeof(int) * (n + 1));
@@ -428,12 +424,10 @@ unit_deadlines(TimestampTz now)
 	int64	   *ids;
 	int			n;
 
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_deadlines,
-											  "SELECT id FROM saga.sagas WHERE deadline_at <= $1 "
-											  "ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-											  2, types),
-								  values, NULL, false, 0),
-				 SPI_OK_SELECT, "finding sagas past their deadline");
+	SagaExecute(&plan_deadlines,
+				"SELECT id FROM saga.sagas WHERE deadline_at <= $1 "
+				"ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+				2, types, values, NULL, SPI_OK_SELECT, "finding sagas past their deadline");
 	ids = collect_ids(&n);
 	for (int i = 0; i < n; i++)
 		SagaDeadlinePassed(ids[i]);
@@ -467,20 +461,18 @@ unit_notify(TimestampTz now, TimestampTz *next)
 	if (!saga_notify)
 		values[0] = values[1];	/* nothing to announce; the next due time still counts */
 
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_topics,
-											  "WITH RECURSIVE t(topic) AS ("
-											  " (SELECT topic FROM saga.outbox ORDER BY topic LIMIT 1)"
-											  " UNION ALL"
-											  " SELECT (SELECT o.topic FROM saga.outbox o WHERE o.topic > t.topic"
-											  " ORDER BY o.topic LIMIT 1) FROM t WHERE t.topic IS NOT NULL) "
-											  "SELECT t.topic, EXISTS (SELECT FROM saga.outbox o WHERE o.topic = t.topic "
-											  " AND o.visible_at > $1 AND o.visible_at <= $2), "
-											  " (SELECT min(o.visible_at) FROM saga.outbox o WHERE o.topic = t.topic "
-											  " AND o.visible_at > $2) "
-											  "FROM t WHERE t.topic IS NOT NULL",
-											  2, types),
-								  values, NULL, false, 0),
-				 SPI_OK_SELECT, "finding topics to wake");
+	SagaExecute(&plan_topics,
+				"WITH RECURSIVE t(topic) AS ("
+				" (SELECT topic FROM saga.outbox ORDER BY topic LIMIT 1)"
+				" UNION ALL"
+				" SELECT (SELECT o.topic FROM saga.outbox o WHERE o.topic > t.topic"
+				" ORDER BY o.topic LIMIT 1) FROM t WHERE t.topic IS NOT NULL) "
+				"SELECT t.topic, EXISTS (SELECT FROM saga.outbox o WHERE o.topic = t.topic "
+				" AND o.visible_at > $1 AND o.visible_at <= $2), "
+				" (SELECT min(o.visible_at) FROM saga.outbox o WHERE o.topic = t.topic "
+				" AND o.visible_at > $2) "
+				"FROM t WHERE t.topic IS NOT NULL",
+				2, types, values, NULL, SPI_OK_SELECT, "finding topics to wake");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -515,13 +507,11 @@ unit_purge(TimestampTz now)
 		return 0;
 	values[0] = TimestampTzGetDatum(now - (int64) saga_retention * USECS_PER_SEC);
 	values[1] = Int32GetDatum(saga_batch_size);
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_purge,
-											  "DELETE FROM saga.sagas WHERE id IN (SELECT id FROM saga.sagas "
-											  "WHERE finished_at < $1 AND status <> 'failed' "
-											  "ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-											  2, types),
-								  values, NULL, false, 0),
-				 SPI_OK_DELETE_RETURNING, "removing finished sagas");
+	SagaExecute(&plan_purge,
+				"DELETE FROM saga.sagas WHERE id IN (SELECT id FROM saga.sagas "
+				"WHERE finished_at < $1 AND status <> 'failed' "
+				"ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+				2, types, values, NULL, SPI_OK_DELETE_RETURNING, "removing finished sagas");
 	n = (int) SPI_processed;
 	if (n == 0)
 		return 0;
@@ -533,11 +523,9 @@ unit_purge(TimestampTz now)
 		d[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
 	}
 	hvalues[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_purge_history,
-											  "DELETE FROM saga.history_log WHERE saga_id = ANY($1)",
-											  1, htypes),
-								  hvalues, NULL, false, 0),
-				 SPI_OK_DELETE, "removing history of finished sagas");
+	SagaExecute(&plan_purge_history,
+				"DELETE FROM saga.history_log WHERE saga_id = ANY($1)",
+				1, htypes, hvalues, NULL, SPI_OK_DELETE, "removing history of finished sagas");
 	return n;
 }
 
@@ -554,14 +542,12 @@ unit_withdrawn(void)
 	int64	   *ids;
 	int			n;
 
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_withdrawn,
-											  "SELECT o.id FROM saga.outbox o WHERE o.kind = 'action' "
-											  "AND NOT EXISTS (SELECT FROM saga.sagas s WHERE s.id = o.saga_id "
-											  "AND s.status = 'running') "
-											  "LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
-											  1, types),
-								  values, NULL, false, 0),
-				 SPI_OK_SELECT, "finding withdrawn tasks");
+	SagaExecute(&plan_withdrawn,
+				"SELECT o.id FROM saga.outbox o WHERE o.kind = 'action' "
+				"AND NOT EXISTS (SELECT FROM saga.sagas s WHERE s.id = o.saga_id "
+				"AND s.status = 'running') "
+				"LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+				1, types, values, NULL, SPI_OK_SELECT, "finding withdrawn tasks");
 	ids = collect_ids(&n);
 	for (int i = 0; i < n; i++)
 		SagaSettleWithdrawn(ids[i]);
@@ -575,16 +561,14 @@ next_due(TimestampTz next)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(saga_retention < 0 ? -1 : (int64) saga_retention * USECS_PER_SEC)};
 
-	SagaSpiCheck(SPI_execute_plan(SagaPrepare(&plan_next,
-											  "SELECT (SELECT min(timeout_at) FROM saga.outbox WHERE timeout_at IS NOT NULL), "
-											  "(SELECT min(visible_at) FROM saga.outbox WHERE lease_owner IS NOT NULL), "
-											  "(SELECT min(deadline_at) FROM saga.sagas WHERE deadline_at IS NOT NULL), "
-											  "CASE WHEN $1 >= 0 THEN (SELECT min(finished_at) FROM saga.sagas "
-											  "WHERE finished_at IS NOT NULL AND status <> 'failed') "
-											  "+ $1 * interval '1 microsecond' END",
-											  1, types),
-								  values, NULL, false, 1),
-				 SPI_OK_SELECT, "computing the next due time");
+	SagaExecute(&plan_next,
+				"SELECT (SELECT min(timeout_at) FROM saga.outbox WHERE timeout_at IS NOT NULL), "
+				"(SELECT min(visible_at) FROM saga.outbox WHERE lease_owner IS NOT NULL), "
+				"(SELECT min(deadline_at) FROM saga.sagas WHERE deadline_at IS NOT NULL), "
+				"CASE WHEN $1 >= 0 THEN (SELECT min(finished_at) FROM saga.sagas "
+				"WHERE finished_at IS NOT NULL AND status <> 'failed') "
+				"+ $1 * interval '1 microsecond' END",
+				1, types, values, NULL, SPI_OK_SELECT, "computing the next due time");
 	for (int c = 0; c < 4; c++)
 	{
 		bool		isnull;
