@@ -11,7 +11,7 @@ OBJS = \
 	src/api.o \
 	src/worker.o
 
-DATA = saga--$(EXTVERSION).sql
+DATA = $(wildcard saga--*.sql)
 PGFILEDESC = "saga - sagas inside PostgreSQL"
 
 # -Wno-unused-parameter: the server headers themselves trip it

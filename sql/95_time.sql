@@ -132,8 +132,10 @@ SELECT event, step FROM saga.history WHERE saga_id = :t4 ORDER BY id;
 -- the timeout was handled: the next round finds nothing
 SELECT saga_test.tick();
 SELECT saga_test.time_passes(saga_test.task(:t4, 'b'));
-SELECT step, kind FROM saga.claim('tm_pb', 'w1', 1, '1 hour');
+SELECT step, kind, lease AS pb_lease FROM saga.claim('tm_pb', 'w1', 1, '1 hour') \gset
+-- without the lease, a report on a task under another's live lease is refused
 SELECT saga_test.outcome(format('SELECT saga.complete(%s, %L)', saga_test.task(:t4, 'b'), '{"b": 4}')) AS complete;
+SELECT saga_test.outcome(format('SELECT saga.complete(%s, %L, lease => %s)', saga_test.task(:t4, 'b'), '{"b": 4}', :pb_lease)) AS complete;
 SELECT status FROM saga.instances WHERE id = :t4;
 
 --

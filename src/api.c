@@ -48,14 +48,15 @@ report_document(FunctionCallInfo fcinfo, int argno, const char *what)
 	return doc;
 }
 
+/* an optional text argument of at most limit bytes; NULL when not given */
 static char *
-optional_text(FunctionCallInfo fcinfo, int argno, const char *name)
+optional_text(FunctionCallInfo fcinfo, int argno, const char *name, int limit)
 {
 	char	   *s;
 
 	if (PG_ARGISNULL(argno))
 		return NULL;
-	s = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	s = SagaTextArg(PG_GETARG_TEXT_PP(argno), limit, name);
 	if (s[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -70,16 +71,26 @@ saga_start(PG_FUNCTION_ARGS)
 {
 	char	   *name;
 	Jsonb	   *input;
-	char	   *correlation_id = optional_text(fcinfo, 2, "correlation_id");
-	char	   *idempotency_key = optional_text(fcinfo, 3, "idempotency_key");
-	char	   *traceparent = optional_text(fcinfo, 4, "traceparent");
+	char	   *correlation_id = optional_text(fcinfo, 2, "correlation_id", SAGA_MAX_ID_LEN);
+	char	   *idempotency_key = optional_text(fcinfo, 3, "idempotency_key", SAGA_MAX_ID_LEN);
+	char	   *traceparent;
 	SagaUserSave save;
 	SagaDef    *def;
 	int64		id;
 
 	require_arg(fcinfo, 0, "name");
 	require_arg(fcinfo, 1, "input");
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	/* too long is malformed: a traceparent has exactly 55 bytes */
+	if (!PG_ARGISNULL(4) &&
+		VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(4)) > SAGA_TRACEPARENT_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid traceparent"),
+				 errdetail("It is %zu bytes long; a W3C traceparent has %d.",
+						   (Size) VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(4)), SAGA_TRACEPARENT_LEN),
+				 errhint("A W3C traceparent looks like 00-<32 hex digits>-<16 hex digits>-<2 hex digits>, in lower case.")));
+	traceparent = optional_text(fcinfo, 4, "traceparent", SAGA_TRACEPARENT_LEN);
+	name = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_NAME_LEN, "saga name");
 	input = PG_GETARG_JSONB_P(1);
 	SagaCheckPayload(input, "saga input");
 
@@ -108,7 +119,8 @@ saga_complete(PG_FUNCTION_ARGS)
 
 	SagaEnter(&save);
 	recorded = SagaReport(PG_GETARG_INT64(0), true, result, false,
-						  !PG_ARGISNULL(2), PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2));
+						  PG_ARGISNULL(2) ? FENCE_ROW_LOCK : FENCE_LEASE,
+						  PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2));
 	SagaLeave(&save);
 	PG_RETURN_BOOL(recorded);
 }
@@ -127,7 +139,8 @@ saga_fail(PG_FUNCTION_ARGS)
 	SagaEnter(&save);
 	recorded = SagaReport(PG_GETARG_INT64(0), false, error,
 						  PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2),
-						  !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3));
+						  PG_ARGISNULL(3) ? FENCE_ROW_LOCK : FENCE_LEASE,
+						  PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3));
 	SagaLeave(&save);
 	PG_RETURN_BOOL(recorded);
 }
@@ -140,7 +153,8 @@ saga_cancel(PG_FUNCTION_ARGS)
 	char	   *reason;
 
 	require_arg(fcinfo, 0, "saga_id");
-	reason = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	reason = PG_ARGISNULL(1) ? NULL
+		: SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_REASON_LEN, "reason");
 
 	SagaEnter(&save);
 	SagaCancel(PG_GETARG_INT64(0), reason);
@@ -154,6 +168,7 @@ saga_retry(PG_FUNCTION_ARGS)
 {
 	SagaUserSave save;
 
+	require_arg(fcinfo, 0, "saga_id");
 	SagaEnter(&save);
 	SagaRetryFailed(PG_GETARG_INT64(0));
 	SagaLeave(&save);

@@ -63,6 +63,7 @@ static HTAB *latest_cache = NULL;
 static SPIPlanPtr plan_latest = NULL;
 static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_insert = NULL;
+static SPIPlanPtr plan_insert_01 = NULL;
 static SPIPlanPtr plan_lock = NULL;
 
 /* parsing context: the document's name for messages */
@@ -246,8 +247,13 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 	PG_END_TRY();
 
 	/* months and days are taken as 30 and 1 fixed days: steps are short */
-	usecs = iv->time + (int64) iv->day * USECS_PER_DAY
-		+ (int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	if (!SagaIntervalUsecs(iv, &usecs) || usecs > SAGA_MAX_INTERVAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
+				 errmsg("invalid saga definition \"%s\": interval \"%s\" is out of range",
+						p->name, text),
+				 errdetail("The offending value is at %s.", path),
+				 errhint("An interval is at most %d days.", SAGA_MAX_INTERVAL_DAYS)));
 	if (usecs <= 0)
 		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
 				  psprintf("interval \"%s\" must be positive", text));
@@ -255,44 +261,44 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 }
 
 /*
- * Resolve "schema.fn" to fn(jsonb) returns jsonb.  The name must be schema
- * qualified: SQL steps run with search_path = pg_catalog, pg_temp.
+ * Resolve "schema.fn" for the role that defines the saga (see
+ * SagaGuestFunction for what is refused), adding the JSON path to the error.
+ * The name must be schema qualified: SQL steps run with search_path =
+ * pg_catalog, pg_temp.
  */
 static Oid
 resolve_function(const DefParse *p, const char *name, const char *path)
 {
-	List	   *names;
-	Oid			argtype = JSONBOID;
-	Oid			fn;
-	AclResult	aclresult;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile Oid fn = InvalidOid;
 
 	if (strchr(name, '.') == NULL)
 		def_error(ERRCODE_INVALID_NAME, p, path,
 				  psprintf("function name \"%s\" must be schema-qualified", name));
-	names = stringToQualifiedNameList(name);
 	if (!p->resolve)
 		return InvalidOid;
 
-	fn = LookupFuncName(names, 1, &argtype, true);
-	if (!OidIsValid(fn))
+	PG_TRY();
+	{
+		fn = SagaGuestFunction(name, p->caller, false);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e;
+
+		/* re-thrown with the path: the transaction aborts as it would have */
+		MemoryContextSwitchTo(cxt);
+		e = CopyErrorData();
+		FlushErrorState();
 		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("invalid saga definition \"%s\": function %s(jsonb) does not exist",
-						p->name, name),
-				 errdetail("The offending value is at %s.", path)));
-	if (get_func_rettype(fn) != JSONBOID)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("invalid saga definition \"%s\": function %s(jsonb) must return jsonb",
-						p->name, name),
-				 errdetail("The offending value is at %s.", path)));
-	aclresult = pg_proc_aclcheck(fn, p->caller, ACL_EXECUTE);
-	if (aclresult != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for function %s", name),
-				 errdetail("The saga's SQL steps run as the role that defines it; the function is at %s.",
-						   path)));
+				(errcode(e->sqlerrcode),
+				 errmsg("invalid saga definition \"%s\": %s", p->name, e->message),
+				 e->detail
+				 ? errdetail("%s The offending value is at %s.", e->detail, path)
+				 : errdetail("The offending value is at %s.", path),
+				 e->hint ? errhint("%s", e->hint) : 0));
+	}
+	PG_END_TRY();
 	return fn;
 }
 
@@ -574,6 +580,45 @@ parse_definition(const char *name, Jsonb *doc, bool resolve, Oid caller)
 	return def;
 }
 
+/*
+ * The definer's role name.  0.1 stored it as regrole (whose dump cannot be
+ * restored without the role, losing every definition); 0.2 as a name,
+ * resolved each time a step runs.  Read either, in case the library is
+ * newer than the installed extension.  NULL if the role is gone.
+ */
+static char *
+owner_name(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	if (isnull)
+		return NULL;
+	if (SPI_gettypeid(desc, col) == NAMEOID)
+		return pstrdup(NameStr(*DatumGetName(d)));
+	return GetUserNameFromId(DatumGetObjectId(d), true);
+}
+
+/*
+ * The role a definition's SQL steps run as.  A definition names its definer
+ * by name (as pg_dump names owners), so a restore maps it to the role of
+ * that name; a role that is gone (dropped, or absent where a dump was
+ * restored) runs nothing.
+ */
+Oid
+SagaDefinitionDefiner(SagaDef *def)
+{
+	Oid			role = def->owner ? get_role_oid(def->owner, true) : InvalidOid;
+
+	if (!OidIsValid(role))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role \"%s\" that defined saga \"%s\" version %d does not exist",
+						def->owner ? def->owner : "?", def->name, def->version),
+				 errhint("Create the role again, or define the saga again as an existing role.")));
+	return role;
+}
+
 /* a parsed definition version, from the cache or the table */
 SagaDef *
 SagaDefinitionLoad(int32 def_id)
@@ -607,7 +652,7 @@ SagaDefinitionLoad(int32 def_id)
 
 	values[0] = Int32GetDatum(def_id);
 	SagaExecute(&plan_load,
-				"SELECT name, version, definition, owner::oid "
+				"SELECT name, version, definition, owner "
 				"FROM saga.definitions WHERE id = $1",
 				1, argtypes, values, NULL, SPI_OK_SELECT, "loading a definition");
 	if (SPI_processed != 1)
@@ -624,7 +669,7 @@ SagaDefinitionLoad(int32 def_id)
 						   false, InvalidOid);
 	def->id = def_id;
 	def->version = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-	def->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+	def->owner = owner_name(tup, desc, 4);
 	MemoryContextSwitchTo(old);
 	MemoryContextSetParent(cxt, CacheMemoryContext);
 
@@ -708,8 +753,8 @@ SagaDefinitionLatest(const char *name)
 Datum
 saga_define(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Jsonb	   *doc = PG_GETARG_JSONB_P(1);
+	char	   *name;
+	Jsonb	   *doc;
 	SagaUserSave save;
 	Oid			caller;
 	SagaDef    *def;
@@ -719,6 +764,12 @@ saga_define(PG_FUNCTION_ARGS)
 	int32		latest;
 	bool		isnull;
 
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", PG_ARGISNULL(0) ? "name" : "definition")));
+	name = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_NAME_LEN, "saga name");
+	doc = PG_GETARG_JSONB_P(1);
 	if (!valid_name(name, NAMEDATALEN - 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_NAME),
@@ -749,7 +800,8 @@ saga_define(PG_FUNCTION_ARGS)
 		Oid			types[2] = {INT4OID, JSONBOID};
 		Datum		values[2] = {Int32GetDatum(latest), JsonbPGetDatum(doc)};
 
-		rc = SPI_execute_with_args("SELECT version, definition = $2 FROM saga.definitions WHERE id = $1",
+		rc = SPI_execute_with_args("SELECT version, definition OPERATOR(pg_catalog.=) $2 "
+								   "FROM saga.definitions WHERE id = $1",
 								   2, types, values, NULL, false, 1);
 		SagaSpiCheck(rc, SPI_OK_SELECT, "comparing definitions");
 		version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -765,6 +817,8 @@ saga_define(PG_FUNCTION_ARGS)
 	{
 		Oid			types[5] = {TEXTOID, INT4OID, JSONBOID, TEXTARRAYOID, OIDOID};
 		Datum		values[5];
+		Oid			relid = get_relname_relid("definitions", get_namespace_oid("saga", false));
+		bool		by_name = get_atttype(relid, get_attnum(relid, "owner")) == NAMEOID;
 
 		values[0] = CStringGetTextDatum(name);
 		values[1] = Int32GetDatum(version);
@@ -772,10 +826,18 @@ saga_define(PG_FUNCTION_ARGS)
 		values[3] = PointerGetDatum(construct_array(names, def->nsteps, TEXTOID, -1, false,
 													TYPALIGN_INT));
 		values[4] = ObjectIdGetDatum(caller);
-		SagaExecute(&plan_insert,
-					"INSERT INTO saga.definitions (name, version, definition, step_names, owner) "
-					"VALUES ($1, $2, $3, $4, $5)",
-					5, types, values, NULL, SPI_OK_INSERT, "storing a definition");
+		/* 0.2 keeps the role's name (see owner_name); 0.1 its oid */
+		if (by_name)
+			SagaExecute(&plan_insert,
+						"INSERT INTO saga.definitions (name, version, definition, step_names, owner) "
+						"SELECT $1, $2, $3, $4, r.rolname FROM pg_catalog.pg_roles r "
+						"WHERE r.oid OPERATOR(pg_catalog.=) $5",
+						5, types, values, NULL, SPI_OK_INSERT, "storing a definition");
+		else
+			SagaExecute(&plan_insert_01,
+						"INSERT INTO saga.definitions (name, version, definition, step_names, owner) "
+						"VALUES ($1, $2, $3, $4, $5)",
+						5, types, values, NULL, SPI_OK_INSERT, "storing a definition");
 		/* at commit, every backend forgets which version is the latest */
 		CacheInvalidateRelcacheByRelid(get_relname_relid("definitions",
 														 get_namespace_oid("saga", false)));

@@ -31,6 +31,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -329,8 +330,16 @@ error_to_jsonb(ErrorData *edata)
 }
 
 /*
- * Run fn(payload) in a subtransaction, as the role that defined the saga.
- * Returns true with *out the result, or false with *out the error.
+ * Run fn(payload) as a guest: in a subtransaction, as the role that defined
+ * the saga, and in the sandbox PostgreSQL's maintenance commands use for
+ * user code (index expressions in VACUUM, REFRESH MATERIALIZED VIEW): a
+ * security-restricted operation (no SET ROLE, no temporary objects, no
+ * deferred triggers or held cursors that would run later as somebody else)
+ * inside a GUC nest level, so every setting it makes, set_config(..., false)
+ * included, is undone when it returns; it starts with search_path =
+ * pg_catalog, pg_temp.  The definer, the function, USAGE on its schema and
+ * EXECUTE are checked again at each run.  Returns true with *out the
+ * result, or false with *out the error (the step's error document).
  */
 static bool
 run_sql(SagaState *st, const char *fname, Jsonb **out)
@@ -339,32 +348,37 @@ run_sql(SagaState *st, const char *fname, Jsonb **out)
 	ResourceOwner owner = CurrentResourceOwner;
 	Jsonb	   *payload = task_payload(st);
 	volatile bool ok = false;
+	SagaGuestSave guest;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
+	SagaGuestBegin(&guest);
 	PG_TRY();
 	{
-		Oid			argtype = JSONBOID;
+		Oid			definer;
 		Oid			fn;
 		Oid			save_user;
 		int			save_sec;
+		int			nestlevel;
 		Datum		result;
 		LOCAL_FCINFO(fcinfo, 1);
 		FmgrInfo	flinfo;
 
-		fn = LookupFuncName(stringToQualifiedNameList(fname), 1, &argtype, false);
-		if (pg_proc_aclcheck(fn, st->def->owner, ACL_EXECUTE) != ACLCHECK_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("permission denied for function %s", fname)));
+		definer = SagaDefinitionDefiner(st->def);
+		fn = SagaGuestFunction(fname, definer, false);
 
 		GetUserIdAndSecContext(&save_user, &save_sec);
-		SetUserIdAndSecContext(st->def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		SetUserIdAndSecContext(definer, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		nestlevel = NewGUCNestLevel();
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 		fmgr_info(fn, &flinfo);
 		InitFunctionCallInfoData(*fcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
 		fcinfo->args[0].value = JsonbPGetDatum(payload);
 		fcinfo->args[0].isnull = false;
 		result = FunctionCallInvoke(fcinfo);
+		AtEOXact_GUC(false, nestlevel);
 		SetUserIdAndSecContext(save_user, save_sec);
 
 		MemoryContextSwitchTo(cxt);
@@ -386,6 +400,7 @@ run_sql(SagaState *st, const char *fname, Jsonb **out)
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
+		/* also undoes the guest's settings and restores our user */
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -393,6 +408,7 @@ run_sql(SagaState *st, const char *fname, Jsonb **out)
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	SagaGuestEnd(&guest);
 	return ok;
 }
 
@@ -710,6 +726,7 @@ load_saga(int64 saga_id)
 				1, argtypes, values, NULL, SPI_OK_SELECT, "locking a saga");
 	if (SPI_processed == 0)
 		return NULL;
+	SagaTransitionBegin(saga_id);
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -800,7 +817,7 @@ text_or_null(const char *s, char *nulls, int i)
 	"updated_at, finished_at, deadline_at) " \
 	"VALUES ($1, $25, $26, $27, $2, $3, $4, $5, $6, $9, $7, $8, $10, $28, $11, " \
 	"$12, $12, CASE WHEN $24 THEN $12 END, " \
-	"CASE WHEN $29 > 0 THEN $12 + $29::float8 * interval '1 microsecond' END) "
+	"$29) "
 
 static Datum
 datum_array(Datum *d, int n, Oid type, int len, bool byval, char align)
@@ -904,9 +921,11 @@ save_saga(SagaState *st)
 		values[26] = Int32GetDatum(st->def->version);
 		types[27] = TEXTOID;
 		values[27] = text_or_null(st->idempotency_key, nulls, 27);
-		types[28] = INT8OID;
-		values[28] = Int64GetDatum(st->def->deadline);
-		nulls[24] = nulls[25] = nulls[26] = nulls[28] = ' ';
+		/* deadlines are bounded at define: the sum cannot overflow */
+		types[28] = TIMESTAMPTZOID;
+		values[28] = TimestampTzGetDatum(now + st->def->deadline);
+		nulls[28] = st->def->deadline > 0 ? ' ' : 'n';
+		nulls[24] = nulls[25] = nulls[26] = ' ';
 		/* ON CONFLICT makes the insert speculative: only when a key can clash */
 		if (st->idempotency_key != NULL)
 			rc = SPI_execute_plan(SagaPrepare(&plan_insert_keyed,
@@ -914,14 +933,14 @@ save_saga(SagaState *st)
 											  "ON CONFLICT (name, idempotency_key) "
 											  "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1), "
 											  SAVE_CTES
-											  "SELECT count(*) FROM s",
+											  "SELECT pg_catalog.count(*) FROM s",
 											  SAVE_NPARAMS_COMMON + 5, types),
 								  values, nulls, false, 0);
 		else
 			rc = SPI_execute_plan(SagaPrepare(&plan_insert,
 											  SAVE_INSERT "RETURNING 1), "
 											  SAVE_CTES
-											  "SELECT count(*) FROM s",
+											  "SELECT pg_catalog.count(*) FROM s",
 											  SAVE_NPARAMS_COMMON + 5, types),
 								  values, nulls, false, 0);
 	}
@@ -947,7 +966,7 @@ save_saga(SagaState *st)
 										  "deadline_at = CASE WHEN $24 OR $28 THEN NULL ELSE deadline_at END "
 										  "WHERE id = $1 RETURNING 1), "
 										  SAVE_CTES
-										  "SELECT count(*) FROM s",
+										  "SELECT pg_catalog.count(*) FROM s",
 										  SAVE_NPARAMS_COMMON + 4, types),
 							  values, nulls, false, 0);
 	}
@@ -956,10 +975,14 @@ save_saga(SagaState *st)
 	{
 		/* a new saga lost its idempotency key to another: nothing was written */
 		if (st->is_new)
+		{
+			SagaTransitionEnd(st->id);
 			return false;
+		}
 		elog(ERROR, "saga: saga %lld vanished while locked", (long long) st->id);
 	}
 	st->is_new = false;
+	SagaTransitionEnd(st->id);
 
 	SagaOutboxEnqueued(st->tasks, st->ntasks, now);
 	st->ntasks = 0;
@@ -1074,21 +1097,27 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 	st->idempotency_key = idempotency_key ? pstrdup(idempotency_key) : NULL;
 	st->traceparent = traceparent ? pstrdup(traceparent) : new_traceparent();
 	st->is_new = true;
+	SagaTransitionBegin(st->id);
 
 	/*
 	 * With a key, take it before any step runs: a concurrent start with the
 	 * same key waits on our insert, then finds our saga.
 	 */
-	if (idempotency_key != NULL && !save_saga(st))
+	if (idempotency_key != NULL)
 	{
-		int64		existing = find_by_key(def->name, idempotency_key);
+		if (!save_saga(st))
+		{
+			int64		existing = find_by_key(def->name, idempotency_key);
 
-		if (existing == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to a concurrent saga.start with idempotency key \"%s\"",
-							idempotency_key)));
-		return existing;
+			if (existing == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to a concurrent saga.start with idempotency key \"%s\"",
+								idempotency_key)));
+			return existing;
+		}
+		/* its SQL steps run next, while the state is in memory */
+		SagaTransitionBegin(st->id);
 	}
 
 	add_event(st, "started", -1, NULL);
@@ -1106,6 +1135,7 @@ typedef struct TaskRow
 	int32		deliveries;
 	bool		leased;
 	bool		backing_off;	/* waiting out a retry delay */
+	bool		live_lease;		/* leased, and the lease has not lapsed */
 } TaskRow;
 
 /*
@@ -1129,7 +1159,8 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 					"DELETE FROM saga.outbox WHERE id = $1 "
 					"RETURNING saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
 					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
-					"AND visible_at > pg_catalog.clock_timestamp()",
+					"AND visible_at > pg_catalog.clock_timestamp(), "
+					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp()",
 					1, argtypes, values, NULL, SPI_OK_DELETE_RETURNING, "taking a task");
 	}
 	else
@@ -1137,7 +1168,8 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 		SagaExecute(&plan_task,
 					"SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
 					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
-					"AND visible_at > pg_catalog.clock_timestamp() "
+					"AND visible_at > pg_catalog.clock_timestamp(), "
+					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp() "
 					"FROM saga.outbox WHERE id = $1 FOR UPDATE",
 					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a task");
 	}
@@ -1151,6 +1183,7 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 	row->deliveries = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 	row->leased = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 	row->backing_off = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+	row->live_lease = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
 	return true;
 }
 
@@ -1355,12 +1388,20 @@ report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, J
 	}
 }
 
+/*
+ * A report for a task.  The fence says what entitles the reporter: a lease
+ * number (leased claim), the caller's row lock (transactional poll: refused
+ * while another worker holds a live lease on the task), or the engine itself
+ * (a timeout or a lapsed lease).  Returns false for a repeat of the report
+ * that settled the task, which changes nothing.
+ */
 bool
 SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
-		   bool has_lease, int32 lease)
+		   SagaFence fence, int32 lease)
 {
 	int			step = SAGA_TASK_STEP(task_id);
 	bool		comp = SAGA_TASK_IS_COMP(task_id);
+	bool		has_lease = (fence == FENCE_LEASE);
 	TaskRow		row = {0};
 	bool		have_row;
 	SagaState  *st;
@@ -1389,20 +1430,27 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 					 ? errdetail("The task has been delivered again since (delivery %d); a report under an earlier lease is refused.",
 								 row.deliveries)
 					 : errdetail("The task has been delivered %d times.", row.deliveries)));
+		if (fence == FENCE_ROW_LOCK && row.live_lease)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("task %lld is leased to another worker", (long long) task_id),
+					 errdetail("Delivery %d holds a lease on it that has not lapsed.",
+							   row.deliveries),
+					 errhint("Report with lease => n, the lease saga.claim returned, or wait until the lease lapses.")));
 		if (has_lease && !row.leased)
 		{
 			/* this delivery already ended in a retryable failure */
 			if (!success && jsonb_same(last, payload))
-				return false;
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("lease %d of task %lld has already been reported", lease, (long long) task_id),
-					 errdetail("The delivery failed and waits for its retry.")));
+				recorded = false;
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("lease %d of task %lld has already been reported", lease, (long long) task_id),
+						 errdetail("The delivery failed and waits for its retry.")));
 		}
-		if (!has_lease && !success && row.backing_off && jsonb_same(last, payload))
-			return false;
-
-		if (comp)
+		else if (!has_lease && !success && row.backing_off && jsonb_same(last, payload))
+			recorded = false;
+		else if (comp)
 			report_compensation(st, step, success, payload, retryable, row.attempt);
 		else
 			report_action(st, step, success, payload, retryable, &row);
@@ -1412,6 +1460,8 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 
 	if (recorded)
 		save_saga(st);
+	else
+		SagaTransitionEnd(st->id);
 	return recorded;
 }
 
@@ -1433,8 +1483,13 @@ SagaSettleWithdrawn(int64 task_id)
 	if (!lock_task(task_id, &row, false))
 		return;
 	st = load_saga(SAGA_TASK_SAGA(task_id));
-	if (st == NULL || step >= st->def->nsteps || strcmp(st->status, SAGA_RUNNING) == 0)
+	if (st == NULL)
 		return;
+	if (step >= st->def->nsteps || strcmp(st->status, SAGA_RUNNING) == 0)
+	{
+		SagaTransitionEnd(st->id);
+		return;
+	}
 
 	delete_task(st, task_id);
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
@@ -1481,7 +1536,7 @@ SagaDeadlinePassed(int64 saga_id)
 void
 SagaExhaustTask(int64 task_id, const char *why)
 {
-	(void) SagaReport(task_id, false, jsonb_reason(why), false, false, 0);
+	(void) SagaReport(task_id, false, jsonb_reason(why), false, FENCE_ENGINE, 0);
 }
 
 void

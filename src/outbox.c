@@ -200,13 +200,6 @@ SagaOutboxUnpark(int64 task_id)
 	}
 }
 
-static int64
-interval_usecs(Interval *iv)
-{
-	return iv->time + (int64) iv->day * USECS_PER_DAY +
-		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
-}
-
 /*
  * saga.claim(topic, worker, max_tasks, lease): lease up to max_tasks visible
  * tasks, oldest first.  A task whose previous lease lapsed counts an attempt;
@@ -222,6 +215,7 @@ saga_claim(PG_FUNCTION_ARGS)
 	char	   *worker;
 	int32		max_tasks;
 	Interval   *lease;
+	int64		lease_us;
 	SagaUserSave save;
 	TimestampTz now;
 	int64	   *deliver;
@@ -235,8 +229,8 @@ saga_claim(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("saga.claim arguments must not be null")));
-	topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	worker = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	topic = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_TOPIC_LEN, "topic");
+	worker = SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_ID_LEN, "worker name");
 	max_tasks = PG_GETARG_INT32(2);
 	lease = PG_GETARG_INTERVAL_P(3);
 
@@ -254,10 +248,7 @@ saga_claim(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_tasks must be between 1 and %d", SAGA_MAX_CLAIM),
 				 errdetail("The value given was %d.", max_tasks)));
-	if (interval_usecs(lease) <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("lease must be a positive interval")));
+	lease_us = SagaCheckInterval(lease, "lease");
 
 	InitMaterializedSRF(fcinfo, 0);
 
@@ -346,7 +337,7 @@ saga_claim(PG_FUNCTION_ARGS)
 					"o.deliveries, o.payload, o.headers, o.visible_at",
 					4, types, values, NULL, SPI_OK_UPDATE_RETURNING, "leasing tasks");
 		if (SPI_processed > 0)
-			SagaWakeAt(now + interval_usecs(lease));
+			SagaWakeAt(now + lease_us);
 
 		/* hand them out in the order they were found: oldest first */
 		for (int i = 0; i < ndeliver; i++)
@@ -391,10 +382,8 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 				 errmsg("task_id and lease must not be null")));
 	task_id = PG_GETARG_INT64(0);
 	lease = PG_GETARG_INT32(1);
-	if (!PG_ARGISNULL(2) && interval_usecs(PG_GETARG_INTERVAL_P(2)) <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("extend must be a positive interval")));
+	if (!PG_ARGISNULL(2))
+		(void) SagaCheckInterval(PG_GETARG_INTERVAL_P(2), "extend");
 
 	SagaEnter(&save);
 

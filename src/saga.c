@@ -10,10 +10,18 @@
 
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "parser/parse_func.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
@@ -22,9 +30,6 @@
 PG_MODULE_MAGIC;
 
 int			saga_max_payload_size = 1024 * 1024;
-
-/* the role that called the current API function: the actor in history */
-Oid			saga_caller = InvalidOid;
 
 /* set by the background worker, which acts for nobody in particular */
 const char *saga_actor = NULL;
@@ -51,19 +56,42 @@ _PG_init(void)
 }
 
 /*
+ * Who is acting.  saga_caller is the role that called the outermost entry
+ * point of this backend's current engine call: the actor in history.  An SQL
+ * step (a guest) may itself call an entry point; that nested call acts for
+ * the same caller, not for the step's definer, as whose role it runs.
+ */
+static Oid	saga_caller = InvalidOid;
+static int	guest_depth = 0;
+
+/*
+ * Sagas whose transition this backend is in the middle of: their state is in
+ * memory, to be written back.  A nested entry point (from an SQL step) that
+ * tried to change one of them would have its change overwritten, so it is
+ * refused.  Only the outermost entry point can be left with entries from an
+ * earlier error (a guest's error is caught with its subtransaction, and a
+ * caller's exception handler may catch ours), so that is where it is reset.
+ */
+static int64 *active = NULL;
+static int	nactive = 0;
+static int	maxactive = 0;
+
+/*
  * The API functions are callable by the saga roles, which hold no privileges
  * on the tables themselves: the engine does its table work as the owner of
  * schema saga (the role that created the extension).  Unlike SECURITY
  * DEFINER, this keeps the caller's identity visible to us, which we need to
  * record who defined a saga (its SQL steps run as that role) and who acted.
+ * The functions' SET clauses pin search_path for the engine's statements;
+ * the background worker pins it for the whole process.
  */
 Oid
-SagaBecomeOwner(SagaUserSave *save)
+SagaEnter(SagaUserSave *save)
 {
 	Oid			nsp;
 	HeapTuple	tup;
 	Oid			owner;
-	Oid			caller;
+	int			rc;
 
 	nsp = get_namespace_oid("saga", false);
 	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
@@ -73,28 +101,19 @@ SagaBecomeOwner(SagaUserSave *save)
 	ReleaseSysCache(tup);
 
 	GetUserIdAndSecContext(&save->userid, &save->sec_context);
-	caller = save->userid;
-	saga_caller = caller;
+	save->prev_caller = saga_caller;
+	save->prev_nactive = nactive;
+	if (guest_depth == 0)
+	{
+		saga_caller = save->userid;
+		nactive = 0;
+	}
 	SetUserIdAndSecContext(owner, save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	return caller;
-}
-
-void
-SagaRestoreUser(SagaUserSave *save)
-{
-	SetUserIdAndSecContext(save->userid, save->sec_context);
-}
-
-/* what every entry point does first: become the engine's role, connect to SPI */
-Oid
-SagaEnter(SagaUserSave *save)
-{
-	Oid			caller = SagaBecomeOwner(save);
-	int			rc;
 
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
-	return caller;
+	/* the role calling this very function (the actor may be an outer caller) */
+	return save->userid;
 }
 
 void
@@ -104,7 +123,68 @@ SagaLeave(SagaUserSave *save)
 
 	if ((rc = SPI_finish()) != SPI_OK_FINISH)
 		elog(ERROR, "saga: SPI_finish failed: %s", SPI_result_code_string(rc));
-	SagaRestoreUser(save);
+	SetUserIdAndSecContext(save->userid, save->sec_context);
+	saga_caller = save->prev_caller;
+	nactive = save->prev_nactive;
+}
+
+/* around a call of user code: nested entry points act for our caller */
+void
+SagaGuestBegin(SagaGuestSave *save)
+{
+	save->depth = guest_depth;
+	save->caller = saga_caller;
+	save->nactive = nactive;
+	guest_depth++;
+}
+
+/* after the guest returned or failed */
+void
+SagaGuestEnd(SagaGuestSave *save)
+{
+	guest_depth = save->depth;
+	saga_caller = save->caller;
+	nactive = save->nactive;
+}
+
+/*
+ * The engine is about to change a saga: refuse if an enclosing call of this
+ * backend is already changing it.
+ */
+void
+SagaTransitionBegin(int64 saga_id)
+{
+	for (int i = 0; i < nactive; i++)
+		if (active[i] == saga_id)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("saga %lld is already being changed by this transaction",
+							(long long) saga_id),
+					 errdetail("An SQL step of the saga called the engine for its own saga."),
+					 errhint("An SQL step cannot cancel, report for or retry its own saga; "
+							 "return an error from the step instead.")));
+	if (nactive == maxactive)
+	{
+		int			n = maxactive == 0 ? 8 : maxactive * 2;
+
+		active = active == NULL
+			? MemoryContextAlloc(TopMemoryContext, sizeof(int64) * n)
+			: repalloc(active, sizeof(int64) * n);
+		maxactive = n;
+	}
+	active[nactive++] = saga_id;
+}
+
+/* the saga's new state is written */
+void
+SagaTransitionEnd(int64 saga_id)
+{
+	for (int i = nactive - 1; i >= 0; i--)
+		if (active[i] == saga_id)
+		{
+			active[i] = active[--nactive];
+			return;
+		}
 }
 
 /* who history says acted: the background worker, or the calling role */
@@ -112,6 +192,149 @@ const char *
 SagaActorName(void)
 {
 	return saga_actor ? saga_actor : GetUserNameFromId(saga_caller, false);
+}
+
+/*
+ * Text arguments are bounded before anything else looks at them, so that an
+ * error message never echoes megabytes and no key outgrows its index.
+ * Returns the argument as a C string.
+ */
+char *
+SagaTextArg(text *t, int limit, const char *argname)
+{
+	Size		len = VARSIZE_ANY_EXHDR(t);
+
+	if (len > (Size) limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", argname),
+				 errdetail("It is %zu bytes long; the limit is %d bytes.", len, limit)));
+	return text_to_cstring(t);
+}
+
+/*
+ * An interval in microseconds, months and days taken as 30 days and 1 day
+ * (the engine's intervals are durations).  False if it overflows int64.
+ */
+bool
+SagaIntervalUsecs(const Interval *iv, int64 *usecs)
+{
+	int64		days;
+	int64		day_usecs;
+
+	days = (int64) iv->month * DAYS_PER_MONTH + iv->day;	/* cannot overflow */
+	if (pg_mul_s64_overflow(days, USECS_PER_DAY, &day_usecs) ||
+		pg_add_s64_overflow(day_usecs, iv->time, usecs))
+		return false;
+	return true;
+}
+
+/* an interval argument: positive and at most SAGA_MAX_INTERVAL; microseconds */
+int64
+SagaCheckInterval(const Interval *iv, const char *argname)
+{
+	int64		usecs;
+
+	if (!SagaIntervalUsecs(iv, &usecs) || usecs > SAGA_MAX_INTERVAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
+				 errmsg("%s is out of range", argname),
+				 errdetail("An interval is at most %d days.", SAGA_MAX_INTERVAL_DAYS)));
+	if (usecs <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a positive interval", argname)));
+	return usecs;
+}
+
+/*
+ * Resolve "schema.fn" to the function fn(jsonb) returns jsonb that a role
+ * may run as an SQL step, at define time and again before each run (the
+ * function, the schema or the grants may have changed since).  Refused: a
+ * function in a temporary schema (it would resolve in whichever session runs
+ * the step), one that is not a plain function (aggregate, window function,
+ * procedure) or returns a set, and one the role lacks USAGE on the schema or
+ * EXECUTE on the function for.  Errors carry no path: callers add it in
+ * their context.  With missing_ok, a missing function gives InvalidOid.
+ */
+Oid
+SagaGuestFunction(const char *fname, Oid definer, bool missing_ok)
+{
+	List	   *names = stringToQualifiedNameList(fname);
+	Oid			argtype = JSONBOID;
+	char	   *schema = NULL;
+	char	   *name;
+	Oid			fn;
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	Oid			nsp;
+
+	DeconstructQualifiedName(names, &schema, &name);
+	if (schema == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("function name \"%s\" must be schema-qualified", fname)));
+	if (strncmp(schema, "pg_temp", 7) == 0 || strncmp(schema, "pg_toast_temp", 13) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("function %s is in a temporary schema", fname),
+				 errdetail("A temporary function would be looked up in the session that runs the step.")));
+
+	fn = LookupFuncName(names, 1, &argtype, true);
+	if (!OidIsValid(fn))
+	{
+		if (missing_ok)
+			return InvalidOid;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function %s(jsonb) does not exist", fname)));
+	}
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", fn);
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	nsp = proc->pronamespace;
+	if (proc->prokind != PROKIND_FUNCTION || proc->proretset)
+	{
+		const char *what = proc->prokind == PROKIND_AGGREGATE ? "an aggregate function"
+			: proc->prokind == PROKIND_WINDOW ? "a window function"
+			: proc->prokind == PROKIND_PROCEDURE ? "a procedure"
+			: "a set-returning function";
+
+		ReleaseSysCache(tup);
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("function %s(jsonb) is %s", fname, what),
+				 errhint("An SQL step is a plain function fn(jsonb) returns jsonb.")));
+	}
+	if (proc->prorettype != JSONBOID)
+	{
+		ReleaseSysCache(tup);
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("function %s(jsonb) must return jsonb", fname)));
+	}
+	ReleaseSysCache(tup);
+
+	if (isAnyTempNamespace(nsp))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("function %s is in a temporary schema", fname),
+				 errdetail("A temporary function would be looked up in the session that runs the step.")));
+	if (pg_namespace_aclcheck(nsp, definer, ACL_USAGE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for schema %s", get_namespace_name(nsp)),
+				 errdetail("SQL steps run as role \"%s\", which lacks USAGE on the schema of function %s.",
+						   GetUserNameFromId(definer, false), fname)));
+	if (pg_proc_aclcheck(fn, definer, ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s", fname),
+				 errdetail("SQL steps run as role \"%s\", which lacks EXECUTE on the function.",
+						   GetUserNameFromId(definer, false))));
+	return fn;
 }
 
 void

@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "utils/jsonb.h"
 
 /*
@@ -30,6 +31,19 @@
 #define SAGA_TASK_SAGA(task_id)	((int64) (task_id) >> 10)
 #define SAGA_TASK_STEP(task_id)	((int) (((task_id) >> 1) & 0x1FF))
 #define SAGA_TASK_IS_COMP(task_id) (((task_id) & 1) != 0)
+
+/*
+ * Bounds on every input, checked before anything is stored (README,
+ * "Limits").  Lengths are in bytes.  Intervals are at most ten years so that
+ * any sum of them with the current time stays far inside timestamptz.
+ */
+#define SAGA_MAX_NAME_LEN		(NAMEDATALEN - 1)	/* saga and step names */
+#define SAGA_MAX_TOPIC_LEN		48
+#define SAGA_MAX_ID_LEN			255 /* correlation ids, idempotency keys, worker names */
+#define SAGA_MAX_REASON_LEN		1024	/* cancel reasons */
+#define SAGA_TRACEPARENT_LEN	55
+#define SAGA_MAX_INTERVAL_DAYS	3650
+#define SAGA_MAX_INTERVAL		((int64) SAGA_MAX_INTERVAL_DAYS * USECS_PER_DAY)
 
 /* step_status codes, as stored in saga.sagas.step_status */
 typedef enum SagaStepStatus
@@ -88,7 +102,8 @@ typedef struct SagaDef
 	int32		id;
 	char	   *name;
 	int32		version;
-	Oid			owner;			/* role that defined it: runs its SQL steps */
+	char	   *owner;			/* name of the role that defined it: runs its
+								 * SQL steps; NULL if that role is gone */
 	int			nsteps;
 	SagaStepDef *steps;
 	int64		deadline;		/* microseconds, 0 = none */
@@ -99,18 +114,33 @@ typedef struct SagaUserSave
 {
 	Oid			userid;
 	int			sec_context;
+	Oid			prev_caller;
+	int			prev_nactive;
 } SagaUserSave;
 
+/* what run_sql saves around a guest call (see SagaGuestBegin) */
+typedef struct SagaGuestSave
+{
+	int			depth;
+	Oid			caller;
+	int			nactive;
+} SagaGuestSave;
+
 extern int	saga_max_payload_size;
-extern Oid	saga_caller;
 extern const char *saga_actor;
 
 extern void _PG_init(void);
-extern Oid	SagaBecomeOwner(SagaUserSave *save);
-extern void SagaRestoreUser(SagaUserSave *save);
 extern Oid	SagaEnter(SagaUserSave *save);
 extern void SagaLeave(SagaUserSave *save);
+extern void SagaGuestBegin(SagaGuestSave *save);
+extern void SagaGuestEnd(SagaGuestSave *save);
+extern void SagaTransitionBegin(int64 saga_id);
+extern void SagaTransitionEnd(int64 saga_id);
 extern void SagaCheckPayload(Jsonb *value, const char *what);
+extern char *SagaTextArg(text *t, int limit, const char *argname);
+extern bool SagaIntervalUsecs(const Interval *iv, int64 *usecs);
+extern int64 SagaCheckInterval(const Interval *iv, const char *argname);
+extern Oid	SagaGuestFunction(const char *fname, Oid definer, bool missing_ok);
 extern const char *SagaActorName(void);
 extern void SagaSpiCheck(int rc, int expected, const char *what);
 extern SPIPlanPtr SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
@@ -121,6 +151,7 @@ extern bool SagaValidTopic(const char *topic);
 /* definition.c */
 extern SagaDef *SagaDefinitionLoad(int32 def_id);
 extern SagaDef *SagaDefinitionLatest(const char *name);
+extern Oid	SagaDefinitionDefiner(SagaDef *def);
 extern void SagaDefinitionInit(void);
 
 /* engine.c */
@@ -128,8 +159,16 @@ typedef struct SagaState SagaState;
 
 extern int64 SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 					   const char *idempotency_key, const char *traceparent);
+/* how a report proves it may settle its task */
+typedef enum SagaFence
+{
+	FENCE_ENGINE,				/* the engine itself: a timeout, a lapse */
+	FENCE_ROW_LOCK,				/* the transactional poll: the caller's row lock */
+	FENCE_LEASE					/* a leased claim: the lease number */
+} SagaFence;
+
 extern bool SagaReport(int64 task_id, bool success, Jsonb *payload,
-					   bool retryable, bool has_lease, int32 lease);
+					   bool retryable, SagaFence fence, int32 lease);
 extern void SagaCancel(int64 saga_id, const char *reason);
 extern void SagaRetryFailed(int64 saga_id);
 extern void SagaExhaustTask(int64 task_id, const char *why);

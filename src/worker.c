@@ -469,7 +469,7 @@ unit_notify(TimestampTz now, TimestampTz *next)
 				" ORDER BY o.topic LIMIT 1) FROM t WHERE t.topic IS NOT NULL) "
 				"SELECT t.topic, EXISTS (SELECT FROM saga.outbox o WHERE o.topic = t.topic "
 				" AND o.visible_at > $1 AND o.visible_at <= $2), "
-				" (SELECT min(o.visible_at) FROM saga.outbox o WHERE o.topic = t.topic "
+				" (SELECT pg_catalog.min(o.visible_at) FROM saga.outbox o WHERE o.topic = t.topic "
 				" AND o.visible_at > $2) "
 				"FROM t WHERE t.topic IS NOT NULL",
 				2, types, values, NULL, SPI_OK_SELECT, "finding topics to wake");
@@ -554,28 +554,39 @@ unit_withdrawn(void)
 	return n;
 }
 
-/* the earliest time any unit has work, from the indexes that order it */
+/*
+ * The earliest time any unit has work, from the indexes that order it.
+ * Retention is added here rather than in SQL: there is no exact
+ * bigint * interval operator, and the engine's statements use only exact
+ * matches.
+ */
 static TimestampTz
 next_due(TimestampTz next)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(saga_retention < 0 ? -1 : (int64) saga_retention * USECS_PER_SEC)};
-
 	SagaExecute(&plan_next,
-				"SELECT (SELECT min(timeout_at) FROM saga.outbox WHERE timeout_at IS NOT NULL), "
-				"(SELECT min(visible_at) FROM saga.outbox WHERE lease_owner IS NOT NULL), "
-				"(SELECT min(deadline_at) FROM saga.sagas WHERE deadline_at IS NOT NULL), "
-				"CASE WHEN $1 >= 0 THEN (SELECT min(finished_at) FROM saga.sagas "
-				"WHERE finished_at IS NOT NULL AND status <> 'failed') "
-				"+ $1 * interval '1 microsecond' END",
-				1, types, values, NULL, SPI_OK_SELECT, "computing the next due time");
+				"SELECT (SELECT pg_catalog.min(timeout_at) FROM saga.outbox WHERE timeout_at IS NOT NULL), "
+				"(SELECT pg_catalog.min(visible_at) FROM saga.outbox WHERE lease_owner IS NOT NULL), "
+				"(SELECT pg_catalog.min(deadline_at) FROM saga.sagas WHERE deadline_at IS NOT NULL), "
+				"(SELECT pg_catalog.min(finished_at) FROM saga.sagas "
+				"WHERE finished_at IS NOT NULL AND status <> 'failed')",
+				0, NULL, NULL, NULL, SPI_OK_SELECT, "computing the next due time");
 	for (int c = 0; c < 4; c++)
 	{
 		bool		isnull;
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, c + 1, &isnull);
+		TimestampTz due;
 
-		if (!isnull && DatumGetTimestampTz(d) < next)
-			next = DatumGetTimestampTz(d);
+		if (isnull)
+			continue;
+		due = DatumGetTimestampTz(d);
+		if (c == 3)
+		{
+			if (saga_retention < 0)
+				continue;
+			due += (int64) saga_retention * USECS_PER_SEC;
+		}
+		if (due < next)
+			next = due;
 	}
 	return next;
 }
@@ -850,7 +861,15 @@ saga_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	/* what the SQL functions' SET clauses do for backends: see saga--0.1.sql */
+
+	/*
+	 * What the SQL functions' SET clauses do for backends (see the install
+	 * script).  The worker runs as the bootstrap superuser: its search_path
+	 * must not be the database's or the role's, which their owners may set
+	 * to schemas where anybody can plant an operator.  PGC_S_OVERRIDE wins
+	 * over ALTER DATABASE / ALTER ROLE settings.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 

@@ -1,7 +1,7 @@
 -- 02_privileges: nothing for PUBLIC, each role exactly what it needs,
 -- SECURITY DEFINER only with a pinned search_path, a COMMENT on everything.
 BEGIN;
-SELECT plan(52);
+SELECT plan(53);
 
 -- PUBLIC
 SELECT is_empty(
@@ -71,8 +71,10 @@ SELECT table_privs_are('saga', 'incidents', 'saga_reader', ARRAY['SELECT']);
 SELECT table_privs_are('saga', 'history', 'saga_reader', ARRAY['SELECT']);
 SELECT table_privs_are('saga', 'sagas', 'saga_reader', ARRAY[]::name[]);
 SELECT table_privs_are('saga', 'outbox', 'saga_worker', ARRAY['SELECT']);
-SELECT column_privs_are('saga', 'outbox', 'visible_at', 'saga_worker', ARRAY['SELECT', 'UPDATE'],
-                        'saga_worker may lock outbox rows (UPDATE of visible_at)');
+SELECT column_privs_are('saga', 'outbox', 'poll_lock', 'saga_worker', ARRAY['SELECT', 'UPDATE'],
+                        'saga_worker may lock outbox rows (UPDATE of poll_lock, which nothing reads)');
+SELECT column_privs_are('saga', 'outbox', 'visible_at', 'saga_worker', ARRAY['SELECT'],
+                        'saga_worker may not move visible_at (hide tasks, end leases)');
 SELECT column_privs_are('saga', 'outbox', 'payload', 'saga_worker', ARRAY['SELECT'],
                         'saga_worker may not change a payload');
 SELECT table_privs_are('saga', 'sagas', 'saga_worker', ARRAY[]::name[]);

@@ -1,0 +1,94 @@
+--
+-- 01_upgrade: 0.1 as it landed, updated to 0.2 with its data, is the same
+-- extension as a fresh 0.2: same objects, columns, grants, options, comments.
+--
+DROP EXTENSION saga;
+CREATE EXTENSION saga VERSION '0.1';
+SELECT extversion FROM pg_extension WHERE extname = 'saga';
+
+-- data written under 0.1 (by this library: it reads and writes either)
+CREATE ROLE regress_upgrade_admin IN ROLE saga_admin;
+SET ROLE regress_upgrade_admin;
+SELECT saga.define('u_flow', '{"steps": [{"name": "a", "topic": "u_t"}]}');
+SELECT saga.start('u_flow', '{"n": 1}') > 0 AS started;
+RESET ROLE;
+SELECT pg_typeof(owner) AS owner_type, owner::text FROM saga.definitions;
+
+ALTER EXTENSION saga UPDATE TO '0.2';
+SELECT extversion FROM pg_extension WHERE extname = 'saga';
+-- the definer is now kept by name, and the data is all there
+SELECT pg_typeof(owner) AS owner_type, owner, version FROM saga.definitions;
+SELECT status, input FROM saga.instances;
+SELECT step, status FROM saga.step_runs;
+SELECT topic, step, poll_lock FROM saga.outbox;
+
+-- a catalogue of everything the extension owns, to compare both ways (by
+-- name, so that the view outlives the extension)
+CREATE VIEW saga_test.extension_shape AS
+    SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+           || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+           || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+           || coalesce(' acl ' || a.attacl::text, '')
+           || coalesce(' comment ' || col_description(c.oid, a.attnum), '') AS item
+      FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+      LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+     WHERE c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = 'saga') AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' ' || coalesce(c.relacl::text, '')
+           || ' ' || coalesce(array_to_string(c.reloptions, ','), '')
+           || coalesce(' comment ' || obj_description(c.oid, 'pg_class'), '')
+      FROM pg_class c WHERE c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = 'saga')
+    UNION ALL
+    SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+     WHERE c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = 'saga')
+    UNION ALL
+    SELECT 'view ' || c.relname || ' ' || pg_get_viewdef(c.oid)
+      FROM pg_class c WHERE c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = 'saga') AND c.relkind = 'v'
+    UNION ALL
+    SELECT 'function ' || p.oid::regprocedure || ' ' || pg_get_function_result(p.oid)
+           || ' strict ' || p.proisstrict || ' ' || p.provolatile::text || p.proparallel::text
+           || ' secdef ' || p.prosecdef || ' config ' || coalesce(p.proconfig::text, '')
+           || ' acl ' || coalesce(p.proacl::text, '')
+           || coalesce(' comment ' || obj_description(p.oid, 'pg_proc'), '')
+      FROM pg_proc p WHERE p.pronamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = 'saga')
+    UNION ALL
+    SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+      FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+     WHERE c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = 'saga') AND NOT t.tgisinternal
+    UNION ALL
+    SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
+      FROM pg_constraint WHERE connamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = 'saga')
+    UNION ALL
+    SELECT 'type ' || t.typname || coalesce(' comment ' || obj_description(t.oid, 'pg_type'), '')
+      FROM pg_type t WHERE t.typnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = 'saga') AND t.typtype = 'c'
+         AND NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind <> 'c')
+    UNION ALL
+    SELECT 'schema ' || nspname || ' ' || coalesce(nspacl::text, '')
+      FROM pg_namespace WHERE nspname = 'saga'
+    UNION ALL
+    SELECT 'config dump ' || cfg::regclass::text
+      FROM pg_extension, unnest(extconfig) cfg WHERE extname = 'saga'
+    UNION ALL
+    SELECT 'member ' || pg_describe_object(classid, objid, objsubid)
+      FROM pg_depend
+     WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+       AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'saga');
+CREATE TABLE saga_test.shape_upgraded AS SELECT * FROM saga_test.extension_shape;
+SELECT count(*) > 100 AS catalogued FROM saga_test.shape_upgraded;
+
+DROP EXTENSION saga;
+DROP ROLE regress_upgrade_admin;
+CREATE EXTENSION saga;
+CREATE TABLE saga_test.shape_fresh AS SELECT * FROM saga_test.extension_shape;
+
+-- nothing only one of them has
+SELECT side, item FROM (
+  SELECT 'only after the update' AS side, item FROM
+    (SELECT item FROM saga_test.shape_upgraded EXCEPT ALL SELECT item FROM saga_test.shape_fresh) x
+  UNION ALL
+  SELECT 'only when fresh', item FROM
+    (SELECT item FROM saga_test.shape_fresh EXCEPT ALL SELECT item FROM saga_test.shape_upgraded) y
+) d ORDER BY side, item COLLATE "C";
+DROP TABLE saga_test.shape_upgraded, saga_test.shape_fresh;
+DROP VIEW saga_test.extension_shape;
