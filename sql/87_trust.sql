@@ -197,6 +197,12 @@ SELECT id AS l_task, lease AS l_lease FROM saga.claim('t_long', 'w', 1, '1 minut
 SELECT saga_test.err(format($$SELECT saga.heartbeat(%s, %s, '3651 days')$$, :l_task, :l_lease));
 SELECT saga_test.err(format($$SELECT saga.heartbeat(%s, %s, '-1 minute')$$, :l_task, :l_lease));
 SELECT count(*) AS readable FROM saga.outbox;
+-- a stored interval means the same in every session, whatever its IntervalStyle
+SET IntervalStyle = sql_standard;
+SELECT saga.define('t_style', $${"steps": [{"name": "a", "topic": "t_style", "timeout": "-1 day 25 hours"}]}$$);
+SELECT saga.start('t_style') AS st \gset
+SELECT timeout_at - created_at AS timeout FROM saga.outbox WHERE saga_id = :st;
+RESET IntervalStyle;
 
 --
 -- Text arguments: bounded up front, the error names the argument.

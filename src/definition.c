@@ -29,6 +29,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/timestamp.h"
 
@@ -82,6 +83,8 @@ static const char *const retry_keys[] = {"max_attempts", "initial_delay", "backo
 "max_delay", "jitter", NULL};
 
 PG_FUNCTION_INFO_V1(saga_define);
+
+static SagaDef *parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller);
 
 /*
  * Drop every cached version when saga.definitions is not the table the cache
@@ -527,9 +530,29 @@ link_steps(const DefParse *p, SagaDef *def, JsonbContainer **step_objs)
 	}
 }
 
-/* parse and validate a definition document; allocates in CurrentMemoryContext */
+/*
+ * Parse and validate a definition document; allocates in CurrentMemoryContext.
+ * A stored document is parsed again in every backend that loads it, so its
+ * intervals must not depend on the session: IntervalStyle sql_standard reads
+ * "-1 day 25 hours" as wholly negative, postgres as one hour.  The style is
+ * fixed to postgres for the parse (errors pop the level with the
+ * transaction).
+ */
 static SagaDef *
 parse_definition(const char *name, Jsonb *doc, bool resolve, Oid caller)
+{
+	int			nestlevel = NewGUCNestLevel();
+	SagaDef    *def;
+
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	def = parse_document(name, doc, resolve, caller);
+	AtEOXact_GUC(false, nestlevel);
+	return def;
+}
+
+static SagaDef *
+parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller)
 {
 	DefParse	p = {name, resolve, caller};
 	SagaDef    *def = palloc0(sizeof(SagaDef));
