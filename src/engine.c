@@ -1445,8 +1445,8 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 			else
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("lease %d of task %lld has already been reported", lease, (long long) task_id),
-						 errdetail("The delivery failed and waits for its retry.")));
+						 errmsg("lease %d of task %lld has ended", lease, (long long) task_id),
+						 errdetail("The delivery was reported as a retryable failure, or its lease lapsed; the task waits for its next delivery.")));
 		}
 		else if (!has_lease && !success && row.backing_off && jsonb_same(last, payload))
 			recorded = false;

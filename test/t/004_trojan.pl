@@ -16,14 +16,21 @@
 # wide or local, one compensation failing every time.  Every entry point is
 # then called by the superuser, eve and wally (a saga_worker), each with a
 # poisoned search_path of its own, and after each call (succeeded or failed)
-# the session is checked: search_path, work_mem and current_user as before.
-# The worker handles a step timeout, lapsed leases, a deadline, a failing
-# compensation and retention.
+# the session is checked against the state before the call: search_path,
+# work_mem and current_user, then every other setting, prepared statements,
+# cursors, LISTEN channels, temporary relations and advisory locks; calls
+# made in a transaction block are checked inside it too.  The worker handles
+# a step timeout, lapsed leases, a deadline, a failing compensation and
+# retention.
 #
 # At the end: the canary sequence was never advanced and the log holds no
 # canary; user code ran as its definer and found no setting of a previous
 # guest.  The canaries carry application_name (set per call, "tj <role>:
-# <call>") or the backend type, so a failure says which context ran what.
+# <call>") or the backend type, so a failure says which context ran what,
+# and which engine statement called it.
+#
+# A TODO section records state that is known to outlive the sandbox
+# (advisory locks, SET CONSTRAINTS, cursors, lastval()).
 use strict;
 use warnings;
 
@@ -369,9 +376,65 @@ ok( poll_until(
 # caller sessions
 # ------------------------------------------------------------------------
 
-my $CHK = "pg_catalog.current_setting('search_path'), "
-  . "pg_catalog.current_setting('work_mem'), current_user";
+# What a check prints: search_path, work_mem, current_user (the "session"),
+# then what else a guest could leave behind (the "state"): prepared
+# statements, open cursors, LISTEN channels, temporary relations, session
+# advisory locks, and last every setting but application_name (which each
+# call sets).  Only pg_catalog objects, by exact name: the session's own
+# search_path is poisoned.
+my $CHK = join(
+	', ',
+	"pg_catalog.current_setting('search_path')",
+	"pg_catalog.current_setting('work_mem')",
+	'current_user',
+	'(SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements)',
+	'(SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors)',
+	'(SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels())',
+	'(SELECT pg_catalog.count(*) FROM pg_catalog.pg_class '
+	  . 'WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())',
+	'(SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks '
+	  . "WHERE locktype OPERATOR(pg_catalog.=) 'advisory' "
+	  . 'AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())',
+	'(SELECT pg_catalog.string_agg(name OPERATOR(pg_catalog.||) '
+	  . "'=' OPERATOR(pg_catalog.||) setting, pg_catalog.chr(1) ORDER BY name) "
+	  . 'FROM pg_catalog.pg_settings '
+	  . "WHERE name OPERATOR(pg_catalog.<>) 'application_name')");
+my @STATE = qw(prepared cursors listening temp advisory);
 my $ncalls = 0;
+
+# a check line: session => "search_path|work_mem|user", state => "name=n ...",
+# settings => {name => value}
+sub parse_check
+{
+	my ($line) = @_;
+	my @f = split /\|/, $line, 9;
+	return undef unless @f == 9;
+	my %settings = map { split /=/, $_, 2 } split /\x01/, $f[8];
+	return {
+		session => join('|', @f[ 0 .. 2 ]),
+		state => join(' ', map { "$STATE[$_]=$f[$_ + 3]" } 0 .. $#STATE),
+		settings => \%settings
+	};
+}
+
+# test that check $got equals check $base
+sub same_session
+{
+	my ($got, $base, $what) = @_;
+	my $ok = is($got && $got->{session}, $base->{session}, "$what: search_path|work_mem|current_user");
+	my @changed;
+	if ($got)
+	{
+		for my $k (sort keys %{ { %{ $base->{settings} }, %{ $got->{settings} } } })
+		{
+			my ($b, $g) = ($base->{settings}{$k} // '(none)', $got->{settings}{$k} // '(none)');
+			push @changed, "$k: $b -> $g" if $b ne $g;
+		}
+	}
+	$ok &= is($got && join(' ', $got->{state}, @changed),
+		$base->{state}, "$what: no other session state or setting changed");
+	return $ok;
+}
 
 # a call: label, sql (one entry-point statement, may end in \gset), expect
 # ('ok', 'error', '*' or a SQLSTATE), optionally out (regex on its output),
@@ -388,7 +451,9 @@ sub call
 sub session
 {
 	my ($role, @calls) = @_;
-	my $script = "SET search_path = $POISON;\nSELECT '\@\@base', $CHK;\n";
+	# (an empty DO loads plpgsql first: the guests' loading it adds its
+	# settings, which is no change a guest made)
+	my $script = "SET search_path = $POISON;\nDO \$\$BEGIN END\$\$;\nSELECT '\@\@base', $CHK;\n";
 
 	for my $i (0 .. $#calls)
 	{
@@ -413,10 +478,10 @@ sub session
 	my (%res, %chk, %output, %errors, $base, $cur);
 	for my $line (split /\n/, $out)
 	{
-		if ($line =~ /^\@\@base\|(.*)$/) { $base = $1; }
+		if ($line =~ /^\@\@base\|(.*)$/) { $base = parse_check($1); }
 		elsif ($line =~ /^\@\@call (\d+)$/) { $cur = $1; $output{$cur} = ''; }
 		elsif ($line =~ /^\@\@result (\d+) (\S+) (\S+)$/) { $res{$1} = [ $2, $3 ]; undef $cur; }
-		elsif ($line =~ /^\@\@chk\|(\d+)\|(\w+)\|(.*)$/) { $chk{$1}{$2} = $3; }
+		elsif ($line =~ /^\@\@chk\|(\d+)\|(\w+)\|(.*)$/) { $chk{$1}{$2} = parse_check($3); }
 		elsif (defined $cur) { $output{$cur} .= "$line\n"; }
 	}
 	undef $cur;
@@ -426,11 +491,14 @@ sub session
 		elsif (defined $cur) { $errors{$cur} .= "$line\n"; }
 	}
 
-	my $want = "$POISON|4MB|$role";
-	is($base, $want, "$role: the session starts with search_path $POISON")
+	is($base && $base->{session}, "$POISON|4MB|$role",
+		"$role: the session starts with search_path $POISON")
 	  or diag "psql said: $err";
-	$base //= $want;
+	BAIL_OUT("cannot read the session check of $role") unless $base;
 
+	# each call is held to the state before it (the first leak is blamed on
+	# the call that caused it, not on every call after it)
+	my $before = $base;
 	for my $i (0 .. $#calls)
 	{
 		my $c = $calls[$i];
@@ -445,9 +513,10 @@ sub session
 		  or diag "got ERROR=$error SQLSTATE=$state\n" . ($errors{$i} // '');
 		like($output{$i} // '', $c->{out}, "$what: returns $c->{out}")
 		  if $good && $c->{out};
-		is($chk{$i}{tx}, $base, "$what: the caller's transaction is unchanged after it")
+		same_session($chk{$i}{tx}, $before, "$what: the caller's transaction after it")
 		  if $c->{tx} && $error eq 'false';
-		is($chk{$i}{after}, $base, "$what: the caller's session is unchanged after it");
+		same_session($chk{$i}{after}, $before, "$what: the caller's session after it");
+		$before = $chk{$i}{after} // $before;
 	}
 	return \%output;
 }
@@ -473,7 +542,8 @@ my %defs = (
       {"name": "b", "topic": "tj_cancel_b"}]}},
 	tj_retry => q{{"steps": [
       {"name": "a", "sql": "eve.step_poison", "compensate": {"sql": "eve.comp_poison"}},
-      {"name": "b", "topic": "tj_retry_b", "compensate": {"topic": "tj_retry_b_undo"}},
+      {"name": "b", "topic": "tj_retry_b", "compensate": {"topic": "tj_retry_b_undo"},
+       "retry": {"max_attempts": 3, "initial_delay": "100 milliseconds", "backoff": 1, "max_delay": "100 milliseconds", "jitter": false}},
       {"name": "c", "topic": "tj_retry_c"}]}},
 	tj_broken => qq{{"steps": [
       {"name": "a", "sql": "eve.step_poison", "compensate": {"sql": "eve.comp_broken"}, $FAST},
@@ -670,7 +740,21 @@ for my $admin ('eve', $su)
 		'wally',
 		claim_call('tj_retry_c', 'wally'),
 		call('fail c for good', q{SELECT saga.fail(:t_id, '{"reason": "no"}', false, :t_lease);}, 'ok'));
+	# a compensation failing retryably is retried (after its delay the worker
+	# announces it); after saga.compensation_incident_after = 2 attempts the
+	# saga is an incident while it keeps compensating
 	wait_for(visible('tj_retry_b_undo'), '1', "retry $c: b's compensation is dispatched");
+	session('wally', claim_call('tj_retry_b_undo', 'wally'),
+		call('fail the compensation of b retryably',
+			q{SELECT saga.fail(:t_id, '{"reason": "later"}', true, :t_lease);}, 'ok'));
+	wait_for(visible('tj_retry_b_undo'), '1', "retry $c: b's compensation is visible again");
+	session('wally',
+		polled('fail the compensation of b retryably in a transactional poll', 'tj_retry_b_undo',
+			q{SELECT saga.fail(:p_id, '{"reason": "later again"}');}, 'ok'));
+	wait_for(
+		"SELECT status FROM saga.incidents WHERE correlation_id = '$c'",
+		'compensating', "retry $c: an incident after two attempts, still compensating");
+	wait_for(visible('tj_retry_b_undo'), '1', "retry $c: b's compensation is visible once more");
 	session(
 		'wally',
 		claim_call('tj_retry_b_undo', 'wally'),
@@ -741,6 +825,78 @@ sql($node, 'SELECT pg_reload_conf()');
 wait_for($finished, '0', 'retention: the worker purges the finished sagas');
 
 # ------------------------------------------------------------------------
+# state that is not a setting: what a guest or the engine leaves in the
+# caller's session or transaction beyond GUCs.  Known to survive the sandbox
+# (0.1 and 0.2), hence TODO: a guest's session-level advisory lock (it stays
+# with the caller's backend, or the worker's, for good), a guest's SET
+# CONSTRAINTS ALL DEFERRED and its open cursor (for the rest of the caller's
+# transaction), and lastval(), which after an entry point names the
+# engine's sequence instead of the caller's.
+# ------------------------------------------------------------------------
+
+$node->safe_psql(
+	'postgres', q{
+CREATE FUNCTION eve.step_grabby(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $g$
+DECLARE
+    c refcursor := 'tj_grabbed';
+BEGIN
+    PERFORM pg_catalog.pg_advisory_lock(4242);
+    SET CONSTRAINTS ALL DEFERRED;
+    OPEN c FOR SELECT 1;
+    RETURN '{}'::jsonb;
+END
+$g$;
+},
+	extra_params => [ '-U', 'eve' ]);
+sql(
+	$node, q{
+CREATE SEQUENCE public.tj_seq;
+CREATE TABLE public.tj_parent (id integer PRIMARY KEY);
+CREATE TABLE public.tj_child (id integer REFERENCES public.tj_parent DEFERRABLE INITIALLY IMMEDIATE);
+GRANT USAGE ON SEQUENCE public.tj_seq TO PUBLIC;
+GRANT INSERT ON public.tj_child TO PUBLIC;
+});
+session('eve', define_call('tj_grabby', q{{"steps": [{"name": "a", "sql": "eve.step_grabby"}]}}, 'ok'));
+{
+	local $ENV{PGOPTIONS};
+	delete $ENV{PGOPTIONS};
+	my $locks = '(SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks '
+	  . "WHERE locktype OPERATOR(pg_catalog.=) 'advisory' "
+	  . 'AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())';
+	my $cursors = '(SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors)';
+	my ($ret, $out, $err) = $node->psql(
+		'postgres', qq{
+SET search_path = $POISON;
+SET application_name = 'tj wally: start tj_grabby';
+SELECT '\@\@seq', pg_catalog.nextval('public.tj_seq');
+BEGIN;
+SELECT saga.start('tj_grabby');
+SELECT '\@\@tx', $cursors, $locks;
+INSERT INTO public.tj_child VALUES (1);
+\\echo \@\@fk :SQLSTATE
+ROLLBACK;
+SELECT '\@\@after', $cursors, $locks;
+SELECT '\@\@lastval', pg_catalog.lastval();
+},
+		extra_params => [ '-U', 'wally' ],
+		on_error_stop => 0);
+	$ncalls++;
+	my %got = $out =~ /^\@\@(\w+)\|(.*)$/mg;
+	my ($fk) = $out =~ /^\@\@fk (\S+)$/m;
+	TODO:
+	{
+		local $TODO = 'state that outlives the sandbox (not a setting)';
+		is($got{tx}, '0|0',
+			"wally: start tj_grabby: no guest's cursor or advisory lock in the caller's transaction");
+		is($fk, '23503',
+			"wally: start tj_grabby: the caller's constraints are still checked at once");
+		is($got{after}, '0|0', "wally: start tj_grabby: no guest's advisory lock left in the caller's session");
+		is($got{lastval}, $got{seq}, "wally: start tj_grabby: lastval() is still the caller's")
+		  or diag $err;
+	}
+}
+
+# ------------------------------------------------------------------------
 # user code ran as its definer and found no setting of an earlier guest
 # ------------------------------------------------------------------------
 
@@ -768,20 +924,37 @@ diag "entry-point calls made: $ncalls";
 is(sql($node, "SELECT last_value || ' ' || is_called FROM public.canary_seq"),
 	'1 false', 'canary_seq was never advanced: no planted object ran');
 
-my $log = slurp_file($node->logfile, $log_from);
-my @entries = split /\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)/, $log;
+# the server log as messages: a line with a level, and the CONTEXT,
+# STATEMENT, ... lines (and tab-indented continuations) that belong to it
+my @entries;
+for my $line (split /\n/, slurp_file($node->logfile, $log_from))
+{
+	if ($line =~ /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\S* \S+ \[\d+\] .*?(\w+):  /
+		&& $1 !~ /^(CONTEXT|STATEMENT|DETAIL|HINT|QUERY|LOCATION)$/)
+	{
+		push @entries, $line;
+	}
+	elsif (@entries)
+	{
+		$entries[-1] .= "\n$line";
+	}
+}
 my @hits = grep { /WARNING:  saga-canary/ } @entries;
 is(scalar(@hits), 0, 'the server log holds no saga-canary');
 if (@hits)
 {
 	# what ran, as whom, from which context
-	my (%by_ctx, %example);
+	my (%by_ctx, %by_stmt);
 	for my $h (@hits)
 	{
 		next unless $h =~ /saga-canary: (\S+) ran (.+?) \[(.*?)\]/;
 		my ($who, $obj, $ctx) = ($1, $2, $3);
 		$by_ctx{$ctx}{"$obj as $who"}++;
-		$example{"$ctx|$obj"} //= $h;
+		# the engine's statement that called it
+		my $stmt = $h =~ /SQL statement "([^\n]*)"/ ? $1 : '(no statement)';
+		$stmt = substr($stmt, 0, 250) . ' ...' if length($stmt) > 250;
+		$by_stmt{$stmt}{ctx}{$ctx} = 1;
+		$by_stmt{$stmt}{obj}{$obj} = 1;
 	}
 	for my $ctx (sort keys %by_ctx)
 	{
@@ -789,13 +962,11 @@ if (@hits)
 		diag "canaries in [$ctx]: "
 		  . join(', ', map { "$_ (x$objs->{$_})" } sort keys %$objs);
 	}
-	my $shown = 0;
-	for my $k (sort keys %example)
+	for my $stmt (sort keys %by_stmt)
 	{
-		last if ++$shown > 12;
-		my $e = $example{$k};
-		$e = substr($e, 0, 900) . ' ...' if length($e) > 900;
-		diag "example: $e";
+		diag "statement: $stmt\n  ran: "
+		  . join(', ', sort keys %{ $by_stmt{$stmt}{obj} }) . "\n  in: "
+		  . join(', ', sort keys %{ $by_stmt{$stmt}{ctx} });
 	}
 }
 
