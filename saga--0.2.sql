@@ -12,17 +12,43 @@ COMMENT ON SCHEMA saga IS 'sagas: definitions, instances, the outbox and their h
 
 /*
  * Roles are cluster-wide and outlive the extension; a second database that
- * installs saga finds them already there.
+ * installs saga finds them already there.  A role of that name that someone
+ * else created first would receive the grants below: accept an existing one
+ * only without attributes of its own (a role with CREATEROLE can make one),
+ * and name its members (a WARNING: CREATE EXTENSION hides notices), so that
+ * whoever installs sees who inherits them.
  */
 DO $roles$
+DECLARE
+    r record;
+    members text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'saga_admin') THEN
+    FOR r IN SELECT rolname, oid, rolsuper OR rolcanlogin OR rolcreaterole OR rolcreatedb
+                    OR rolreplication OR rolbypassrls AS privileged
+               FROM pg_catalog.pg_roles
+              WHERE rolname OPERATOR(pg_catalog.=) ANY (ARRAY['saga_admin', 'saga_worker', 'saga_reader'])
+    LOOP
+        IF r.privileged THEN
+            RAISE EXCEPTION 'role "%" already exists with attributes of its own', r.rolname
+                USING ERRCODE = '55000',
+                      DETAIL = 'An existing saga role must be NOLOGIN without SUPERUSER, CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS.',
+                      HINT = 'Find out who created it; then drop it, or take those attributes away with ALTER ROLE.';
+        END IF;
+        SELECT pg_catalog.string_agg(m.rolname::text, ', ' ORDER BY m.rolname) INTO members
+          FROM pg_catalog.pg_auth_members a JOIN pg_catalog.pg_roles m ON m.oid OPERATOR(pg_catalog.=) a.member
+         WHERE a.roleid OPERATOR(pg_catalog.=) r.oid;
+        IF members IS NOT NULL THEN
+            RAISE WARNING 'role "%" already exists; its members are: %', r.rolname, members
+                USING HINT = 'They inherit what the extension grants to the role.';
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'saga_admin') THEN
         CREATE ROLE saga_admin NOLOGIN;
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'saga_worker') THEN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'saga_worker') THEN
         CREATE ROLE saga_worker NOLOGIN;
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'saga_reader') THEN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'saga_reader') THEN
         CREATE ROLE saga_reader NOLOGIN;
     END IF;
 END

@@ -92,3 +92,14 @@ SELECT side, item FROM (
 ) d ORDER BY side, item COLLATE "C";
 DROP TABLE saga_test.shape_upgraded, saga_test.shape_fresh;
 DROP VIEW saga_test.extension_shape;
+
+-- a saga role that somebody created first, with attributes of its own, is
+-- refused; one with members is named with them
+DROP EXTENSION saga;
+ALTER ROLE saga_reader CREATEDB;
+CREATE EXTENSION saga;
+SELECT count(*) AS saga_schemas FROM pg_namespace WHERE nspname = 'saga';
+ALTER ROLE saga_reader NOCREATEDB;
+CREATE ROLE regress_early_member IN ROLE saga_worker;
+CREATE EXTENSION saga;
+DROP ROLE regress_early_member;

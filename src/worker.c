@@ -35,6 +35,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
@@ -775,6 +776,15 @@ run_unit(const char *what, UnitFn fn, TimestampTz *next)
 		n = -1;
 	}
 	PG_END_TRY();
+
+	/*
+	 * The worker takes no session-level advisory locks of its own, so any it
+	 * holds were taken by an SQL step it ran (a guest can take one with
+	 * pg_advisory_lock; the sandbox cannot stop that): give them back, or
+	 * they would be held until the worker exits.
+	 */
+	if (saga_actor != NULL)
+		LockReleaseSession(USER_LOCKMETHOD);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return n;
 }

@@ -273,5 +273,32 @@ sql($node, "ALTER SYSTEM RESET saga.notify");
 sql($node, "SELECT pg_reload_conf()");
 $listener->quit;
 
+# --- an SQL compensation that the worker runs takes a session lock ------------
+# The sandbox cannot stop pg_advisory_lock; the worker gives such locks back
+# after the unit, or it would hold them until it exits.
+
+sql(
+	$node, q{
+CREATE SCHEMA lk;
+CREATE FUNCTION lk.undo(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_advisory_lock(4343);
+    RETURN '{}';
+END
+$$;
+SELECT saga.define('lk', '{"steps": [
+    {"name": "a", "topic": "lk_a", "compensate": {"sql": "lk.undo"}},
+    {"name": "b", "topic": "lk_b", "timeout": "1 second"}]}');
+});
+my $lk = sql($node, "SELECT saga.start('lk')");
+sql($node, "SELECT count(saga.complete(id, '{}', lease)) FROM saga.claim('lk_a', 'tap')");
+ok(poll_until($node, "SELECT status FROM saga.instances WHERE id = $lk", 'compensated'),
+	'advisory lock: b timed out and the worker ran the SQL compensation of a');
+is(last_event($lk, 'a'), 'compensated saga worker', 'advisory lock: the worker compensated a');
+is( sql($node,
+		"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343 AND granted"),
+	'0',
+	'advisory lock: the session lock the compensation took is not held by the worker');
+
 $node->stop;
 done_testing();
