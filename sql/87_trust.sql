@@ -253,7 +253,122 @@ SELECT saga.define('t_unused', '{"steps": [{"name": "a", "topic": "t_t"}]}');
 DELETE FROM saga.definitions WHERE name = 't_unused';
 SELECT count(*) AS t_definitions FROM saga.definitions WHERE name LIKE 't\_%';
 
+--
+-- What a guest raises is bounded; a cancel or timeout is not the step's
+-- failure: it aborts the caller's statement, and nothing is compensated.
+--
+SET ROLE regress_trust_admin;
+CREATE FUNCTION t_app.loud(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '%', pg_catalog.repeat('E', 100000) USING DETAIL = pg_catalog.repeat('D', 100000);
+END
+$$;
+CREATE FUNCTION t_app.slow(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_sleep(5);
+    RETURN '{}';
+END
+$$;
+SELECT saga.define('t_loud', '{"steps": [{"name": "a", "sql": "t_app.loud"}]}');
+SELECT saga.define('t_slow', '{"steps": [{"name": "a", "sql": "t_app.slow"}]}');
+RESET ROLE;
+SELECT saga.start('t_loud') AS loud \gset
+SELECT status, length(error ->> 'message') AS message_bytes, length(error ->> 'detail') AS detail_bytes
+  FROM saga.step_runs WHERE saga_id = :loud;
+SELECT count(*) AS sagas_before FROM saga.sagas \gset
+SET statement_timeout = '100ms';
+DO $$
+BEGIN
+    PERFORM saga.start('t_slow');
+    RAISE NOTICE 'no error';
+EXCEPTION WHEN query_canceled THEN
+    RAISE NOTICE 'the caller''s statement was cancelled (%)', SQLSTATE;
+END
+$$;
+RESET statement_timeout;
+SELECT count(*) = :sagas_before AS nothing_started FROM saga.sagas;
+
+--
+-- A step function with a search_path of its own must list pg_temp last, or
+-- a caller's temporary table could capture its names: refused at define,
+-- and at run if the function changed since.
+--
+SET ROLE regress_trust_admin;
+CREATE FUNCTION t_app.pathy(p jsonb) RETURNS jsonb LANGUAGE sql
+    SET search_path = t_app AS $$ SELECT '{}'::jsonb $$;
+SELECT saga_test.define_err($${"steps": [{"name": "a", "sql": "t_app.pathy"}]}$$);
+ALTER FUNCTION t_app.pathy(jsonb) SET search_path = pg_temp, t_app;
+SELECT saga_test.define_err($${"steps": [{"name": "a", "sql": "t_app.pathy"}]}$$);
+ALTER FUNCTION t_app.pathy(jsonb) SET search_path = t_app, pg_temp;
+SELECT saga.define('t_pathy', '{"steps": [{"name": "a", "sql": "t_app.pathy"}]}');
+ALTER FUNCTION t_app.pathy(jsonb) SET search_path = t_app;
+RESET ROLE;
+SELECT saga.start('t_pathy') AS pathy \gset
+SELECT status, error ->> 'sqlstate' AS sqlstate FROM saga.step_runs WHERE saga_id = :pathy;
+
+--
+-- A saga's name belongs to the role that defined it: another admin cannot
+-- put its own steps behind it; a member of the owning role can.
+--
+CREATE ROLE regress_trust_rival IN ROLE saga_admin;
+CREATE ROLE regress_trust_colleague IN ROLE regress_trust_admin;
+SET ROLE regress_trust_rival;
+SELECT saga_test.err($$SELECT saga.define('t_plain', '{"steps": [{"name": "a", "topic": "t_stolen"}]}')$$);
+RESET ROLE;
+SET ROLE regress_trust_colleague;
+SELECT saga.define('t_plain', '{"steps": [{"name": "a", "topic": "t_t"}, {"name": "b", "topic": "t_t"}]}');
+RESET ROLE;
+SELECT version, owner FROM saga.definitions WHERE name = 't_plain' ORDER BY version;
+
+--
+-- A lease is the bounded duration it was checked as, whatever signs its
+-- fields mix; a lease-less report on a task that is waiting out a retry
+-- delay (not visible to any poller) is refused and changes nothing.
+--
+SELECT saga.start('t_long') AS ml \gset
+SELECT lease_expires_at BETWEEN now() + interval '59 minutes' AND now() + interval '61 minutes' AS one_hour
+  FROM saga.claim('t_long', 'w', 1, '-1 month 30 days 1 hour');
+SELECT saga.start('t_plain') AS bo \gset
+SELECT id AS bo_task, lease AS bo_lease FROM saga.claim('t_t', 'w', 1, '1 hour') \gset
+SELECT saga.fail(:bo_task, '{"try": 1}', lease => :bo_lease);
+SELECT saga_test.err(format('SELECT saga.fail(%s, %L)', :bo_task, '{"try": 2}'));
+SELECT saga.fail(:bo_task, '{"try": 1}') AS repeat_recorded;
+SELECT attempt FROM saga.outbox WHERE id = :bo_task;
+
+--
+-- An error a step catches from a nested call leaves nothing behind: the
+-- saga it was about can be changed by the step's next call.
+--
+SET ROLE regress_trust_admin;
+CREATE FUNCTION t_app.catcher(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    other bigint := (p -> 'input' ->> 'other')::bigint;
+BEGIN
+    BEGIN
+        PERFORM saga.retry(other);      -- not failed: 55000
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        NULL;
+    END;
+    PERFORM saga.cancel(other, 'by a step');
+    RETURN '{}';
+END
+$$;
+SELECT saga.define('t_catcher', '{"steps": [{"name": "a", "sql": "t_app.catcher"}]}');
+RESET ROLE;
+SELECT saga.start('t_plain') AS victim \gset
+SELECT saga.start('t_catcher', jsonb_build_object('other', :victim)) AS catcher \gset
+SELECT status FROM saga.step_runs WHERE saga_id = :catcher;
+SELECT status, cancel_reason FROM saga.instances WHERE id = :victim;
+
+--
+-- Numbers and intervals out of range: the path, not the value.
+--
+SELECT saga_test.define_err($${"steps": [{"name": "a", "topic": "t_t", "retry": {"max_attempts": 1e400}}]}$$);
+SELECT saga_test.define_err($${"steps": [{"name": "a", "topic": "t_t", "timeout": "1000000000 years"}]}$$);
+SELECT saga_test.define_err(format('{"steps": [{"name": "a", "topic": "t_t", "timeout": "%s"}]}', repeat('x', 1000)));
+
 DROP SCHEMA t_app CASCADE;
 DROP SCHEMA t_private CASCADE;
 DROP SCHEMA t_shared CASCADE;
+DROP ROLE regress_trust_colleague, regress_trust_rival;
 DROP ROLE regress_trust_admin, regress_trust_worker;

@@ -21,6 +21,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
+#include "mb/pg_wchar.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/array.h"
@@ -29,14 +30,14 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "common/hashfn.h"
+#include "storage/lmgr.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/timestamp.h"
 
 #include "saga.h"
 
-/* advisory lock key space: (SAGA_LOCK_CLASS, hashtext(name)) serialises define */
-#define SAGA_LOCK_CLASS		1935763297	/* 'saga' */
 
 typedef struct DefCacheEntry
 {
@@ -65,7 +66,6 @@ static SPIPlanPtr plan_latest = NULL;
 static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_insert = NULL;
 static SPIPlanPtr plan_insert_01 = NULL;
-static SPIPlanPtr plan_lock = NULL;
 
 /* parsing context: the document's name for messages */
 typedef struct DefParse
@@ -85,6 +85,7 @@ static const char *const retry_keys[] = {"max_attempts", "initial_delay", "backo
 PG_FUNCTION_INFO_V1(saga_define);
 
 static SagaDef *parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller);
+static const char *echo(const char *s);
 
 /*
  * Drop every cached version when saga.definitions is not the table the cache
@@ -184,8 +185,8 @@ check_keys(const DefParse *p, JsonbContainer *obj, const char *const *allowed, c
 			if (strcmp(allowed[i], key) == 0)
 				known = true;
 		if (!known)
-			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, psprintf("%s.%s", path, key),
-					  psprintf("unknown key \"%s\"", key));
+			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, psprintf("%s.%s", path, echo(key)),
+					  psprintf("unknown key \"%s\"", echo(key)));
 	}
 }
 
@@ -212,9 +213,35 @@ get_bool(const DefParse *p, JsonbValue *v, const char *path)
 static double
 get_number(const DefParse *p, JsonbValue *v, const char *path)
 {
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile double d = 0;
+
 	expect_type(p, v, "number", path);
-	return DatumGetFloat8(DirectFunctionCall1(numeric_float8,
-											  NumericGetDatum(v->val.numeric)));
+	/* 1e400 does not fit a double: say where, not the 400 digits */
+	PG_TRY();
+	{
+		d = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+											   NumericGetDatum(v->val.numeric)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path, "number out of range");
+	}
+	PG_END_TRY();
+	return d;
+}
+
+/* a value quoted in an error message: at most 64 bytes of it */
+static const char *
+echo(const char *s)
+{
+	int			len = strlen(s);
+
+	if (len <= 64)
+		return s;
+	return psprintf("%s...", pnstrdup(s, pg_mbcliplen(s, len, 64)));
 }
 
 /*
@@ -238,12 +265,24 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 	}
 	PG_CATCH();
 	{
+		ErrorData  *e;
+
 		MemoryContextSwitchTo(cxt);
+		e = CopyErrorData();
 		FlushErrorState();
+		/* "1000000000 years" parses as an interval, but not in one */
+		if (e->sqlerrcode == ERRCODE_DATETIME_FIELD_OVERFLOW ||
+			e->sqlerrcode == ERRCODE_INTERVAL_FIELD_OVERFLOW)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
+					 errmsg("invalid saga definition \"%s\": interval \"%s\" is out of range",
+							p->name, echo(text)),
+					 errdetail("The offending value is at %s.", path),
+					 errhint("An interval is at most %d days.", SAGA_MAX_INTERVAL_DAYS)));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid saga definition \"%s\": invalid interval \"%s\"",
-						p->name, text),
+						p->name, echo(text)),
 				 errdetail("The offending value is at %s.", path),
 				 errhint("Write an interval such as \"30 seconds\" or \"5 minutes\".")));
 	}
@@ -254,12 +293,12 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
 				 errmsg("invalid saga definition \"%s\": interval \"%s\" is out of range",
-						p->name, text),
+						p->name, echo(text)),
 				 errdetail("The offending value is at %s.", path),
 				 errhint("An interval is at most %d days.", SAGA_MAX_INTERVAL_DAYS)));
 	if (usecs <= 0)
 		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
-				  psprintf("interval \"%s\" must be positive", text));
+				  psprintf("interval \"%s\" must be positive", echo(text)));
 	return usecs;
 }
 
@@ -320,7 +359,7 @@ parse_action(const DefParse *p, JsonbContainer *obj, SagaAction *a, const char *
 		a->topic = get_string(p, &v, tpath);
 		if (!SagaValidTopic(a->topic))
 			def_error(ERRCODE_INVALID_NAME, p, tpath,
-					  psprintf("topic \"%s\" must match ^[a-z][a-z0-9_]{0,47}$", a->topic));
+					  psprintf("topic \"%s\" must match ^[a-z][a-z0-9_]{0,47}$", echo(a->topic)));
 	}
 	if (get_key(obj, "sql", &v))
 	{
@@ -396,7 +435,7 @@ parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *p
 	s->name = get_string(p, &v, psprintf("%s.name", path));
 	if (!valid_name(s->name, NAMEDATALEN - 1))
 		def_error(ERRCODE_INVALID_NAME, p, psprintf("%s.name", path),
-				  psprintf("step name \"%s\" must match ^[a-z][a-z0-9_]{0,62}$", s->name));
+				  psprintf("step name \"%s\" must match ^[a-z][a-z0-9_]{0,62}$", echo(s->name)));
 
 	parse_action(p, obj, &s->action, path, true);
 
@@ -807,26 +846,44 @@ saga_define(PG_FUNCTION_ARGS)
 	for (int i = 0; i < def->nsteps; i++)
 		names[i] = CStringGetTextDatum(def->steps[i].name);
 
-	{
-		Oid			lock_types[1] = {TEXTOID};
-		Datum		lock_values[1] = {CStringGetTextDatum(name)};
-
-		SagaExecute(&plan_lock,
-					"SELECT pg_catalog.pg_advisory_xact_lock(1935763297, "
-					"pg_catalog.hashtext($1))",
-					1, lock_types, lock_values, NULL, SPI_OK_SELECT, "locking a definition name");
-	}
+	/*
+	 * Serialise defines of one name.  An object lock on a tag no real object
+	 * has (class saga.definitions, the name's hash) rather than an advisory
+	 * lock: SQL can take any advisory lock, and a session-level one taken by
+	 * anybody (an SQL step, say) would block every define of the name.
+	 */
+	LockDatabaseObject(get_relname_relid("definitions", get_namespace_oid("saga", false)),
+					   (Oid) hash_bytes((const unsigned char *) name, strlen(name)), 0,
+					   ExclusiveLock);
 
 	latest = latest_id(name);
 	if (latest != 0)
 	{
 		Oid			types[2] = {INT4OID, JSONBOID};
 		Datum		values[2] = {Int32GetDatum(latest), JsonbPGetDatum(doc)};
+		char	   *owner;
+		Oid			owner_oid;
 
-		rc = SPI_execute_with_args("SELECT version, definition OPERATOR(pg_catalog.=) $2 "
+		rc = SPI_execute_with_args("SELECT version, definition OPERATOR(pg_catalog.=) $2, owner "
 								   "FROM saga.definitions WHERE id = $1",
 								   2, types, values, NULL, false, 1);
 		SagaSpiCheck(rc, SPI_OK_SELECT, "comparing definitions");
+
+		/*
+		 * A name belongs to the role that defined its latest version: only
+		 * its members store the next, or anybody with saga_admin could put
+		 * their own SQL steps behind another admin's saga.
+		 */
+		owner = owner_name(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		owner_oid = owner ? get_role_oid(owner, true) : InvalidOid;
+		if (OidIsValid(owner_oid) ? !has_privs_of_role(caller, owner_oid) : !superuser_arg(caller))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for saga \"%s\"", name),
+					 OidIsValid(owner_oid)
+					 ? errdetail("Its versions belong to role \"%s\"; only its members may define new ones.", owner)
+					 : errdetail("Role \"%s\", which defined it, no longer exists; only a superuser may define new versions.",
+								 owner ? owner : "?")));
 		version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		/* an identical document is not a new version: define is idempotent */
 		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))

@@ -25,6 +25,7 @@
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
 #include "utils/acl.h"
@@ -316,17 +317,54 @@ task_payload(SagaState *st)
 	return jb_finish(&ps);
 }
 
+/* a guest's message or detail is stored up to this many bytes */
+#define MAX_ERROR_TEXT	8192
+
+static char *
+clip_text(const char *s)
+{
+	int			len;
+
+	if (s == NULL)
+		return NULL;
+	len = strlen(s);
+	if (len <= MAX_ERROR_TEXT)
+		return (char *) s;
+	return psprintf("%s...", pnstrdup(s, pg_mbcliplen(s, len, MAX_ERROR_TEXT)));
+}
+
+/* the error document of a failed SQL step: bounded whatever the guest raised */
 static Jsonb *
 error_to_jsonb(ErrorData *edata)
 {
 	JsonbParseState *ps = NULL;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "message", edata->message);
+	jb_str(&ps, "message", clip_text(edata->message));
 	jb_str(&ps, "sqlstate", unpack_sql_state(edata->sqlerrcode));
 	if (edata->detail)
-		jb_str(&ps, "detail", edata->detail);
+		jb_str(&ps, "detail", clip_text(edata->detail));
 	return jb_finish(&ps);
+}
+
+/*
+ * Errors that say nothing about the step but about the transaction or the
+ * server: a cancel or statement_timeout, a shutdown, a deadlock or
+ * serialization failure, running out of memory or disk, an internal error.
+ * Turning them into a failed step would compensate work that did not fail
+ * (and run past the cancel); they abort the caller's statement instead, as
+ * PL/pgSQL's WHEN OTHERS lets a cancel through.
+ */
+static bool
+error_is_not_the_steps(int sqlerrcode)
+{
+	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
+
+	return category == ERRCODE_OPERATOR_INTERVENTION ||
+		category == ERRCODE_TRANSACTION_ROLLBACK ||
+		category == ERRCODE_INSUFFICIENT_RESOURCES ||
+		category == ERRCODE_SYSTEM_ERROR ||
+		category == ERRCODE_INTERNAL_ERROR;
 }
 
 /*
@@ -404,6 +442,9 @@ run_sql(SagaState *st, const char *fname, Jsonb **out)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
+		SagaGuestEnd(&guest);
+		if (error_is_not_the_steps(edata->sqlerrcode))
+			ReThrowError(edata);
 		*out = error_to_jsonb(edata);
 		FreeErrorData(edata);
 	}
@@ -1136,6 +1177,7 @@ typedef struct TaskRow
 	bool		leased;
 	bool		backing_off;	/* waiting out a retry delay */
 	bool		live_lease;		/* leased, and the lease has not lapsed */
+	bool		visible;		/* a poller may see it: visible_at has passed */
 } TaskRow;
 
 /*
@@ -1160,7 +1202,8 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 					"RETURNING saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
 					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
 					"AND visible_at > pg_catalog.clock_timestamp(), "
-					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp()",
+					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), "
+					"visible_at <= pg_catalog.clock_timestamp()",
 					1, argtypes, values, NULL, SPI_OK_DELETE_RETURNING, "taking a task");
 	}
 	else
@@ -1169,7 +1212,8 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 					"SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
 					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
 					"AND visible_at > pg_catalog.clock_timestamp(), "
-					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp() "
+					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), "
+					"visible_at <= pg_catalog.clock_timestamp() "
 					"FROM saga.outbox WHERE id = $1 FOR UPDATE",
 					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a task");
 	}
@@ -1184,6 +1228,7 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 	row->leased = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 	row->backing_off = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 	row->live_lease = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+	row->visible = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	return true;
 }
 
@@ -1450,6 +1495,12 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 		}
 		else if (!has_lease && !success && row.backing_off && jsonb_same(last, payload))
 			recorded = false;
+		else if (fence == FENCE_ROW_LOCK && !row.visible)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("task %lld is not visible", (long long) task_id),
+					 errdetail("It waits for its next delivery, after a retry delay or saga.retry."),
+					 errhint("A report without lease => n is for a task the transactional poll found visible and locked.")));
 		else if (comp)
 			report_compensation(st, step, success, payload, retryable, row.attempt);
 		else

@@ -201,6 +201,21 @@ SagaOutboxUnpark(int64 task_id)
 }
 
 /*
+ * The interval the engine adds to a time: the microseconds it was checked
+ * as.  The caller's own may mix signs ('-1 month 30 days 1 hour'), which
+ * timestamptz arithmetic reads by the calendar, not as the bounded duration
+ * it was checked to be.
+ */
+static Interval *
+usecs_interval(int64 usecs)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = usecs;
+	return iv;
+}
+
+/*
  * saga.claim(topic, worker, max_tasks, lease): lease up to max_tasks visible
  * tasks, oldest first.  A task whose previous lease lapsed counts an attempt;
  * one with no attempts left, or past its timeout, fails here instead of
@@ -321,7 +336,7 @@ saga_claim(PG_FUNCTION_ARGS)
 			d[i] = Int64GetDatum(deliver[i]);
 		values[0] = PointerGetDatum(construct_array(d, ndeliver, INT8OID, 8, true, TYPALIGN_DOUBLE));
 		values[1] = CStringGetTextDatum(worker);
-		values[2] = IntervalPGetDatum(lease);
+		values[2] = IntervalPGetDatum(usecs_interval(lease_us));
 		values[3] = TimestampTzGetDatum(now);
 
 		/* a lease that lapsed without a report was an attempt */
@@ -369,6 +384,7 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 {
 	int64		task_id;
 	int32		lease;
+	Interval   *extend = NULL;
 	SagaUserSave save;
 	bool		isnull;
 	TimestampTz until;
@@ -383,13 +399,13 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 	task_id = PG_GETARG_INT64(0);
 	lease = PG_GETARG_INT32(1);
 	if (!PG_ARGISNULL(2))
-		(void) SagaCheckInterval(PG_GETARG_INTERVAL_P(2), "extend");
+		extend = usecs_interval(SagaCheckInterval(PG_GETARG_INTERVAL_P(2), "extend"));
 
 	SagaEnter(&save);
 
 	values[0] = Int64GetDatum(task_id);
 	values[1] = Int32GetDatum(lease);
-	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : IntervalPGetDatum(extend);
 	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
 	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
 	SagaExecute(&plan_heartbeat,

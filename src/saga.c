@@ -8,6 +8,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
@@ -18,6 +19,8 @@
 #include "miscadmin.h"
 #include "parser/parse_func.h"
 #include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/varlena.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -33,6 +36,10 @@ int			saga_max_payload_size = 1024 * 1024;
 
 /* set by the background worker, which acts for nobody in particular */
 const char *saga_actor = NULL;
+
+static void saga_xact_callback(XactEvent event, void *arg);
+static void saga_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								  SubTransactionId parentSubid, void *arg);
 
 void
 _PG_init(void)
@@ -50,6 +57,8 @@ _PG_init(void)
 
 	SagaDefinitionInit();
 	SagaWorkerInit();
+	RegisterXactCallback(saga_xact_callback, NULL);
+	RegisterSubXactCallback(saga_subxact_callback, NULL);
 
 	MarkGUCPrefixReserved("saga");
 
@@ -75,6 +84,77 @@ static int	guest_depth = 0;
 static int64 *active = NULL;
 static int	nactive = 0;
 static int	maxactive = 0;
+
+/*
+ * The state above as each open subtransaction found it.  An error that
+ * escapes an entry point or a guest is rolled back to some subtransaction
+ * (a caller's exception block, the guest's own): the state goes back with
+ * it, so no stale entry refuses a later call, whoever catches the error.
+ */
+typedef struct SubXactState
+{
+	SubTransactionId subid;
+	int			guest_depth;
+	Oid			caller;
+	int			nactive;
+} SubXactState;
+
+static SubXactState *substack = NULL;
+static int	nsub = 0;
+static int	maxsub = 0;
+
+static void
+saga_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	switch (event)
+	{
+		case SUBXACT_EVENT_START_SUB:
+			if (nsub == maxsub)
+			{
+				int			n = maxsub == 0 ? 8 : maxsub * 2;
+
+				substack = substack == NULL
+					? MemoryContextAlloc(TopMemoryContext, sizeof(SubXactState) * n)
+					: repalloc(substack, sizeof(SubXactState) * n);
+				maxsub = n;
+			}
+			substack[nsub].subid = mySubid;
+			substack[nsub].guest_depth = guest_depth;
+			substack[nsub].caller = saga_caller;
+			substack[nsub].nactive = nactive;
+			nsub++;
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+		case SUBXACT_EVENT_ABORT_SUB:
+			while (nsub > 0 && substack[nsub - 1].subid >= mySubid)
+			{
+				nsub--;
+				if (event == SUBXACT_EVENT_ABORT_SUB && substack[nsub].subid == mySubid)
+				{
+					guest_depth = substack[nsub].guest_depth;
+					saga_caller = substack[nsub].caller;
+					nactive = Min(nactive, substack[nsub].nactive);
+				}
+			}
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+saga_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_PREPARE)
+	{
+		nsub = 0;
+		guest_depth = 0;
+		nactive = 0;
+	}
+}
 
 /*
  * The API functions are callable by the saga roles, which hold no privileges
@@ -248,6 +328,49 @@ SagaCheckInterval(const Interval *iv, const char *argname)
 }
 
 /*
+ * A step function may bring its own search_path (SET search_path = app,
+ * pg_temp), but only with pg_temp listed last: PostgreSQL searches the
+ * temporary schema first when the path does not name it, so a caller's
+ * temporary table named like one of the function's would capture its
+ * unqualified names, and with them its writes and triggers, run as the
+ * definer.  Without a SET clause the step inherits the sandbox's
+ * pg_catalog, pg_temp, which is safe.
+ */
+static void
+check_guest_search_path(HeapTuple proctup, const char *fname)
+{
+	bool		isnull;
+	Datum		d = SysCacheGetAttr(PROCOID, proctup, Anum_pg_proc_proconfig, &isnull);
+	ArrayType  *config;
+	Datum	   *items;
+	int			nitems;
+
+	if (isnull)
+		return;
+	config = DatumGetArrayTypeP(d);
+	deconstruct_array(config, TEXTOID, -1, false, TYPALIGN_INT, &items, NULL, &nitems);
+	for (int i = 0; i < nitems; i++)
+	{
+		char	   *item = TextDatumGetCString(items[i]);
+		List	   *elems;
+		bool		safe;
+
+		if (pg_strncasecmp(item, "search_path=", 12) != 0)
+			continue;
+		safe = SplitIdentifierString(pstrdup(item + 12), ',', &elems) &&
+			list_length(elems) > 0 &&
+			strcmp((char *) llast(elems), "pg_temp") == 0;
+		if (!safe)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+					 errmsg("function %s sets search_path without pg_temp last", fname),
+					 errdetail("Its setting is \"%s\"; a caller's temporary tables would come first and capture its unqualified names.",
+							   item),
+					 errhint("ALTER FUNCTION %s(jsonb) SET search_path = <its schemas>, pg_temp", fname)));
+	}
+}
+
+/*
  * Resolve "schema.fn" to the function fn(jsonb) returns jsonb that a role
  * may run as an SQL step, at define time and again before each run (the
  * function, the schema or the grants may have changed since).  Refused: a
@@ -315,6 +438,7 @@ SagaGuestFunction(const char *fname, Oid definer, bool missing_ok)
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("function %s(jsonb) must return jsonb", fname)));
 	}
+	check_guest_search_path(tup, fname);
 	ReleaseSysCache(tup);
 
 	if (isAnyTempNamespace(nsp))

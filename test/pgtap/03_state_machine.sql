@@ -3,7 +3,7 @@
 -- the lease).  now() is frozen here; the engine writes visible_at from the
 -- clock, so "visible" below means visible_at <= clock_timestamp().
 BEGIN;
-SELECT plan(69);
+SELECT plan(70);
 
 -- task id of a named step: saga_id << 10 | step_index << 1 | compensation
 CREATE FUNCTION pg_temp.t(saga bigint, step text, comp bool DEFAULT false) RETURNS bigint
@@ -99,6 +99,9 @@ SELECT ok((SELECT visible_at >= clock_timestamp() + interval '59 minutes' FROM s
           'the task waits for the backoff');
 SELECT is(pg_temp.status(:s3), 'running', 'the saga still runs');
 SELECT is(saga.fail(pg_temp.t(:s3, 'a'), '{"n": 1}'), false, 'the same failure again is a no-op');
+SELECT throws_ok(format('SELECT saga.fail(%s, %L)', pg_temp.t(:s3, 'a'), '{"n": 2}'), '55000', NULL,
+                 'a different report while the task waits out its delay is refused');
+UPDATE saga.outbox SET visible_at = clock_timestamp() WHERE saga_id = :s3;
 SELECT is(saga.fail(pg_temp.t(:s3, 'a'), '{"n": 2}'), true, 'the second attempt fails');
 SELECT is(pg_temp.step_status(:s3, 'a'), 'failed', 'attempts exhausted: the step failed');
 SELECT is(pg_temp.status(:s3), 'compensated', 'nothing to compensate: compensated');
@@ -145,6 +148,7 @@ SELECT is(pg_temp.status(:s5), 'running', 'the saga keeps running');
 SELECT is(pg_temp.tasks(:s5), 'action:z', 'z is retried forward');
 SELECT is((SELECT attempt FROM saga.outbox WHERE saga_id = :s5), 2, 'as attempt 2 (beyond max_attempts 1)');
 SELECT is(pg_temp.step_status(:s5, 'a'), 'succeeded', 'nothing is compensated');
+UPDATE saga.outbox SET visible_at = clock_timestamp() WHERE saga_id = :s5;   -- its delay is over
 SELECT is(saga.complete(pg_temp.t(:s5, 'z')), true, 'z succeeds eventually');
 SELECT is(pg_temp.status(:s5), 'completed', 'the saga completes');
 
