@@ -379,42 +379,14 @@ GRANT SELECT ON saga.instances, saga.step_runs, saga.incidents, saga.history, sa
  * for as long as they exist: refuse to change it, or to delete it while a
  * saga refers to it (even a superuser's DELETE, which would leave those
  * sagas unable to move while saga.claim still handed out their tasks).
- * Deleting a version nothing refers to stays possible, for tidying up.
+ * Deleting a version nothing refers to stays possible, for tidying up; the
+ * trigger (in C) then tells every backend to forget what it cached.
  */
 CREATE FUNCTION saga.definitions_guard()
 RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE c
 SET search_path = pg_catalog, pg_temp
-AS $guard$
-DECLARE
-    n bigint;
-BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        RAISE EXCEPTION 'saga definitions cannot be changed'
-            USING ERRCODE = '55000',
-                  DETAIL = format('Version %s of saga "%s" is immutable.', OLD.version, OLD.name),
-                  HINT = 'Store a new version with saga.define().';
-    ELSIF TG_OP = 'DELETE' THEN
-        SELECT pg_catalog.count(*) INTO n FROM saga.sagas s
-         WHERE s.definition_id OPERATOR(pg_catalog.=) OLD.id;
-        IF n OPERATOR(pg_catalog.>) 0 THEN
-            RAISE EXCEPTION 'saga definition "%" version % is in use', OLD.name, OLD.version
-                USING ERRCODE = '2BP01',
-                      DETAIL = format('%s sagas were started from it.', n),
-                      HINT = 'Sagas keep the version they started with; delete it once they have been purged.';
-        END IF;
-        RETURN OLD;
-    ELSIF TG_OP = 'TRUNCATE' THEN
-        IF EXISTS (SELECT FROM saga.sagas) THEN
-            RAISE EXCEPTION 'saga definitions are in use'
-                USING ERRCODE = '2BP01',
-                      DETAIL = 'Sagas were started from them.',
-                      HINT = 'Sagas keep the version they started with; delete it once they have been purged.';
-        END IF;
-    END IF;
-    RETURN NULL;
-END
-$guard$;
+AS 'MODULE_PATHNAME', 'saga_definitions_guard';
 CREATE TRIGGER definitions_guard BEFORE UPDATE OR DELETE ON saga.definitions
     FOR EACH ROW EXECUTE FUNCTION saga.definitions_guard();
 CREATE TRIGGER definitions_guard_truncate BEFORE TRUNCATE ON saga.definitions
@@ -453,7 +425,7 @@ COMMENT ON FUNCTION saga.tick() IS
 'saga.tick() -> jsonb: one round of the time-based work (step timeouts, lapsed leases, deadlines, wake-ups, retention) in the caller''s transaction; returns counts {"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas"}. For servers without the background worker (e.g. from pg_cron). Granted to saga_admin.';
 
 COMMENT ON FUNCTION saga.definitions_guard() IS
-'trigger of saga.definitions: a stored version is immutable, and one that sagas were started from cannot be deleted (2BP01) or truncated; UPDATE raises 55000';
+'trigger of saga.definitions: a stored version is immutable (UPDATE raises 55000); one that sagas were started from cannot be deleted, nor the table truncated while sagas exist (2BP01); a deletion makes every backend forget its cached definitions';
 
 COMMENT ON TABLE saga.definitions IS
 'saga definitions, one row per version (immutable); owner is the name of the role that defined it, as whom its SQL steps run';

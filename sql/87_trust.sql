@@ -250,6 +250,18 @@ SELECT saga_test.err($$DELETE FROM saga.definitions WHERE name = 't_plain'$$);
 SELECT saga_test.err($$UPDATE saga.definitions SET definition = '{}' WHERE name = 't_plain'$$);
 SELECT saga_test.err('TRUNCATE saga.definitions');
 SELECT saga.define('t_unused', '{"steps": [{"name": "a", "topic": "t_t"}]}');
+SELECT saga.define('t_unused', '{"steps": [{"name": "b", "topic": "t_t"}]}');
+SELECT saga.start('t_unused') AS unused \gset
+SELECT step FROM saga.outbox WHERE saga_id = :unused;
+SELECT saga.cancel(:unused);
+-- once version 2 is gone (no saga refers to it: the cancelled one is purged
+-- here by hand), saga.start uses version 1 again, in this backend too
+DELETE FROM saga.sagas WHERE id = :unused;
+DELETE FROM saga.definitions WHERE name = 't_unused' AND version = 2;
+SELECT saga.start('t_unused') AS unused \gset
+SELECT step FROM saga.outbox WHERE saga_id = :unused;
+SELECT saga.cancel(:unused);
+DELETE FROM saga.sagas WHERE id = :unused;
 DELETE FROM saga.definitions WHERE name = 't_unused';
 SELECT count(*) AS t_definitions FROM saga.definitions WHERE name LIKE 't\_%';
 
@@ -272,6 +284,27 @@ $$;
 SELECT saga.define('t_loud', '{"steps": [{"name": "a", "sql": "t_app.loud"}]}');
 SELECT saga.define('t_slow', '{"steps": [{"name": "a", "sql": "t_app.slow"}]}');
 RESET ROLE;
+SET ROLE regress_trust_admin;
+-- a guest may RAISE any SQLSTATE: one the server did not raise is the step's
+CREATE FUNCTION t_app.fake_serialization(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'pretending to be a serialization failure' USING ERRCODE = '40001';
+END
+$$;
+-- what the sandbox gives a guest, whatever the caller set
+CREATE FUNCTION t_app.settings(p jsonb) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT pg_catalog.jsonb_build_object('lock_timeout', pg_catalog.current_setting('lock_timeout'),
+                                         'search_path', pg_catalog.current_setting('search_path'))
+$$;
+SELECT saga.define('t_fake', '{"steps": [{"name": "a", "sql": "t_app.fake_serialization"}]}');
+SELECT saga.define('t_settings', '{"steps": [{"name": "a", "sql": "t_app.settings"}]}');
+RESET ROLE;
+SELECT saga.start('t_fake') AS fake \gset
+SELECT status, error ->> 'sqlstate' AS sqlstate FROM saga.step_runs WHERE saga_id = :fake;
+SET lock_timeout = '300ms';
+SELECT saga.start('t_settings') AS settings \gset
+RESET lock_timeout;
+SELECT result FROM saga.step_runs WHERE saga_id = :settings;
 SELECT saga.start('t_loud') AS loud \gset
 SELECT status, length(error ->> 'message') AS message_bytes, length(error ->> 'detail') AS detail_bytes
   FROM saga.step_runs WHERE saga_id = :loud;
@@ -298,6 +331,8 @@ CREATE FUNCTION t_app.pathy(p jsonb) RETURNS jsonb LANGUAGE sql
     SET search_path = t_app AS $$ SELECT '{}'::jsonb $$;
 SELECT saga_test.define_err($${"steps": [{"name": "a", "sql": "t_app.pathy"}]}$$);
 ALTER FUNCTION t_app.pathy(jsonb) SET search_path = pg_temp, t_app;
+SELECT saga_test.define_err($${"steps": [{"name": "a", "sql": "t_app.pathy"}]}$$);
+ALTER FUNCTION t_app.pathy(jsonb) SET search_path = pg_temp, t_app, pg_temp;
 SELECT saga_test.define_err($${"steps": [{"name": "a", "sql": "t_app.pathy"}]}$$);
 ALTER FUNCTION t_app.pathy(jsonb) SET search_path = t_app, pg_temp;
 SELECT saga.define('t_pathy', '{"steps": [{"name": "a", "sql": "t_app.pathy"}]}');
@@ -333,6 +368,8 @@ SELECT id AS bo_task, lease AS bo_lease FROM saga.claim('t_t', 'w', 1, '1 hour')
 SELECT saga.fail(:bo_task, '{"try": 1}', lease => :bo_lease);
 SELECT saga_test.err(format('SELECT saga.fail(%s, %L)', :bo_task, '{"try": 2}'));
 SELECT saga.fail(:bo_task, '{"try": 1}') AS repeat_recorded;
+-- the same error, but for good, is not a repeat
+SELECT saga_test.err(format('SELECT saga.fail(%s, %L, false)', :bo_task, '{"try": 1}'));
 SELECT attempt FROM saga.outbox WHERE id = :bo_task;
 
 --
@@ -366,6 +403,8 @@ SELECT status, cancel_reason FROM saga.instances WHERE id = :victim;
 SELECT saga_test.define_err($${"steps": [{"name": "a", "topic": "t_t", "retry": {"max_attempts": 1e400}}]}$$);
 SELECT saga_test.define_err($${"steps": [{"name": "a", "topic": "t_t", "timeout": "1000000000 years"}]}$$);
 SELECT saga_test.define_err(format('{"steps": [{"name": "a", "topic": "t_t", "timeout": "%s"}]}', repeat('x', 1000)));
+SELECT saga_test.define_err(format('{"steps": [{"name": "a", "sql": "t_app.%s"}]}', repeat('x', 1000)));
+SELECT saga_test.define_err(format('{"steps": [{"name": "a", "topic": "t_t", "after": ["%s"]}]}', repeat('x', 1000)));
 
 DROP SCHEMA t_app CASCADE;
 DROP SCHEMA t_private CASCADE;

@@ -22,7 +22,9 @@
 #include "miscadmin.h"
 #include "parser/parse_func.h"
 #include "mb/pg_wchar.h"
+#include "commands/trigger.h"
 #include "utils/acl.h"
+#include "utils/rel.h"
 #include "utils/builtins.h"
 #include "utils/array.h"
 #include "utils/inval.h"
@@ -62,6 +64,14 @@ typedef struct LatestEntry
 
 static HTAB *latest_cache = NULL;
 
+/*
+ * Set when saga.definitions changed under the cache in a way a new row does
+ * not explain (TRUNCATE ... RESTART IDENTITY hands out old ids again).  The
+ * invalidation can arrive while a caller holds a parsed definition, so the
+ * cache is only marked here and emptied before the next lookup.
+ */
+static bool def_cache_stale = false;
+
 static SPIPlanPtr plan_latest = NULL;
 static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_insert = NULL;
@@ -83,6 +93,7 @@ static const char *const retry_keys[] = {"max_attempts", "initial_delay", "backo
 "max_delay", "jitter", NULL};
 
 PG_FUNCTION_INFO_V1(saga_define);
+PG_FUNCTION_INFO_V1(saga_definitions_guard);
 
 static SagaDef *parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller);
 static const char *echo(const char *s);
@@ -90,8 +101,9 @@ static const char *echo(const char *s);
 /*
  * Drop every cached version when saga.definitions is not the table the cache
  * was filled from (the extension was dropped and created again, and ids
- * restarted).  Only called before an operation takes a definition, so no
- * caller holds a pointer into the cache.
+ * restarted), or when it was marked stale.  Called before an operation takes
+ * a definition; a nested one (from an SQL step) may run while its caller
+ * holds a parsed definition, so dropped ones are freed with the transaction.
  */
 static void
 def_cache_validate(void)
@@ -100,15 +112,20 @@ def_cache_validate(void)
 	HASH_SEQ_STATUS status;
 	DefCacheEntry *entry;
 
-	if (relid == definitions_relid)
+	if (relid == definitions_relid && !def_cache_stale)
 		return;
 	hash_seq_init(&status, def_cache);
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
-		MemoryContextDelete(entry->cxt);
+		/*
+		 * An enclosing call (an SQL step's caller) may still hold this
+		 * definition: it lives until the end of the transaction.
+		 */
+		MemoryContextSetParent(entry->cxt, TopTransactionContext);
 		hash_search(def_cache, &entry->id, HASH_REMOVE, NULL);
 	}
 	definitions_relid = relid;
+	def_cache_stale = false;
 }
 
 static void pg_attribute_noreturn()
@@ -314,9 +331,13 @@ resolve_function(const DefParse *p, const char *name, const char *path)
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile Oid fn = InvalidOid;
 
+	/* two quoted identifiers and a dot at most: longer cannot name anything */
+	if (strlen(name) > 2 * (2 * NAMEDATALEN + 2) + 1)
+		def_error(ERRCODE_INVALID_NAME, p, path,
+				  psprintf("function name \"%s\" is too long", echo(name)));
 	if (strchr(name, '.') == NULL)
 		def_error(ERRCODE_INVALID_NAME, p, path,
-				  psprintf("function name \"%s\" must be schema-qualified", name));
+				  psprintf("function name \"%s\" must be schema-qualified", echo(name)));
 	if (!p->resolve)
 		return InvalidOid;
 
@@ -518,12 +539,12 @@ link_steps(const DefParse *p, SagaDef *def, JsonbContainer **step_objs)
 					ereport(ERROR,
 							(errcode(ERRCODE_UNDEFINED_OBJECT),
 							 errmsg("invalid saga definition \"%s\": step \"%s\" waits for unknown step \"%s\"",
-									p->name, s->name, dep),
+									p->name, s->name, echo(dep)),
 							 errdetail("The offending value is at %s.", epath)));
 				for (int j = 0; j < s->nafter; j++)
 					if (s->after[j] == found)
 						def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, epath,
-								  psprintf("step \"%s\" is listed twice", dep));
+								  psprintf("step \"%s\" is listed twice", echo(dep)));
 				s->after[s->nafter++] = found;
 			}
 		}
@@ -762,7 +783,10 @@ latest_id(const char *name)
 static void
 latest_cache_flush(Datum arg, Oid relid)
 {
-	if (latest_cache != NULL && (relid == InvalidOid || relid == definitions_relid))
+	if (relid != InvalidOid && relid != definitions_relid)
+		return;
+	def_cache_stale = true;
+	if (latest_cache != NULL)
 	{
 		hash_destroy(latest_cache);
 		latest_cache = NULL;
@@ -925,4 +949,81 @@ saga_define(PG_FUNCTION_ARGS)
 
 	SagaLeave(&save);
 	PG_RETURN_INT32(version);
+}
+
+/*
+ * saga.definitions_guard(): BEFORE UPDATE OR DELETE (per row) and BEFORE
+ * TRUNCATE trigger of saga.definitions.  A stored version is immutable
+ * (55000); a version that sagas were started from cannot be deleted, nor the
+ * table truncated while any saga exists (2BP01): those sagas could no longer
+ * move while saga.claim still handed out their tasks.  Deleting a version
+ * nothing refers to is allowed; backends remember each name's latest version
+ * and parsed versions by id, so the deletion invalidates both at commit.
+ */
+Datum
+saga_definitions_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	bool		isnull;
+	int			rc;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event))
+		elog(ERROR, "saga_definitions_guard: not called as a BEFORE trigger");
+	rel = td->tg_relation;
+	desc = RelationGetDescr(rel);
+
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("saga definitions cannot be changed"),
+				 errdetail("Version %d of saga \"%s\" is immutable.",
+						   DatumGetInt32(heap_getattr(td->tg_trigtuple,
+													  SPI_fnumber(desc, "version"), desc, &isnull)),
+						   TextDatumGetCString(heap_getattr(td->tg_trigtuple,
+															SPI_fnumber(desc, "name"), desc, &isnull))),
+				 errhint("Store a new version with saga.define().")));
+
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+	{
+		rc = SPI_execute("SELECT FROM saga.sagas LIMIT 1", true, 1);
+		SagaSpiCheck(rc, SPI_OK_SELECT, "looking for sagas");
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("saga definitions are in use"),
+					 errdetail("Sagas were started from them."),
+					 errhint("Sagas keep the version they started with; delete it once they have been purged.")));
+	}
+	else
+	{
+		Oid			types[1] = {INT4OID};
+		Datum		values[1];
+		int64		n;
+
+		values[0] = heap_getattr(td->tg_trigtuple, SPI_fnumber(desc, "id"), desc, &isnull);
+		rc = SPI_execute_with_args("SELECT pg_catalog.count(*) FROM saga.sagas "
+								   "WHERE definition_id OPERATOR(pg_catalog.=) $1",
+								   1, types, values, NULL, true, 1);
+		SagaSpiCheck(rc, SPI_OK_SELECT, "counting the sagas of a definition");
+		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		if (n > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("saga definition \"%s\" version %d is in use",
+							TextDatumGetCString(heap_getattr(td->tg_trigtuple,
+															 SPI_fnumber(desc, "name"), desc, &isnull)),
+							DatumGetInt32(heap_getattr(td->tg_trigtuple,
+													   SPI_fnumber(desc, "version"), desc, &isnull))),
+					 errdetail("%lld sagas were started from it.", (long long) n),
+					 errhint("Sagas keep the version they started with; delete it once they have been purged.")));
+	}
+	SagaSpiCheck(SPI_finish(), SPI_OK_FINISH, "SPI_finish");
+
+	/* every backend forgets latest versions and parsed ones at commit */
+	CacheInvalidateRelcache(rel);
+	return PointerGetDatum(TRIGGER_FIRED_BY_DELETE(td->tg_event) ? td->tg_trigtuple : NULL);
 }

@@ -353,13 +353,19 @@ error_to_jsonb(ErrorData *edata)
  * serialization failure, running out of memory or disk, an internal error.
  * Turning them into a failed step would compensate work that did not fail
  * (and run past the cancel); they abort the caller's statement instead, as
- * PL/pgSQL's WHEN OTHERS lets a cancel through.
+ * PL/pgSQL's WHEN OTHERS lets a cancel through.  Only when the server raised
+ * them: a guest may RAISE any SQLSTATE, and one that raised '40001' on
+ * purpose would otherwise abort every caller, the worker's rounds included.
  */
 static bool
-error_is_not_the_steps(int sqlerrcode)
+error_is_not_the_steps(ErrorData *edata)
 {
-	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
+	int			category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
 
+	if (edata->funcname != NULL &&
+		(strcmp(edata->funcname, "exec_stmt_raise") == 0 ||
+		 strcmp(edata->funcname, "exec_stmt_assert") == 0))
+		return false;
 	return category == ERRCODE_OPERATOR_INTERVENTION ||
 		category == ERRCODE_TRANSACTION_ROLLBACK ||
 		category == ERRCODE_INSUFFICIENT_RESOURCES ||
@@ -411,6 +417,9 @@ run_sql(SagaState *st, const char *fname, Jsonb **out)
 		nestlevel = NewGUCNestLevel();
 		(void) set_config_option("search_path", "pg_catalog, pg_temp",
 								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		/* the caller's lock_timeout would fail the step for good: its own may */
+		(void) set_config_option("lock_timeout", "0",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 		fmgr_info(fn, &flinfo);
 		InitFunctionCallInfoData(*fcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
 		fcinfo->args[0].value = JsonbPGetDatum(payload);
@@ -443,7 +452,7 @@ run_sql(SagaState *st, const char *fname, Jsonb **out)
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
 		SagaGuestEnd(&guest);
-		if (error_is_not_the_steps(edata->sqlerrcode))
+		if (error_is_not_the_steps(edata))
 			ReThrowError(edata);
 		*out = error_to_jsonb(edata);
 		FreeErrorData(edata);
@@ -1178,6 +1187,7 @@ typedef struct TaskRow
 	bool		backing_off;	/* waiting out a retry delay */
 	bool		live_lease;		/* leased, and the lease has not lapsed */
 	bool		visible;		/* a poller may see it: visible_at has passed */
+	bool		parked;			/* a compensation that failed for good */
 } TaskRow;
 
 /*
@@ -1203,7 +1213,7 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
 					"AND visible_at > pg_catalog.clock_timestamp(), "
 					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), "
-					"visible_at <= pg_catalog.clock_timestamp()",
+					"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity'",
 					1, argtypes, values, NULL, SPI_OK_DELETE_RETURNING, "taking a task");
 	}
 	else
@@ -1213,7 +1223,7 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
 					"AND visible_at > pg_catalog.clock_timestamp(), "
 					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), "
-					"visible_at <= pg_catalog.clock_timestamp() "
+					"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity' "
 					"FROM saga.outbox WHERE id = $1 FOR UPDATE",
 					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a task");
 	}
@@ -1229,6 +1239,7 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 	row->backing_off = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 	row->live_lease = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
 	row->visible = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	row->parked = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 	return true;
 }
 
@@ -1485,7 +1496,7 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 		if (has_lease && !row.leased)
 		{
 			/* this delivery already ended in a retryable failure */
-			if (!success && jsonb_same(last, payload))
+			if (!success && retryable != row.parked && jsonb_same(last, payload))
 				recorded = false;
 			else
 				ereport(ERROR,
@@ -1493,8 +1504,9 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 						 errmsg("lease %d of task %lld has ended", lease, (long long) task_id),
 						 errdetail("The delivery was reported as a retryable failure, or its lease lapsed; the task waits for its next delivery.")));
 		}
-		else if (!has_lease && !success && row.backing_off && jsonb_same(last, payload))
-			recorded = false;
+		else if (!has_lease && !success && row.backing_off &&
+				 retryable != row.parked && jsonb_same(last, payload))
+			recorded = false;	/* the failure that made it wait, again */
 		else if (fence == FENCE_ROW_LOCK && !row.visible)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

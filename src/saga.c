@@ -360,6 +360,10 @@ check_guest_search_path(HeapTuple proctup, const char *fname)
 		safe = SplitIdentifierString(pstrdup(item + 12), ',', &elems) &&
 			list_length(elems) > 0 &&
 			strcmp((char *) llast(elems), "pg_temp") == 0;
+		/* and nowhere before: the first mention is where it is searched */
+		for (int k = 0; safe && k < list_length(elems) - 1; k++)
+			if (strncmp((char *) list_nth(elems, k), "pg_temp", 7) == 0)
+				safe = false;
 		if (!safe)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
