@@ -777,6 +777,7 @@ load_saga(int64 saga_id)
 	if (SPI_processed == 0)
 		return NULL;
 	SagaTransitionBegin(saga_id);
+	SagaNoteSaga(saga_id);
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -959,6 +960,9 @@ save_saga(SagaState *st)
 	int			rc;
 	bool		isnull;
 
+	/* a transition went through: an incident of failed time-based work is over */
+	if (st->incident != NULL && jsonb_get(st->incident, "work_failed") != NULL)
+		st->incident = NULL;
 	save_params(st, types, values, nulls, now);
 	nulls[SAVE_NPARAMS_COMMON + 5] = '\0';
 	if (st->is_new)
@@ -1148,6 +1152,7 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 	st->traceparent = traceparent ? pstrdup(traceparent) : new_traceparent();
 	st->is_new = true;
 	SagaTransitionBegin(st->id);
+	SagaNoteWork(st->id, 0, NULL);
 
 	/*
 	 * With a key, take it before any step runs: a concurrent start with the
@@ -1465,6 +1470,7 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 
 	if (task_id <= 0)
 		task_not_found(task_id);
+	SagaNoteWork(SAGA_TASK_SAGA(task_id), task_id, NULL);
 
 	/* the task row first, then the saga: the order every path takes */
 	have_row = lock_task(task_id, &row, success);
@@ -1473,6 +1479,7 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 	st = load_saga(SAGA_TASK_SAGA(task_id));
 	if (st == NULL || step >= st->def->nsteps)
 		task_not_found(task_id);
+	SagaNoteWork(st->id, task_id, st->def->steps[step].name);
 
 	if (have_row)
 	{
@@ -1707,4 +1714,146 @@ SagaRetryFailed(int64 saga_id)
 		compensate(st);
 	}
 	save_saga(st);
+}
+
+/* ---------- isolating time-based work ---------- */
+
+/* how long the time-based work of a saga that raised waits before it is tried again */
+#define QUARANTINE_SECS 60
+
+/*
+ * The work of one saga failed: record why on the saga (an incident, and a
+ * history event), and move the due time that selected it a minute on, so
+ * that the worker neither spins on it nor stops serving the others.  Runs
+ * in a subtransaction of its own; if even that fails, the log has it.
+ */
+static void
+quarantine(int64 id, bool is_task, ErrorData *edata)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	int64		saga_id = is_task ? SAGA_TASK_SAGA(id) : id;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		Oid			types[5] = {INT8OID, INT8OID, TIMESTAMPTZOID, JSONBOID, TEXTOID};
+		Datum		values[5];
+		char		nulls[6] = "     ";
+		TimestampTz again = GetCurrentTimestamp() + QUARANTINE_SECS * USECS_PER_SEC;
+		JsonbParseState *ps = NULL;
+		Jsonb	   *detail;
+		static SPIPlanPtr plan_quarantine = NULL;
+
+		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+		jb_str(&ps, "message", clip_text(edata->message));
+		jb_str(&ps, "sqlstate", unpack_sql_state(edata->sqlerrcode));
+		if (is_task)
+			jb_int(&ps, "task", id);
+		jb_int(&ps, "retry_in_s", QUARANTINE_SECS);
+		detail = jb_finish(&ps);
+
+		values[0] = Int64GetDatum(saga_id);
+		values[1] = Int64GetDatum(is_task ? id : 0);
+		values[2] = TimestampTzGetDatum(again);
+		values[3] = JsonbPGetDatum(detail);
+		values[4] = CStringGetTextDatum(SagaActorName());
+		SagaExecute(&plan_quarantine,
+					"WITH o AS (UPDATE saga.outbox SET "
+					"timeout_at = CASE WHEN timeout_at <= pg_catalog.clock_timestamp() THEN $3 "
+					"ELSE timeout_at END, "
+					"visible_at = CASE WHEN visible_at <= pg_catalog.clock_timestamp() THEN $3 "
+					"ELSE visible_at END "
+					"WHERE id = $2 RETURNING step), "
+					"s AS (UPDATE saga.sagas SET "
+					"deadline_at = CASE WHEN $2 = 0 AND deadline_at <= pg_catalog.clock_timestamp() "
+					"THEN $3 ELSE deadline_at END, "
+					"incident = COALESCE(incident, pg_catalog.jsonb_build_object("
+					"'step', (SELECT step FROM o), 'error', $4, "
+					"'since', pg_catalog.clock_timestamp(), 'work_failed', true)) "
+					"WHERE id = $1 RETURNING id) "
+					"INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
+					"SELECT $1, pg_catalog.clock_timestamp(), $5, '{work_failed}', "
+					"ARRAY[(SELECT step FROM o)], ARRAY[$4] FROM s",
+					5, types, values, nulls, SPI_OK_INSERT, "recording failed work");
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+}
+
+/*
+ * Run one saga's share of the time-based work (a timeout, a lapsed lease, a
+ * deadline, a withdrawn task to settle) in a subtransaction, so that one
+ * saga whose work raises (an SQL compensation that errors, a corrupt row)
+ * rolls back only its own change.  The worker's round, saga.tick() and
+ * saga.claim go on with the others; the failure is logged with the saga's
+ * context and recorded on it (see quarantine).  Returns false if it failed.
+ */
+bool
+SagaIsolated(SagaWorkFn fn, int64 id, const char *why, bool id_is_task)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+	ErrorData  *volatile edata = NULL;
+
+	SagaNoteWork(id_is_task ? SAGA_TASK_SAGA(id) : id, id_is_task ? id : 0, NULL);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(id, why);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+
+	if (!ok)
+	{
+		/* a cancel or shutdown stops the round, not just this saga */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_OPERATOR_INTERVENTION)
+			ReThrowError(edata);
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("saga %lld: time-based work failed, retrying in %d s: %s",
+						(long long) (id_is_task ? SAGA_TASK_SAGA(id) : id), QUARANTINE_SECS,
+						clip_text(edata->message)),
+				 edata->detail ? errdetail("%s", clip_text(edata->detail)) : 0));
+		quarantine(id, id_is_task, edata);
+		FreeErrorData(edata);
+	}
+	return ok;
+}
+
+/* SagaWorkFn adapters for the work that needs no reason */
+void
+SagaSettleWithdrawnWork(int64 task_id, const char *why)
+{
+	SagaSettleWithdrawn(task_id);
+}
+
+void
+SagaDeadlineWork(int64 saga_id, const char *why)
+{
+	SagaDeadlinePassed(saga_id);
 }

@@ -165,6 +165,12 @@ SagaOutboxLapse(int64 task_id)
 				2, types, values, NULL, SPI_OK_INSERT, "ending a lapsed lease");
 }
 
+void
+SagaOutboxLapseWork(int64 task_id, const char *why)
+{
+	SagaOutboxLapse(task_id);
+}
+
 /* take a task out of sight until a person calls saga.retry */
 void
 SagaOutboxPark(int64 task_id)
@@ -320,10 +326,11 @@ saga_claim(PG_FUNCTION_ARGS)
 	/* failures first: they may withdraw sibling tasks we were about to hand out */
 	for (int i = 0; i < nexpired; i++)
 	{
+		/* another saga's trouble must not stop this claim */
 		if (why[i] == NULL)
-			SagaSettleWithdrawn(expired[i]);
+			(void) SagaIsolated(SagaSettleWithdrawnWork, expired[i], NULL, true);
 		else
-			SagaExhaustTask(expired[i], why[i]);
+			(void) SagaIsolated(SagaExhaustTask, expired[i], why[i], true);
 	}
 
 	if (ndeliver > 0)

@@ -99,6 +99,14 @@ typedef struct SubXactState
 	int			nactive;
 } SubXactState;
 
+/*
+ * What the engine is working on, for the CONTEXT line of every message it
+ * (or a guest it runs) raises: which saga, step and task.
+ */
+static int64 work_saga = 0;
+static int64 work_task = 0;
+static char work_step[NAMEDATALEN];
+
 static SubXactState *substack = NULL;
 static int	nsub = 0;
 static int	maxsub = 0;
@@ -165,6 +173,38 @@ saga_xact_callback(XactEvent event, void *arg)
  * The functions' SET clauses pin search_path for the engine's statements;
  * the background worker pins it for the whole process.
  */
+static void
+engine_errcontext(void *arg)
+{
+	if (work_task > 0 && work_step[0] != '\0')
+		errcontext("saga %lld, step \"%s\", task %lld (%s)",
+				   (long long) work_saga, work_step, (long long) work_task,
+				   SAGA_TASK_IS_COMP(work_task) ? "compensation" : "action");
+	else if (work_task > 0)
+		errcontext("saga %lld, step #%d, task %lld (%s)",
+				   (long long) work_saga, SAGA_TASK_STEP(work_task), (long long) work_task,
+				   SAGA_TASK_IS_COMP(work_task) ? "compensation" : "action");
+	else if (work_saga > 0)
+		errcontext("saga %lld", (long long) work_saga);
+}
+
+/* the engine now works on this saga (and task, and step: 0 and NULL if none) */
+void
+SagaNoteWork(int64 saga_id, int64 task_id, const char *step)
+{
+	work_saga = saga_id;
+	work_task = task_id;
+	strlcpy(work_step, step ? step : "", sizeof(work_step));
+}
+
+/* the engine now works on this saga: keeps the task if it is the saga's */
+void
+SagaNoteSaga(int64 saga_id)
+{
+	if (work_saga != saga_id)
+		SagaNoteWork(saga_id, 0, NULL);
+}
+
 Oid
 SagaEnter(SagaUserSave *save)
 {
@@ -190,6 +230,15 @@ SagaEnter(SagaUserSave *save)
 	}
 	SetUserIdAndSecContext(owner, save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
+	save->prev_work_saga = work_saga;
+	save->prev_work_task = work_task;
+	strlcpy(save->prev_work_step, work_step, NAMEDATALEN);
+	SagaNoteWork(0, 0, NULL);
+	save->errcb.callback = engine_errcontext;
+	save->errcb.arg = NULL;
+	save->errcb.previous = error_context_stack;
+	error_context_stack = &save->errcb;
+
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
 	/* the role calling this very function (the actor may be an outer caller) */
@@ -206,6 +255,9 @@ SagaLeave(SagaUserSave *save)
 	SetUserIdAndSecContext(save->userid, save->sec_context);
 	saga_caller = save->prev_caller;
 	nactive = save->prev_nactive;
+	error_context_stack = save->errcb.previous;
+	/* an enclosing call resumes its work */
+	SagaNoteWork(save->prev_work_saga, save->prev_work_task, save->prev_work_step);
 }
 
 /* around a call of user code: nested entry points act for our caller */

@@ -116,6 +116,10 @@ typedef struct SagaUserSave
 	int			sec_context;
 	Oid			prev_caller;
 	int			prev_nactive;
+	ErrorContextCallback errcb;
+	int64		prev_work_saga;
+	int64		prev_work_task;
+	char		prev_work_step[NAMEDATALEN];
 } SagaUserSave;
 
 /* what run_sql saves around a guest call (see SagaGuestBegin) */
@@ -136,6 +140,8 @@ extern void SagaGuestBegin(SagaGuestSave *save);
 extern void SagaGuestEnd(SagaGuestSave *save);
 extern void SagaTransitionBegin(int64 saga_id);
 extern void SagaTransitionEnd(int64 saga_id);
+extern void SagaNoteWork(int64 saga_id, int64 task_id, const char *step);
+extern void SagaNoteSaga(int64 saga_id);
 extern void SagaCheckPayload(Jsonb *value, const char *what);
 extern char *SagaTextArg(text *t, int limit, const char *argname);
 extern bool SagaIntervalUsecs(const Interval *iv, int64 *usecs);
@@ -176,6 +182,11 @@ extern void SagaSettleWithdrawn(int64 task_id);
 extern void SagaDeadlinePassed(int64 saga_id);
 extern int64 SagaBackoffDelay(const SagaRetry *retry, int attempt);
 
+typedef void (*SagaWorkFn) (int64 id, const char *why);
+extern bool SagaIsolated(SagaWorkFn fn, int64 id, const char *why, bool id_is_task);
+extern void SagaSettleWithdrawnWork(int64 task_id, const char *why);
+extern void SagaDeadlineWork(int64 saga_id, const char *why);
+
 /* outbox.c */
 typedef struct SagaNewTask
 {
@@ -194,6 +205,7 @@ extern void SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us,
 extern void SagaOutboxPark(int64 task_id);
 extern void SagaOutboxUnpark(int64 task_id);
 extern void SagaOutboxLapse(int64 task_id);
+extern void SagaOutboxLapseWork(int64 task_id, const char *why);
 extern void SagaNotifyTopic(const char *topic);
 
 /* worker.c */

@@ -367,7 +367,7 @@ unit_timeouts(TimestampTz now)
 				2, types, values, NULL, SPI_OK_SELECT, "finding timed-out tasks");
 	ids = collect_ids(&n);
 	for (int i = 0; i < n; i++)
-		SagaExhaustTask(ids[i], "timeout");
+		(void) SagaIsolated(SagaExhaustTask, ids[i], "timeout", true);
 	return n;
 }
 
@@ -407,11 +407,11 @@ unit_lapsed(TimestampTz now)
 	for (uint64 i = 0; i < n; i++)
 	{
 		if (what[i] == 2)
-			SagaSettleWithdrawn(ids[i]);
+			(void) SagaIsolated(SagaSettleWithdrawnWork, ids[i], NULL, true);
 		else if (what[i] == 1)
-			SagaExhaustTask(ids[i], "attempts exhausted: lease expired");
+			(void) SagaIsolated(SagaExhaustTask, ids[i], "attempts exhausted: lease expired", true);
 		else
-			SagaOutboxLapse(ids[i]);
+			(void) SagaIsolated(SagaOutboxLapseWork, ids[i], NULL, true);
 	}
 	return (int) n;
 }
@@ -431,7 +431,7 @@ unit_deadlines(TimestampTz now)
 				2, types, values, NULL, SPI_OK_SELECT, "finding sagas past their deadline");
 	ids = collect_ids(&n);
 	for (int i = 0; i < n; i++)
-		SagaDeadlinePassed(ids[i]);
+		(void) SagaIsolated(SagaDeadlineWork, ids[i], NULL, false);
 	return n;
 }
 
@@ -551,7 +551,7 @@ unit_withdrawn(void)
 				1, types, values, NULL, SPI_OK_SELECT, "finding withdrawn tasks");
 	ids = collect_ids(&n);
 	for (int i = 0; i < n; i++)
-		SagaSettleWithdrawn(ids[i]);
+		(void) SagaIsolated(SagaSettleWithdrawnWork, ids[i], NULL, true);
 	return n;
 }
 
@@ -616,11 +616,21 @@ saga_tick(PG_FUNCTION_ARGS)
 	int			counts[5];
 
 	SagaEnter(&save);
-	counts[0] = unit_timeouts(now);
-	counts[1] = unit_lapsed(now);
-	counts[2] = unit_deadlines(now);
-	counts[3] = unit_notify(now, &next);
-	counts[4] = unit_purge(now);
+	/* the work is the worker's, whoever schedules it: history says so */
+	saga_actor = "saga tick";
+	PG_TRY();
+	{
+		counts[0] = unit_timeouts(now);
+		counts[1] = unit_lapsed(now);
+		counts[2] = unit_deadlines(now);
+		counts[3] = unit_notify(now, &next);
+		counts[4] = unit_purge(now);
+	}
+	PG_FINALLY();
+	{
+		saga_actor = NULL;
+	}
+	PG_END_TRY();
 	SagaLeave(&save);
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
@@ -668,6 +678,7 @@ announce_queued(void)
 	for (int i = 0; i < ntopics; i++)
 		SagaNotifyTopic(topics[i]);
 	CommitTransactionCommand();
+	pgstat_report_stat(false);
 }
 
 static void
@@ -764,6 +775,8 @@ run_unit(const char *what, UnitFn fn, TimestampTz *next)
 		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		/* what the unit deleted and updated counts for autovacuum now */
+		pgstat_report_stat(false);
 	}
 	PG_CATCH();
 	{
@@ -945,6 +958,8 @@ saga_worker_main(Datum main_arg)
 		timeout_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
 		if (timeout_ms > 0)
 		{
+			/* stats the rate limit held back go out before a long sleep */
+			pgstat_report_stat(true);
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 timeout_ms, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
@@ -1021,7 +1036,8 @@ static TimestampTz
 launch_workers(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz again = now + 10 * USECS_PER_SEC;
+	/* a listed database that does not exist (yet) is looked for as often */
+	TimestampTz again = now + SAGA_RESTART_SECS * USECS_PER_SEC;
 	List	   *names;
 	char	   *raw = pstrdup(saga_databases);
 	ListCell   *lc;

@@ -300,5 +300,37 @@ is( sql($node,
 	'0',
 	'advisory lock: the session lock the compensation took is not held by the worker');
 
+# --- one saga whose time-based work raises does not stall the others -----------
+# A corrupt row (its step state no longer matches its definition) makes the
+# engine raise for that saga only: the worker records an incident on it,
+# tries it again a minute later, and serves the other saga in the same round.
+
+sql(
+	$node, q{
+SELECT saga.define('iso', '{"steps": [
+    {"name": "a", "topic": "iso_a", "compensate": {"topic": "iso_undo"}},
+    {"name": "b", "topic": "iso_b", "timeout": "1 second"}]}');
+});
+my ($bad, $good) = map { sql($node, "SELECT saga.start('iso')") } 1 .. 2;
+sql($node, "SELECT count(saga.complete(id, '{}', lease)) FROM saga.claim('iso_a', 'tap', 10)");
+# both b tasks time out in one round; the first saga's row is corrupt
+sql($node, "UPDATE saga.sagas SET step_status = '{3}' WHERE id = $bad");
+ok(poll_until($node, "SELECT status FROM saga.instances WHERE id = $good", 'compensating'),
+	'poison: the healthy saga times out and compensates');
+is( sql($node,
+		"SELECT error ->> 'sqlstate' FROM saga.incidents WHERE saga_id = $bad"),
+	'XX000',
+	'poison: the corrupt saga is an incident, with the error');
+is( sql($node,
+		"SELECT count(*) FROM saga.history WHERE saga_id = $bad AND event = 'work_failed' AND actor = 'saga worker'"),
+	'1',
+	'poison: its history records the failed work, once (not a spin)');
+is( sql($node,
+		"SELECT timeout_at > now() + interval '30 seconds' FROM saga.outbox WHERE saga_id = $bad AND step = 'b'"),
+	't',
+	'poison: its timeout is tried again a minute later');
+ok(wait_log($node, qr/LOG:  saga $bad: time-based work failed, retrying in 60 s: .*\n.*CONTEXT:  saga $bad, step #1, task \d+ \(action\)/),
+	'poison: the log names the saga, step and task');
+
 $node->stop;
 done_testing();
