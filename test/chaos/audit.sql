@@ -7,7 +7,9 @@
 \pset footer off
 
 CREATE TABLE svc.acks_raw (n integer, saga_id bigint);
-\copy svc.acks_raw FROM :'acks'
+-- server-side COPY (we are superuser; run.sh put the file where the server may read it):
+-- psql's \copy would not expand :'acks'
+COPY svc.acks_raw FROM :'acks';
 
 -- one row per saga of the run: its order number, status and fate
 CREATE TABLE svc.orders AS

@@ -115,12 +115,14 @@ stop_procs() {
 rand_between() { echo $(($1 + RANDOM % ($2 - $1 + 1))); }
 
 server_start() {
-	local try
+	local try out
 	for try in 1 2 3; do
-		if saga_as_pg pg_ctl -D "$SAGA_PGDATA" -l "$SAGA_SERVER_LOG" -w -t 120 start >/dev/null; then
+		# (after a kill -9 pg_ctl warns that "another server might be running": the stale
+		# postmaster.pid; it is only worth showing when the start fails)
+		if out=$(saga_as_pg pg_ctl -D "$SAGA_PGDATA" -l "$SAGA_SERVER_LOG" -w -t 120 start 2>&1); then
 			return 0
 		fi
-		saga_warn "pg_ctl start failed (try $try)"
+		saga_warn "pg_ctl start failed (try $try): $out"
 		sleep 2
 	done
 	saga_server_log_tail 40 >&2

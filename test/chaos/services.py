@@ -72,7 +72,9 @@ def lost_connection(e):
     """True for errors after which the session is gone or useless: reconnect."""
     if isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         return True
-    code = getattr(e, "pgcode", None) or ""
+    code = getattr(e, "pgcode", None)
+    if code is None:
+        return True     # no SQLSTATE: the client's side, e.g. "server closed the connection"
     return code.startswith("08") or code.startswith("57P")
 
 

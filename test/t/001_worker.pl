@@ -113,6 +113,15 @@ ok( poll_until(
 	'after a reload with saga.retention = 1 s the finished saga is purged');
 is(sql($node, "SELECT count(*) FROM saga.history WHERE saga_id = $done"),
 	'0', 'its history is purged with it');
+# the worker reports its statistics as it goes (not when it exits), so
+# autovacuum sees the rows it deleted
+my $worker_before = worker_pid($node);
+ok( poll_until(
+		$node,
+		"SELECT n_tup_del > 0 FROM pg_stat_user_tables WHERE relid = 'saga.sagas'::regclass",
+		't'),
+	'the purge shows in pg_stat_user_tables.n_tup_del');
+is(worker_pid($node), $worker_before, 'while the same worker runs');
 is( sql($node,
 		"SELECT string_agg(id || ':' || status, ',' ORDER BY id) FROM saga.instances"),
 	"$running:running,$failed:failed",
