@@ -96,15 +96,43 @@ SELECT saga_test.err(format('SELECT saga.complete(%s, %L)', saga_test.task(:t1, 
 SELECT saga.complete(saga_test.task(:t1, 'a', true), '{"undone": true}') AS recorded;
 SELECT status FROM saga.instances WHERE id = :t1;
 
--- a leased step times out all the same; its report under the lease is refused
+-- a leased step times out all the same.  Its delivery may have acted without
+-- saying so: the outcome is unknown, so the step is compensated (in doubt)
+-- like a withdrawn delivered sibling, and the saga cannot end compensated
+-- while it stands.  A late report under that lease is recorded, and a late
+-- success's result reaches the compensation.
 SELECT saga.start('tm_flow', '{"n": 2}') AS t2 \gset
 SELECT saga.complete(saga_test.task(:t2, 'a'), '{"a": 2}') AS recorded;
 SELECT step, lease FROM saga.claim('tm_b', 'w1', 1, '1 day');
 UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = saga_test.task(:t2, 'b');
 SELECT saga_test.tick();
 SELECT step, status, error FROM saga.step_runs WHERE saga_id = :t2 ORDER BY step_index;
+SELECT kind, step, payload -> 'results' AS results FROM saga.outbox WHERE saga_id = :t2;
+SELECT saga_test.outcome(format('SELECT saga.complete(%s, %L, lease => 2)', saga_test.task(:t2, 'b'), '{"b": 2}')) AS stale_lease;
 SELECT saga_test.outcome(format('SELECT saga.complete(%s, %L, lease => 1)', saga_test.task(:t2, 'b'), '{"b": 2}')) AS late_complete;
+SELECT saga_test.outcome(format('SELECT saga.complete(%s, %L, lease => 1)', saga_test.task(:t2, 'b'), '{"b": 2}')) AS repeated;
 SELECT saga_test.outcome(format('SELECT saga.heartbeat(%s, 1)', saga_test.task(:t2, 'b'))) AS late_heartbeat;
+SELECT event, step, detail FROM saga.history WHERE saga_id = :t2 AND event IN ('failed', 'late_report') ORDER BY id;
+SELECT step, status, result FROM saga.step_runs WHERE saga_id = :t2 ORDER BY step_index;
+-- b's compensation (which now has b's result), then a's; only then is the
+-- saga compensated
+SELECT kind, step, payload -> 'results' AS results FROM saga.outbox WHERE saga_id = :t2;
+SELECT saga.complete(saga_test.task(:t2, 'b', true), '{"undone": "b"}') AS recorded;
+SELECT status FROM saga.instances WHERE id = :t2;
+SELECT kind, step, payload -> 'results' AS results FROM saga.outbox WHERE saga_id = :t2;
+SELECT saga.complete(saga_test.task(:t2, 'a', true), '{"undone": "a"}') AS recorded;
+SELECT status FROM saga.instances WHERE id = :t2;
+
+-- a late failure is recorded too; b's compensation, dispatched when the step
+-- timed out, goes on (compensations tolerate an action that did not happen)
+SELECT saga.start('tm_flow', '{"n": 22}') AS t22 \gset
+SELECT saga.complete(saga_test.task(:t22, 'a'), '{"a": 22}') AS recorded;
+SELECT step, lease FROM saga.claim('tm_b', 'w1', 1, '1 day');
+UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = saga_test.task(:t22, 'b');
+SELECT saga_test.tick();
+SELECT saga.fail(saga_test.task(:t22, 'b'), '{"reason": "never started"}', lease => 1) AS late_failure;
+SELECT saga.fail(saga_test.task(:t22, 'b'), '{"reason": "never started"}', lease => 1) AS repeated;
+SELECT step, status, error FROM saga.step_runs WHERE saga_id = :t22 ORDER BY step_index;
 
 -- a step waiting for its retry times out too: the timeout spans all attempts
 SELECT saga.start('tm_flow', '{"n": 3}') AS t3 \gset

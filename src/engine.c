@@ -487,6 +487,78 @@ step_failed(SagaState *st, int step, Jsonb *error)
 	add_event(st, "failed", step, error);
 }
 
+/*
+ * The engine gave up on a delivered step whose outcome it cannot know: the
+ * failure is recorded (with "in_doubt"), and the step counts as having
+ * acted, so compensate() undoes it.
+ */
+static void
+step_in_doubt(SagaState *st, int step, Jsonb *error, int32 lease)
+{
+	JsonbParseState *ps = NULL;
+	Jsonb	   *flag;
+
+	JsonbValue	yes = {.type = jbvBool,.val.boolean = true};
+
+	/* the error, marked: {"reason": "timeout", "in_doubt": true} */
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_key(&ps, "in_doubt");
+	pushJsonbValue(&ps, WJB_VALUE, &yes);
+	error = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(error),
+											   JsonbPGetDatum(jb_finish(&ps))));
+	st->step_status[step] = STEP_SUCCEEDED;
+	st->errors = jsonb_put(st->errors, st->def->steps[step].name, error);
+
+	ps = NULL;
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_str(&ps, "outcome", "unknown: compensated in doubt");
+	jb_int(&ps, "lease", lease);
+	flag = jb_finish(&ps);
+	add_event(st, "failed", step, DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+																	 JsonbPGetDatum(error),
+																	 JsonbPGetDatum(flag))));
+}
+
+/*
+ * A late report for a step failed in doubt, under the lease that was out
+ * when the engine gave up: recorded, and a success's result is kept for its
+ * compensation; a failure means it did nothing, so if its compensation has
+ * not started it is not needed.  The compensation in progress goes on:
+ * compensations tolerate what did not happen, not the other way round.
+ */
+static void
+late_report(SagaState *st, int step, bool success, Jsonb *payload, int32 lease)
+{
+	const char *name = st->def->steps[step].name;
+	JsonbParseState *ps = NULL;
+	Jsonb	   *error = jsonb_get(st->errors, name);
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_str(&ps, "outcome", success ? "succeeded" : "failed");
+	jb_int(&ps, "lease", lease);
+	jb_jsonb(&ps, success ? "result" : "error", payload);
+	add_event(st, "late_report", step, jb_finish(&ps));
+
+	/* no longer in doubt: a repeat of this report is a repeat */
+	error = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(error),
+											   CStringGetTextDatum("in_doubt")));
+	error = jsonb_put(error, success ? "late_result" : "late_error", payload);
+	st->errors = jsonb_put(st->errors, name, error);
+	if (success)
+	{
+		st->results = jsonb_put(st->results, name, payload);
+		/* its compensation, if waiting in the outbox, learns what to undo */
+		if (st->step_status[step] == STEP_COMPENSATING &&
+			st->def->steps[step].compensate.topic != NULL)
+			SagaOutboxSetPayload(SAGA_TASK_ID(st->id, step, true), task_payload(st));
+	}
+	else if (st->step_status[step] == STEP_SUCCEEDED)
+	{
+		st->step_status[step] = STEP_FAILED;
+		compensate(st);
+	}
+}
+
 static void
 withdrawn(SagaState *st, int step, SagaStepStatus status)
 {
@@ -1356,7 +1428,7 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 /* the report of an action task that is still in the outbox */
 static void
 report_action(SagaState *st, int step, bool success, Jsonb *payload,
-			  bool retryable, const TaskRow *row)
+			  bool retryable, const TaskRow *row, SagaFence fence)
 {
 	int64		task = SAGA_TASK_ID(st->id, step, false);
 	bool		running = strcmp(st->status, SAGA_RUNNING) == 0;
@@ -1375,6 +1447,22 @@ report_action(SagaState *st, int step, bool success, Jsonb *payload,
 	else if (running && (st->pivoted ||
 						 (retryable && attempt < st->def->steps[step].retry.max_attempts)))
 		retry_forward(st, step, attempt, payload, true);
+	else if (fence == FENCE_ENGINE && row->deliveries > 0)
+	{
+		/*
+		 * The engine fails the step (its timeout passed, or its last lease
+		 * lapsed) while a delivery of it may have acted and not said so:
+		 * its outcome is unknown, so it is compensated, as a withdrawn
+		 * sibling that was delivered is.  A late report under that lease is
+		 * still recorded (report_absent).
+		 */
+		delete_task(st, task);
+		step_in_doubt(st, step, payload, row->deliveries);
+		if (running)
+			begin_compensation(st);
+		else
+			compensate(st);
+	}
 	else
 	{
 		delete_task(st, task);
@@ -1414,6 +1502,21 @@ report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, J
 		if (cur != STEP_COMPENSATING && cur != STEP_COMPENSATED)
 			task_not_found(task_id);
 		task_finished(st, task_id, step);
+	}
+
+	/* a step the engine failed in doubt: its late report is recorded */
+	if (has_lease && lease == st->deliveries[step])
+	{
+		Jsonb	   *error = jsonb_get(st->errors, name);
+
+		if (error != NULL && jsonb_get(error, "in_doubt") != NULL)
+		{
+			late_report(st, step, success, payload, lease);
+			return true;
+		}
+		if (error != NULL && !success &&
+			jsonb_same(jsonb_get(error, "late_error"), payload))
+			return false;
 	}
 
 	switch (cur)
@@ -1523,7 +1626,7 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 		else if (comp)
 			report_compensation(st, step, success, payload, retryable, row.attempt);
 		else
-			report_action(st, step, success, payload, retryable, &row);
+			report_action(st, step, success, payload, retryable, &row, fence);
 	}
 	else
 		recorded = report_absent(st, task_id, step, comp, success, payload, has_lease, lease);

@@ -33,6 +33,7 @@
 static SPIPlanPtr plan_withdraw = NULL;
 static SPIPlanPtr plan_held = NULL;
 static SPIPlanPtr plan_park = NULL;
+static SPIPlanPtr plan_payload = NULL;
 static SPIPlanPtr plan_lapse = NULL;
 static SPIPlanPtr plan_unpark = NULL;
 static SPIPlanPtr plan_saga_exists = NULL;
@@ -169,6 +170,18 @@ void
 SagaOutboxLapseWork(int64 task_id, const char *why)
 {
 	SagaOutboxLapse(task_id);
+}
+
+/* a task's payload changes (a late result its compensation must see) */
+void
+SagaOutboxSetPayload(int64 task_id, Jsonb *payload)
+{
+	Oid			types[2] = {INT8OID, JSONBOID};
+	Datum		values[2] = {Int64GetDatum(task_id), JsonbPGetDatum(payload)};
+
+	SagaExecute(&plan_payload,
+				"UPDATE saga.outbox SET payload = $2 WHERE id = $1",
+				2, types, values, NULL, SPI_OK_UPDATE, "updating a payload");
 }
 
 /* take a task out of sight until a person calls saga.retry */

@@ -203,6 +203,7 @@ extern int	SagaOutboxWithdraw(int64 *ids, int nids, int64 *withdrawn);
 extern void SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us,
 								 bool drop_timeout);
 extern void SagaOutboxPark(int64 task_id);
+extern void SagaOutboxSetPayload(int64 task_id, Jsonb *payload);
 extern void SagaOutboxUnpark(int64 task_id);
 extern void SagaOutboxLapse(int64 task_id);
 extern void SagaOutboxLapseWork(int64 task_id, const char *why);

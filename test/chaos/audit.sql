@@ -141,13 +141,15 @@ SELECT protocol, kind, count(*) AS effects, sum(applied_count) AS applied,
        sum(redeliveries) AS "redeliveries recognised by key"
   FROM svc.effects GROUP BY protocol, kind ORDER BY protocol, kind;
 
-\echo 'stale-report probes (the zombie):'
-SELECT kind, waited_for, call, count(*) AS probes,
+\echo 'stale-report probes (the zombie: a report under a lease that lapsed and was superseded):'
+SELECT COALESCE(kind, 'all') AS kind, COALESCE(call, 'all') AS call, count(*) AS probes,
+       count(*) FILTER (WHERE waited_for = 'delivered again') AS "after a redelivery",
+       count(*) FILTER (WHERE waited_for = 'finished') AS "after it finished",
        count(*) FILTER (WHERE outcome = 'refused' AND sqlstate = '55000') AS "refused 55000",
        count(*) FILTER (WHERE outcome = 'refused' AND sqlstate <> '55000') AS "refused otherwise",
        count(*) FILTER (WHERE outcome = 'accepted') AS accepted
-  FROM svc.stale_probes GROUP BY ROLLUP (kind, waited_for, call)
- ORDER BY kind NULLS LAST, waited_for NULLS LAST, call NULLS LAST;
+  FROM svc.stale_probes GROUP BY GROUPING SETS ((kind, call), ())
+ ORDER BY kind NULLS LAST, call;
 
 SELECT sqlstate, message, count(*) FROM svc.stale_probes
  WHERE outcome = 'refused' AND sqlstate <> '55000' GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10;
@@ -186,7 +188,7 @@ SELECT h.saga_id, to_char(h.at, 'HH24:MI:SS.MS') AS at, h.event, h.step, h.actor
 \echo 'their effects:'
 SELECT o.saga_id, e.step, e.kind, e.protocol, e.worker, e.lease, e.attempt, e.applied_count,
        e.redeliveries, to_char(e.first_at, 'HH24:MI:SS.MS') AS first_at, e.idempotency_key
-  FROM svc.effects e JOIN svc.orders o USING (n) JOIN svc.shown USING (saga_id)
+  FROM svc.effects e JOIN svc.orders o USING (n) JOIN svc.shown s ON s.saga_id = o.saga_id
  ORDER BY o.saga_id, e.first_at;
 \echo 'their stale probes:'
 SELECT p.saga_id, p.task_id, p.step, p.kind, p.lease, p.claimed_attempt, p.call, p.waited_for,

@@ -108,7 +108,7 @@ DECLARE
     v_n integer := (p -> 'input' ->> 'n')::integer;
 BEGIN
     IF p_kind = 'action' AND p -> 'input' -> 'fate' ->> p_step = 'fail' THEN
-        RAISE EXCEPTION 'step % declined order %', p_step, v_n USING ERRCODE = 'P0001';
+        RAISE EXCEPTION 'step % declined', p_step USING ERRCODE = 'P0001', DETAIL = format('Order %s.', v_n);
     END IF;
     -- a compensation tolerates an action that did not happen: it records the undo either way
     PERFORM svc.apply_in_txn(v_n, p_step, p_kind, 'sql', 'sql', NULL, 'engine', NULL);

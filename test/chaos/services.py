@@ -68,12 +68,12 @@ def connect():
             delay = min(delay * 2, 2.0)
 
 
-def lost_connection(e):
-    """True for errors after which the session is gone or useless: reconnect."""
-    if isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-        return True
+def lost_connection(e, conn):
+    """True for errors after which the session is gone or useless: reconnect.  (Not by
+    exception class: psycopg2 files SQLSTATE class 55, a refused report, under
+    OperationalError too.)"""
     code = getattr(e, "pgcode", None)
-    if code is None:
+    if conn.closed or code is None:
         return True     # no SQLSTATE: the client's side, e.g. "server closed the connection"
     return code.startswith("08") or code.startswith("57P")
 
@@ -139,8 +139,9 @@ def draw_fate(n):
     pick("loyalty", [("fail", 0.03)])
     pick("undo", [("flaky", 0.25)])
     inp = {"n": n, "fate": fate}
+    # a healthy saga takes well under a second: cancel early enough to catch most in flight
     if rng.random() < 0.08:
-        inp["cancel_after_ms"] = rng.randint(0, 4000)
+        inp["cancel_after_ms"] = rng.randint(0, 800)
     return inp
 
 
@@ -169,7 +170,7 @@ def run_start():
             n += 1
         except psycopg2.Error as e:
             log("start %d: %s" % (n, first_line(e)))
-            if lost_connection(e):
+            if lost_connection(e, conn):
                 close(conn)
                 conn = connect()
             else:
@@ -199,7 +200,7 @@ def run_poll():
                         poll_task(cur, task_id, kind, step, attempt, payload, headers)
                         cur.execute("RELEASE SAVEPOINT task")
                     except psycopg2.Error as e:
-                        if lost_connection(e):
+                        if lost_connection(e, conn):
                             raise
                         log("task %d (%s %s, attempt %d) refused: %s"
                             % (task_id, kind, step, attempt, first_line(e)))
@@ -208,7 +209,7 @@ def run_poll():
             if not rows:
                 time.sleep(0.1)
         except psycopg2.Error as e:
-            if lost_connection(e):
+            if lost_connection(e, conn):
                 log("connection lost: %s" % first_line(e))
                 close(conn)
                 conn = connect()
@@ -233,6 +234,9 @@ def poll_task(cur, task_id, kind, step, attempt, payload, headers):
     # (a "sleep" fate only exists for the leased billing service)
     cur.execute("SELECT svc.apply_in_txn(%s, %s, %s, %s, 'poll', %s, %s, %s)",
                 (n, step, kind, headers["idempotency_key"], int(headers["saga_id"]), args.name, attempt))
+    # the work takes a while, with the row locked: a crash or SIGKILL now rolls it all back,
+    # and a sibling's failure meanwhile finds this task locked (withdrawn "in doubt")
+    time.sleep(random.uniform(0, 0.05))
     cur.execute("SELECT saga.complete(%s, %s::jsonb)", (task_id, result_of(n, step, kind)))
 
 
@@ -260,7 +264,7 @@ def run_lease():
                     lease_task(conn, t, sitting)
             tend_sitting(conn, sitting)
         except psycopg2.Error as e:
-            if not lost_connection(e):
+            if not lost_connection(e, conn):
                 raise
             log("connection lost: %s" % first_line(e))
             close(conn)
@@ -286,7 +290,7 @@ def lease_task(conn, t, sitting):
                 return
             work(cur, t)
     except psycopg2.Error as e:
-        if lost_connection(e):
+        if lost_connection(e, conn):
             raise       # the task is abandoned: its lease lapses, it is delivered again
         log("task %d (%s %s, attempt %d, lease %d) refused: %s"
             % (t["id"], t["kind"], t["step"], t["attempt"], t["lease"], first_line(e)))
@@ -325,7 +329,7 @@ def tend_sitting(conn, sitting):
                     continue
                 cur.execute("SELECT saga.heartbeat(%s, %s)", (task_id, t["lease"]))
         except psycopg2.Error as e:
-            if lost_connection(e):
+            if lost_connection(e, conn):
                 raise
             sitting.pop(task_id, None)
             if e.pgcode != "55000":
@@ -357,7 +361,7 @@ def run_zombie():
                 continue
             probe(conn, t, waited)
         except psycopg2.Error as e:
-            if not lost_connection(e):
+            if not lost_connection(e, conn):
                 raise
             log("connection lost: %s" % first_line(e))
             close(conn)
@@ -413,7 +417,7 @@ def probe(conn, t, waited):
             log("STALE REPORT ACCEPTED: task %d (%s %s, saga %d) lease %d, %s after '%s' returned %s"
                 % (t["id"], t["kind"], t["step"], t["saga_id"], t["lease"], call, waited, returned))
         except psycopg2.Error as e:
-            if lost_connection(e):
+            if lost_connection(e, conn):
                 raise       # nothing was recorded, and no report was made
             cur.execute("ROLLBACK TO SAVEPOINT probe")
             outcome, sqlstate, message = "refused", e.pgcode, str(e).strip().splitlines()[0]
@@ -448,13 +452,13 @@ def run_cancel():
                         cur.execute("SELECT saga.cancel(%s, 'chaos: the customer withdrew the order')", (saga_id,))
                         tried.add(saga_id)
                     except psycopg2.Error as e:
-                        if lost_connection(e):
+                        if lost_connection(e, conn):
                             raise
                         tried.add(saga_id)
                         if e.pgcode != "55000":
                             log("cancel %d: %s" % (saga_id, first_line(e)))
         except psycopg2.Error as e:
-            if not lost_connection(e):
+            if not lost_connection(e, conn):
                 raise
             log("connection lost: %s" % first_line(e))
             close(conn)

@@ -119,11 +119,15 @@ ok( poll_until(
 		'compensating'),
 	'lease: the saga turns compensating with no client action');
 is( sql($node,
-		"SELECT status || ' ' || (error = '{\"reason\": \"attempts exhausted: lease expired\"}') "
+		"SELECT status || ' ' || (error = '{\"reason\": \"attempts exhausted: lease expired\", \"in_doubt\": true}') "
 		  . "FROM saga.step_runs WHERE saga_id = $s AND step = 'b'"),
-	'failed true',
-	'lease: b failed with {"reason": "attempts exhausted: lease expired"}');
-is(last_event($s, 'b'), 'failed saga worker', 'lease: the worker failed b');
+	'compensated true',
+	'lease: b failed for good, in doubt (its last delivery may have acted): compensated (it has nothing to undo)');
+is( sql($node,
+		"SELECT string_agg(event || ' ' || actor, ', ' ORDER BY id) FROM saga.history "
+		  . "WHERE saga_id = $s AND step = 'b' AND event IN ('failed', 'compensated')"),
+	'failed saga worker, compensated saga worker',
+	'lease: the worker failed b, and compensated it');
 is(tasks($s), 'compensate:a:ls_a_undo',
 	'lease: b is gone and the compensation of a is enqueued');
 
