@@ -134,6 +134,15 @@ SELECT saga.fail(saga_test.task(:t22, 'b'), '{"reason": "never started"}', lease
 SELECT saga.fail(saga_test.task(:t22, 'b'), '{"reason": "never started"}', lease => 1) AS repeated;
 SELECT step, status, error FROM saga.step_runs WHERE saga_id = :t22 ORDER BY step_index;
 
+-- a lease never outlasts the step's timeout: claim and heartbeat cap it
+SELECT saga.start('tm_flow', '{"n": 23}') AS t23 \gset
+SELECT saga.complete(saga_test.task(:t23, 'a'), '{"a": 23}') AS recorded;
+SELECT id AS t23_b, lease AS t23_lease, lease_expires_at AS t23_until FROM saga.claim('tm_b', 'w1', 1, '1 day') \gset
+SELECT :'t23_until'::timestamptz = timeout_at AS capped_at_timeout, timeout_at < now() + interval '1 day' AS shorter
+  FROM saga.outbox WHERE id = :t23_b;
+SELECT saga.heartbeat(:t23_b, :t23_lease, '1 day') = timeout_at AS heartbeat_capped FROM saga.outbox WHERE id = :t23_b;
+SELECT saga.complete(:t23_b, '{"b": 23}', lease => :t23_lease) AS recorded;
+
 -- a step waiting for its retry times out too: the timeout spans all attempts
 SELECT saga.start('tm_flow', '{"n": 3}') AS t3 \gset
 SELECT saga.complete(saga_test.task(:t3, 'a'), '{"a": 3}') AS recorded;

@@ -54,7 +54,9 @@ struct SagaState
 	char	   *cancel_reason;
 	int16	   *step_status;
 	int32	   *attempts;
-	int32	   *deliveries;		/* the delivery that last reported each step */
+	int32	   *deliveries;		/* the delivery that last reported each step's
+								 * action, then (from nsteps on) its
+								 * compensation: see DELIVERY */
 	Jsonb	   *input;
 	Jsonb	   *results;
 	Jsonb	   *errors;
@@ -92,6 +94,14 @@ static void advance(SagaState *st);
 static void compensate(SagaState *st);
 static void raise_incident(SagaState *st, int step, int attempt, Jsonb *error);
 static void clear_incident(SagaState *st, int step);
+
+/*
+ * Fencing outlives the task: the lease that settled a task is kept on the
+ * saga, so a report under an older lease is refused after the task is gone.
+ * Actions and compensations are kept apart (a row of 0.1 has the actions
+ * only; its compensations' entries read as 0, never reported).
+ */
+#define DELIVERY(st, step, comp)	((st)->deliveries[(comp) ? (st)->def->nsteps + (step) : (step)])
 
 /* ---------- small jsonb builders ---------- */
 
@@ -819,6 +829,21 @@ array_to_int32(ArrayType *arr, int32 *out, int n)
 		out[i] = DatumGetInt32(elems[i]);
 }
 
+/* nsteps entries (a 0.1 row: actions only) or 2 * nsteps */
+static void
+deliveries_from_array(ArrayType *arr, int32 *out, int n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			count;
+
+	deconstruct_array(arr, INT4OID, 4, true, TYPALIGN_INT, &elems, &nulls, &count);
+	if (count != n && count != 2 * n)
+		elog(ERROR, "saga: deliveries have %d entries, expected %d or %d", count, n, 2 * n);
+	for (int i = 0; i < count; i++)
+		out[i] = DatumGetInt32(elems[i]);
+}
+
 static char *
 getcstring(HeapTuple tup, TupleDesc desc, int col)
 {
@@ -862,13 +887,13 @@ load_saga(int64 saga_id)
 	st->cancel_reason = getcstring(tup, desc, 5);
 	st->step_status = palloc(sizeof(int16) * st->def->nsteps);
 	st->attempts = palloc(sizeof(int32) * st->def->nsteps);
-	st->deliveries = palloc(sizeof(int32) * st->def->nsteps);
+	st->deliveries = palloc0(sizeof(int32) * st->def->nsteps * 2);
 	array_to_int16(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 6, &isnull)),
 				   st->step_status, st->def->nsteps);
 	array_to_int32(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull)),
 				   st->attempts, st->def->nsteps);
-	array_to_int32(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 14, &isnull)),
-				   st->deliveries, st->def->nsteps);
+	deliveries_from_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 14, &isnull)),
+						  st->deliveries, st->def->nsteps);
 	st->input = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 8, &isnull));
 	st->results = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 9, &isnull));
 	st->errors = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 10, &isnull));
@@ -994,7 +1019,7 @@ save_params(SagaState *st, Oid *types, Datum *values, char *nulls, TimestampTz n
 	values[2] = BoolGetDatum(st->pivoted);
 	values[3] = PointerGetDatum(int16_array(st->step_status, n));
 	values[4] = PointerGetDatum(int32_array(st->attempts, n));
-	values[5] = PointerGetDatum(int32_array(st->deliveries, n));
+	values[5] = PointerGetDatum(int32_array(st->deliveries, 2 * n));
 	values[6] = JsonbPGetDatum(st->results);
 	values[7] = JsonbPGetDatum(st->errors);
 	values[8] = JsonbPGetDatum(st->input);
@@ -1215,7 +1240,7 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 	st->status = SAGA_RUNNING;
 	st->step_status = palloc0(sizeof(int16) * def->nsteps);
 	st->attempts = palloc0(sizeof(int32) * def->nsteps);
-	st->deliveries = palloc0(sizeof(int32) * def->nsteps);
+	st->deliveries = palloc0(sizeof(int32) * def->nsteps * 2);
 	st->input = input;
 	st->results = empty_object();
 	st->errors = st->results;
@@ -1485,12 +1510,12 @@ report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, J
 	const char *name = st->def->steps[step].name;
 	int16		cur = st->step_status[step];
 
-	if (!comp && has_lease && st->deliveries[step] != 0 && lease != st->deliveries[step] &&
+	if (has_lease && DELIVERY(st, step, comp) != 0 && lease != DELIVERY(st, step, comp) &&
 		cur != STEP_SKIPPED && cur != STEP_PENDING)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("lease %d of task %lld is no longer held", lease, (long long) task_id),
-				 errdetail("The task was reported under lease %d.", st->deliveries[step])));
+				 errdetail("The task was reported under lease %d.", DELIVERY(st, step, comp))));
 
 	if (comp)
 	{
@@ -1624,7 +1649,10 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 					 errdetail("It waits for its next delivery, after a retry delay or saga.retry."),
 					 errhint("A report without lease => n is for a task the transactional poll found visible and locked.")));
 		else if (comp)
+		{
+			DELIVERY(st, step, true) = row.deliveries;
 			report_compensation(st, step, success, payload, retryable, row.attempt);
+		}
 		else
 			report_action(st, step, success, payload, retryable, &row, fence);
 	}

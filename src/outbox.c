@@ -239,7 +239,9 @@ usecs_interval(int64 usecs)
  * tasks, oldest first.  A task whose previous lease lapsed counts an attempt;
  * one with no attempts left, or past its timeout, fails here instead of
  * being handed out, and an action whose saga has stopped running (withdrawn
- * while someone held it) is settled rather than delivered.
+ * while someone held it) is settled rather than delivered.  A lease never
+ * outlasts the step's timeout: lease_expires_at is capped at it, so the
+ * service knows when its work stops counting (heartbeats are capped too).
  */
 Datum
 saga_claim(PG_FUNCTION_ARGS)
@@ -362,7 +364,8 @@ saga_claim(PG_FUNCTION_ARGS)
 		/* a lease that lapsed without a report was an attempt */
 		SagaExecute(&plan_lease,
 					"UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
-					"lease_owner = $2, lease_length = $3, visible_at = $4 + $3, "
+					"lease_owner = $2, lease_length = $3, "
+					"visible_at = LEAST($4 + $3, COALESCE(o.timeout_at, 'infinity')), "
 					"attempt = o.attempt + (o.lease_owner IS NOT NULL)::integer, "
 					"headers = CASE WHEN o.lease_owner IS NOT NULL THEN o.headers || "
 					"pg_catalog.jsonb_build_object('attempt', o.attempt + 1) "
@@ -431,7 +434,8 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 	SagaExecute(&plan_heartbeat,
 				"WITH t AS (SELECT id, deliveries, lease_owner IS NOT NULL AS leased "
 				"FROM saga.outbox WHERE id = $1 FOR UPDATE), "
-				"u AS (UPDATE saga.outbox o SET visible_at = $4 + COALESCE($3, o.lease_length) "
+				"u AS (UPDATE saga.outbox o SET visible_at = LEAST($4 + COALESCE($3, o.lease_length), "
+				"COALESCE(o.timeout_at, 'infinity')) "
 				"FROM t WHERE o.id = t.id AND t.deliveries = $2 AND t.leased "
 				"RETURNING o.visible_at) "
 				"SELECT t.deliveries, t.leased, (SELECT visible_at FROM u) FROM t",

@@ -172,13 +172,15 @@ SELECT count(*) > 0 AS any_suspect FROM svc.suspects \gset
 \echo '=== evidence ==='
 SELECT check_name, n, saga_id, step, why FROM (
     SELECT s.*, row_number() OVER (PARTITION BY check_name ORDER BY saga_id, step) AS k FROM svc.suspects s) x
- WHERE k <= 10 ORDER BY check_name, saga_id, step;
+ WHERE k <= 12 ORDER BY check_name, saga_id, step;
 
+-- (a stale report that changed something, "returned t", first)
 CREATE TABLE svc.shown AS
 SELECT DISTINCT saga_id FROM (
-    SELECT saga_id, row_number() OVER (PARTITION BY check_name ORDER BY saga_id) AS k
+    SELECT saga_id, row_number() OVER (PARTITION BY check_name
+                                       ORDER BY why LIKE '%returned t%' DESC, saga_id) AS k
       FROM svc.suspects WHERE saga_id IS NOT NULL) x
- WHERE k <= 3;
+ WHERE k <= 4;
 \echo 'their step runs:'
 SELECT r.saga_id, r.step, r.status, r.attempts, r.result, r.error
   FROM saga.step_runs r JOIN svc.shown USING (saga_id) ORDER BY r.saga_id, r.step_index;
@@ -192,6 +194,6 @@ SELECT o.saga_id, e.step, e.kind, e.protocol, e.worker, e.lease, e.attempt, e.ap
  ORDER BY o.saga_id, e.first_at;
 \echo 'their stale probes:'
 SELECT p.saga_id, p.task_id, p.step, p.kind, p.lease, p.claimed_attempt, p.call, p.waited_for,
-       p.outcome, p.sqlstate, to_char(p.at, 'HH24:MI:SS.MS') AS at
+       p.last_seen, p.step_before, p.outcome, p.returned, p.sqlstate, to_char(p.at, 'HH24:MI:SS.MS') AS at
   FROM svc.stale_probes p JOIN svc.shown USING (saga_id) ORDER BY p.saga_id, p.id;
 \endif

@@ -57,6 +57,8 @@ CREATE TABLE svc.stale_probes (
     claimed_attempt  integer NOT NULL,
     call             text NOT NULL,           -- complete | fail_retryable | fail_final
     waited_for       text NOT NULL,           -- what showed that the lease was superseded
+    last_seen        text,                    -- the task's outbox row when last seen
+    step_before      text,                    -- saga.step_runs of the step just before the report
     outcome          text NOT NULL,           -- accepted | refused
     returned         boolean,                 -- what an accepted call returned
     sqlstate         text,

@@ -384,14 +384,19 @@ def zombie_claim(conn, topics):
 
 
 def wait_superseded(conn, t):
+    """Wait until the task has been delivered again (its delivery count passed our lease) or
+    has left the outbox.  Keeps what it last saw of the task, for the record."""
     deadline = time.time() + 60.0
+    t["seen"] = None
     while time.time() < deadline and not stopping():
         time.sleep(0.25)
         with conn.cursor() as cur:
-            cur.execute("SELECT deliveries FROM saga.outbox WHERE id = %s", (t["id"],))
+            cur.execute("SELECT deliveries, attempt, lease_owner, "
+                        "to_char(visible_at, 'HH24:MI:SS.MS') FROM saga.outbox WHERE id = %s", (t["id"],))
             row = cur.fetchone()
         if row is None:
             return "finished"
+        t["seen"] = "deliveries %s, attempt %s, lease_owner %s, visible_at %s" % row
         if row[0] > t["lease"]:
             return "delivered again"
     return None
@@ -408,6 +413,11 @@ def probe(conn, t, waited):
                         call == "fail_retryable", t["lease"]))
     with conn.cursor() as cur:
         cur.execute("BEGIN")
+        # the step as the engine shows it just before the report, for the record
+        cur.execute("SELECT status || ', attempts ' || attempts FROM saga.step_runs "
+                    "WHERE saga_id = %s AND step = %s", (t["saga_id"], t["step"]))
+        row = cur.fetchone()
+        step_before = row[0] if row else None
         cur.execute("SAVEPOINT probe")
         returned = sqlstate = message = None
         try:
@@ -425,10 +435,10 @@ def probe(conn, t, waited):
                 log("task %d (%s %s): stale %s refused with %s: %s"
                     % (t["id"], t["kind"], t["step"], call, sqlstate, message))
         cur.execute("INSERT INTO svc.stale_probes (task_id, saga_id, step, kind, lease, claimed_attempt, "
-                    "call, waited_for, outcome, returned, sqlstate, message) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "call, waited_for, last_seen, step_before, outcome, returned, sqlstate, message) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (t["id"], t["saga_id"], t["step"], t["kind"], t["lease"], t["attempt"], call,
-                     waited, outcome, returned, sqlstate, message))
+                     waited, t["seen"], step_before, outcome, returned, sqlstate, message))
         cur.execute("COMMIT")
 
 
