@@ -6,21 +6,34 @@ DROP EXTENSION saga;
 CREATE EXTENSION saga VERSION '0.1';
 SELECT extversion FROM pg_extension WHERE extname = 'saga';
 
--- data written under 0.1 (by this library: it reads and writes either)
+-- data written under 0.1 (by this library: it reads and writes either): a
+-- saga in flight, and one compensating whose compensation was leased
 CREATE ROLE regress_upgrade_admin IN ROLE saga_admin;
 SET ROLE regress_upgrade_admin;
 SELECT saga.define('u_flow', '{"steps": [{"name": "a", "topic": "u_t"}]}');
+SELECT saga.define('u_comp', '{"steps": [{"name": "a", "topic": "u_c", "compensate": {"topic": "u_undo"}}, {"name": "b", "topic": "u_c"}]}');
 SELECT saga.start('u_flow', '{"n": 1}') > 0 AS started;
+SELECT saga.start('u_comp', '{"n": 2}') AS u_comp \gset
 RESET ROLE;
-SELECT pg_typeof(owner) AS owner_type, owner::text FROM saga.definitions;
+SELECT count(saga.complete(id, '{"a": 2}', lease => lease)) AS a_done FROM saga.claim('u_c', 'w', 1, '1 minute');
+SELECT saga.cancel(:u_comp, 'before the upgrade');
+SELECT id AS u_undo, lease AS u_undo_lease FROM saga.claim('u_undo', 'w', 1, '1 minute') \gset
+SELECT pg_typeof(owner) AS owner_type, owner::text FROM saga.definitions ORDER BY name;
 
 ALTER EXTENSION saga UPDATE TO '0.2';
 SELECT extversion FROM pg_extension WHERE extname = 'saga';
 -- the definer is now kept by name, and the data is all there
-SELECT pg_typeof(owner) AS owner_type, owner, version FROM saga.definitions;
-SELECT status, input FROM saga.instances;
-SELECT step, status FROM saga.step_runs;
-SELECT topic, step, poll_lock FROM saga.outbox;
+SELECT pg_typeof(owner) AS owner_type, owner, version FROM saga.definitions ORDER BY name;
+SELECT name, status, input FROM saga.instances ORDER BY name;
+SELECT step, status FROM saga.step_runs ORDER BY saga_id, step_index;
+SELECT topic, step, poll_lock FROM saga.outbox ORDER BY id;
+-- the saga in flight under 0.1 finishes under 0.2
+SELECT count(*) FILTER (WHERE saga.complete(id, '{"done": true}', lease => lease)) AS completed
+  FROM saga.claim('u_t', 'upgrade-worker', 10, '1 minute');
+SELECT saga.complete(:u_undo, '{"undone": true}', lease => :u_undo_lease) AS compensated;
+-- the compensation's lease is fenced from now on, as 0.2 does
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => %s)', :u_undo, '{}', :u_undo_lease + 1));
+SELECT name, status, finished_at IS NOT NULL AS finished FROM saga.instances ORDER BY name;
 
 -- a catalogue of everything the extension owns, to compare both ways (by
 -- name, so that the view outlives the extension)

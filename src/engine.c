@@ -340,7 +340,8 @@ clip_text(const char *s)
 	len = strlen(s);
 	if (len <= MAX_ERROR_TEXT)
 		return (char *) s;
-	return psprintf("%s...", pnstrdup(s, pg_mbcliplen(s, len, MAX_ERROR_TEXT)));
+	return psprintf("%s... [truncated: %d bytes in all]",
+					pnstrdup(s, pg_mbcliplen(s, len, MAX_ERROR_TEXT)), len);
 }
 
 /* the error document of a failed SQL step: bounded whatever the guest raised */
