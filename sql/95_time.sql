@@ -244,6 +244,35 @@ SELECT saga_test.tick();
 SELECT saga.complete(saga_test.task(:d1, 'a', true), '{"undone": true}') AS recorded;
 SELECT status FROM saga.instances WHERE id = :d1;
 
+-- a deadline (or a cancel) while b is leased: b may be acting, so it is in
+-- doubt until its report or the lapse of its lease; either way the saga is
+-- not compensated before b is (dl_flow's b has nothing to undo: at once)
+SELECT saga.define('dl_undo_b', $${"deadline": "1 hour", "steps": [
+  {"name": "a", "topic": "dl_a", "compensate": {"topic": "dl_undo"}},
+  {"name": "b", "topic": "dl_b2", "compensate": {"topic": "dl_undo"}}
+]}$$);
+SELECT saga.start('dl_undo_b', '{"n": 5}') AS d5 \gset
+SELECT saga.start('dl_undo_b', '{"n": 6}') AS d6 \gset
+SELECT count(saga.complete(id, '{"a": 1}', lease => lease)) AS a_done FROM saga.claim('dl_a', 'w', 10, '1 hour');
+SELECT count(*) AS b_leased FROM saga.claim('dl_b2', 'w', 10, '1 hour');
+UPDATE saga.sagas SET deadline_at = now() - interval '1 second' WHERE id = :d5;
+SELECT saga_test.tick();
+SELECT saga.cancel(:d6, 'while b is out');
+SELECT saga_id = :d5 AS is_d5, step, status FROM saga.step_runs WHERE saga_id IN (:d5, :d6) ORDER BY saga_id, step_index;
+-- d5: b's late success is recorded and b is compensated, then a
+SELECT saga.complete(saga_test.task(:d5, 'b'), '{"b": 5}', lease => 1) AS late;
+SELECT step, kind FROM saga.outbox WHERE saga_id = :d5;
+-- d6: no report; the lease lapses, b is compensated in doubt, then a
+SELECT saga_test.time_passes(saga_test.task(:d6, 'b'));
+SELECT saga_test.tick();
+SELECT step, kind FROM saga.outbox WHERE saga_id = :d6;
+SELECT event, step, detail FROM saga.history WHERE saga_id = :d6 AND event = 'withdrawn' ORDER BY id;
+-- both end only once b and a are undone
+SELECT count(saga.complete(id, '{"undone": true}', lease => lease)) AS b_undone FROM saga.claim('dl_undo', 'w', 10, '1 hour');
+SELECT id = :d5 AS is_d5, status FROM saga.instances WHERE id IN (:d5, :d6) ORDER BY id;
+SELECT count(saga.complete(id, '{"undone": true}', lease => lease)) AS a_undone FROM saga.claim('dl_undo', 'w', 10, '1 hour');
+SELECT id = :d5 AS is_d5, status FROM saga.instances WHERE id IN (:d5, :d6) ORDER BY id;
+
 -- a saga that finishes in time has no deadline left
 SELECT saga.start('dl_flow', '{"n": 2}') AS d2 \gset
 SELECT saga.complete(saga_test.task(:d2, 'a'), '{"a": 2}') AS recorded;
