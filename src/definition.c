@@ -261,6 +261,17 @@ echo(const char *s)
 	return psprintf("%s...", pnstrdup(s, pg_mbcliplen(s, len, 64)));
 }
 
+static void pg_attribute_noreturn()
+interval_out_of_range(const DefParse *p, const char *text, const char *path)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
+			 errmsg("invalid saga definition \"%s\": interval \"%s\" is out of range",
+					p->name, echo(text)),
+			 errdetail("The offending value is at %s.", path),
+			 errhint("An interval is at most %d days.", SAGA_MAX_INTERVAL_DAYS)));
+}
+
 /*
  * Parse an interval string into microseconds.  interval_in reports bad input
  * with its own message; we catch it only to add the path and re-throw, so the
@@ -290,12 +301,7 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 		/* "1000000000 years" parses as an interval, but not in one */
 		if (e->sqlerrcode == ERRCODE_DATETIME_FIELD_OVERFLOW ||
 			e->sqlerrcode == ERRCODE_INTERVAL_FIELD_OVERFLOW)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
-					 errmsg("invalid saga definition \"%s\": interval \"%s\" is out of range",
-							p->name, echo(text)),
-					 errdetail("The offending value is at %s.", path),
-					 errhint("An interval is at most %d days.", SAGA_MAX_INTERVAL_DAYS)));
+			interval_out_of_range(p, text, path);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid saga definition \"%s\": invalid interval \"%s\"",
@@ -307,12 +313,7 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 
 	/* months and days are taken as 30 and 1 fixed days: steps are short */
 	if (!SagaIntervalUsecs(iv, &usecs) || usecs > SAGA_MAX_INTERVAL)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
-				 errmsg("invalid saga definition \"%s\": interval \"%s\" is out of range",
-						p->name, echo(text)),
-				 errdetail("The offending value is at %s.", path),
-				 errhint("An interval is at most %d days.", SAGA_MAX_INTERVAL_DAYS)));
+		interval_out_of_range(p, text, path);
 	if (usecs <= 0)
 		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
 				  psprintf("interval \"%s\" must be positive", echo(text)));

@@ -111,6 +111,17 @@ static SubXactState *substack = NULL;
 static int	nsub = 0;
 static int	maxsub = 0;
 
+/* a backend-lifetime array, doubled (it grows with nesting, which is shallow) */
+static void *
+grow(void *arr, int *max, Size elem)
+{
+	int			n = *max == 0 ? 8 : *max * 2;
+
+	arr = arr == NULL ? MemoryContextAlloc(TopMemoryContext, elem * n) : repalloc(arr, elem * n);
+	*max = n;
+	return arr;
+}
+
 static void
 saga_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					  SubTransactionId parentSubid, void *arg)
@@ -119,14 +130,7 @@ saga_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		case SUBXACT_EVENT_START_SUB:
 			if (nsub == maxsub)
-			{
-				int			n = maxsub == 0 ? 8 : maxsub * 2;
-
-				substack = substack == NULL
-					? MemoryContextAlloc(TopMemoryContext, sizeof(SubXactState) * n)
-					: repalloc(substack, sizeof(SubXactState) * n);
-				maxsub = n;
-			}
+				substack = grow(substack, &maxsub, sizeof(SubXactState));
 			substack[nsub].subid = mySubid;
 			substack[nsub].guest_depth = guest_depth;
 			substack[nsub].caller = saga_caller;
@@ -296,14 +300,7 @@ SagaTransitionBegin(int64 saga_id)
 					 errhint("An SQL step cannot cancel, report for or retry its own saga; "
 							 "return an error from the step instead.")));
 	if (nactive == maxactive)
-	{
-		int			n = maxactive == 0 ? 8 : maxactive * 2;
-
-		active = active == NULL
-			? MemoryContextAlloc(TopMemoryContext, sizeof(int64) * n)
-			: repalloc(active, sizeof(int64) * n);
-		maxactive = n;
-	}
+		active = grow(active, &maxactive, sizeof(int64));
 	active[nactive++] = saga_id;
 }
 
