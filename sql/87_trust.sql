@@ -168,6 +168,29 @@ SELECT saga_test.err(format('SELECT saga.fail(%s, %L, false)', :f_task, '{}'));
 SELECT deliveries, lease_owner FROM saga.outbox WHERE id = :f_task;
 SELECT saga.complete(:f_task, '{}', lease => :f_lease);
 
+-- a lease lapses and a transactional poll settles the task: the old lease
+-- is refused from then on, for an action and for a compensation alike (it
+-- cannot pass for a repeat of the poll's report)
+SELECT saga.define('t_zombie', '{"steps": [{"name": "a", "topic": "t_z", "compensate": {"topic": "t_zu"}}, {"name": "b", "topic": "t_z2"}]}');
+SELECT saga.start('t_zombie') AS z \gset
+SELECT id AS z_task, lease AS z_lease FROM saga.claim('t_z', 'zombie', 1, '1 hour') \gset
+SELECT saga_test.time_passes(:z_task);
+BEGIN;
+SELECT count(*) AS polled FROM (SELECT id FROM saga.outbox WHERE id = :z_task AND visible_at <= now() FOR UPDATE SKIP LOCKED) t;
+SELECT saga.complete(:z_task, '{"by": "poller"}') AS poller;
+COMMIT;
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => %s)', :z_task, '{"by": "poller"}', :z_lease));
+SELECT saga.cancel(:z, 'zombie test');
+SELECT id AS zu_task, lease AS zu_lease FROM saga.claim('t_zu', 'zombie', 1, '1 hour') \gset
+SELECT saga_test.time_passes(:zu_task);
+BEGIN;
+SELECT count(*) AS polled FROM (SELECT id FROM saga.outbox WHERE id = :zu_task AND visible_at <= now() FOR UPDATE SKIP LOCKED) t;
+SELECT saga.complete(:zu_task, '{"undone": "poller"}') AS poller;
+COMMIT;
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => %s)', :zu_task, '{"zombie": true}', :zu_lease));
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L)', :zu_task, '{"undone": "poller"}'));
+SELECT status FROM saga.instances WHERE id = :z;
+
 -- the transactional poll's lock needs UPDATE on a column nothing reads
 SET ROLE regress_trust_worker;
 SELECT saga.start('t_plain') AS p \gset

@@ -90,7 +90,10 @@ static SPIPlanPtr plan_take = NULL;
 static SPIPlanPtr plan_find_key = NULL;
 static SPIPlanPtr plan_saga_tasks = NULL;
 
+typedef struct TaskRow TaskRow;
+
 static void advance(SagaState *st);
+static int32 settled_by(const TaskRow *row, SagaFence fence);
 static void compensate(SagaState *st);
 static void raise_incident(SagaState *st, int step, int attempt, Jsonb *error);
 static void clear_incident(SagaState *st, int step);
@@ -1281,7 +1284,7 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 	return st->id;
 }
 
-typedef struct TaskRow
+struct TaskRow
 {
 	int64		saga_id;
 	int32		attempt;
@@ -1291,7 +1294,7 @@ typedef struct TaskRow
 	bool		live_lease;		/* leased, and the lease has not lapsed */
 	bool		visible;		/* a poller may see it: visible_at has passed */
 	bool		parked;			/* a compensation that failed for good */
-} TaskRow;
+};
 
 /*
  * Lock the task's row, or, for a success, delete it at once: it leaves the
@@ -1461,7 +1464,7 @@ report_action(SagaState *st, int step, bool success, Jsonb *payload,
 	int			attempt = row->attempt;
 
 	st->attempts[step] = attempt;
-	st->deliveries[step] = row->deliveries;
+	DELIVERY(st, step, false) = settled_by(row, fence);
 	if (success)
 	{
 		step_succeeded(st, step, payload);
@@ -1501,6 +1504,19 @@ report_action(SagaState *st, int step, bool success, Jsonb *payload,
 }
 
 /*
+ * What fences reports once this one settles the task: the lease it quoted,
+ * or, for a transactional poll (which holds no lease), -1, so that no lease
+ * handed out before (one that lapsed, say) can report after it.  The
+ * engine's own settling keeps the last lease: that delivery's late report is
+ * still recorded (report_absent).
+ */
+static int32
+settled_by(const TaskRow *row, SagaFence fence)
+{
+	return fence == FENCE_ROW_LOCK ? -1 : row->deliveries;
+}
+
+/*
  * A report for a task that is no longer in the outbox: a repeat of the
  * report that finished it, or the late report of a withdrawn step.
  */
@@ -1516,7 +1532,9 @@ report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, J
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("lease %d of task %lld is no longer held", lease, (long long) task_id),
-				 errdetail("The task was reported under lease %d.", DELIVERY(st, step, comp))));
+				 DELIVERY(st, step, comp) > 0
+				 ? errdetail("The task was reported under lease %d.", DELIVERY(st, step, comp))
+				 : errdetail("The task was settled by a transactional poll, without a lease.")));
 
 	if (comp)
 	{
@@ -1651,7 +1669,7 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 					 errhint("A report without lease => n is for a task the transactional poll found visible and locked.")));
 		else if (comp)
 		{
-			DELIVERY(st, step, true) = row.deliveries;
+			DELIVERY(st, step, true) = settled_by(&row, fence);
 			report_compensation(st, step, success, payload, retryable, row.attempt);
 		}
 		else

@@ -142,14 +142,17 @@ SELECT protocol, kind, count(*) AS effects, sum(applied_count) AS applied,
   FROM svc.effects GROUP BY protocol, kind ORDER BY protocol, kind;
 
 \echo 'stale-report probes (the zombie: a report under a lease that lapsed and was superseded):'
-SELECT COALESCE(kind, 'all') AS kind, COALESCE(call, 'all') AS call, count(*) AS probes,
+SELECT COALESCE(kind, 'all') AS kind, COALESCE(call, 'all') AS call,
+       count(*) FILTER (WHERE outcome <> 'skipped') AS probes,
        count(*) FILTER (WHERE waited_for = 'delivered again') AS "after a redelivery",
-       count(*) FILTER (WHERE waited_for = 'finished') AS "after it finished",
+       count(*) FILTER (WHERE waited_for = 'finished by another worker') AS "after another's report",
        count(*) FILTER (WHERE outcome = 'refused' AND sqlstate = '55000') AS "refused 55000",
        count(*) FILTER (WHERE outcome = 'refused' AND sqlstate <> '55000') AS "refused otherwise",
        count(*) FILTER (WHERE outcome = 'accepted') AS accepted
-  FROM svc.stale_probes GROUP BY GROUPING SETS ((kind, call), ())
+  FROM svc.stale_probes WHERE outcome <> 'skipped' GROUP BY GROUPING SETS ((kind, call), ())
  ORDER BY kind NULLS LAST, call;
+\echo 'tasks the zombie left alone (the engine ended them while its lease was the last one out: not stale):'
+SELECT count(*) AS skipped FROM svc.stale_probes WHERE outcome = 'skipped';
 
 SELECT sqlstate, message, count(*) FROM svc.stale_probes
  WHERE outcome = 'refused' AND sqlstate <> '55000' GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10;
@@ -158,8 +161,10 @@ SELECT sqlstate, message, count(*) FROM svc.stale_probes
 SELECT (SELECT count(*) FROM saga.outbox) AS "tasks in the outbox",
        (SELECT count(*) FROM saga.incidents) AS incidents,
        (SELECT count(*) FROM saga.history WHERE event = 'lease_lapsed') AS "leases lapsed",
-       (SELECT count(*) FROM saga.history WHERE event = 'withdrawn'
-                                            AND detail ->> 'outcome' LIKE 'lease lapsed%') AS "compensated in doubt",
+       (SELECT count(*) FROM saga.history
+         WHERE (event = 'withdrawn' AND detail ->> 'outcome' LIKE 'lease lapsed%')
+            OR (event = 'failed' AND detail ? 'in_doubt')) AS "compensated in doubt",
+       (SELECT count(*) FROM saga.history WHERE event = 'late_report') AS "late reports",
        (SELECT count(*) FROM saga.history WHERE event = 'failed' AND detail ->> 'reason' = 'timeout') AS "timeouts";
 
 \echo '=== counts ==='

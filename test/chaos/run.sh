@@ -22,7 +22,7 @@
 # gone, a completed saga missing an effect or holding a compensation, a saga that completed
 # although one of its steps was declined for good).  Exit status 0 only if all are 0.
 #
-# DURATION (default 600 s of faults), SAGAS (default 5 per second of DURATION), POLLERS
+# DURATION (default 600 s of faults), SAGAS (default 6 per second of DURATION), POLLERS
 # (default 8), DRAIN (default 180 s), SEED (fates of the sagas; random by default) can be set;
 # SAGA_KEEP=1 keeps the scratch directory (server log, process logs).
 set -euo pipefail
@@ -31,7 +31,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
 
 DURATION=${DURATION:-600}
-SAGAS=${SAGAS:-$((DURATION * 5))}
+SAGAS=${SAGAS:-$((DURATION * 6))}
 POLLERS=${POLLERS:-8}
 DRAIN=${DRAIN:-180}
 SEED=${SEED:-$RANDOM$RANDOM}
@@ -195,7 +195,6 @@ progress() { # label
 main() {
 	saga_traps
 	saga_init_privileges
-	saga_on_cleanup stop_procs
 
 	saga_stage_begin "packages"
 	saga_install_packages
@@ -209,39 +208,43 @@ main() {
 	CHAOS=$SAGA_WORK/src/test/chaos
 	RUN=$SAGA_WORK/run
 	mkdir -m 755 "$RUN"
-	# fsync and full pages as in production: a kill -9 must not lose a commit.  The worker
-	# serves database postgres (the default); the log notes every lapse of time it matters.
+	# fsync and full pages as in production: a kill -9 must not lose a commit.  The saga
+	# worker serves database postgres (the default), where everything here runs.
 	saga_cluster_start "fsync = on" "synchronous_commit = on" "full_page_writes = on" \
 		"restart_after_crash = on" "log_min_messages = warning" \
 		"log_line_prefix = '%m [%p] %b '" "max_connections = 60"
+	saga_on_cleanup stop_procs      # (hooks run last first: the services stop before the server)
 	saga_psql -c 'CREATE EXTENSION saga' >/dev/null
 	saga_psql -f "$CHAOS/schema.sql" >/dev/null
+	# another `make install` may replace the library during the run: each restart then loads
+	# the new one.  Noted at the end.
+	SO=$("$PG_CONFIG" --pkglibdir)/saga.so
+	SO_MTIME=$(date -r "$SO" '+%F %T')
 	printf 'extension: saga %s (%s, installed %s)\n' \
-		"$(q "SELECT extversion FROM pg_extension WHERE extname = 'saga'")" \
-		"$("$PG_CONFIG" --pkglibdir)/saga.so" \
-		"$(date -r "$("$PG_CONFIG" --pkglibdir)/saga.so" '+%F %T')"
+		"$(q "SELECT extversion FROM pg_extension WHERE extname = 'saga'")" "$SO" "$SO_MTIME"
 	saga_stage_end
 
 	printf '\nDURATION=%s SAGAS=%s POLLERS=%s DRAIN=%s SEED=%s\n' "$DURATION" "$SAGAS" "$POLLERS" "$DRAIN" "$SEED"
 	printf 'services: stock, billing = leased claim; shipping, confirm = transactional poll; charge, loyalty = SQL steps\n\n'
 
 	saga_stage_begin "chaos"
-	local i stop_chaos="--stop $RUN/stop-chaos" stop_all="--stop $RUN/stop-all"
+	# The pollers stop at stop-all (after the drain), the others at stop-chaos (end of faults).
+	local i
 	# pollers: even ones poll (the transactional services' topics), odd ones claim (the
 	# leased services' topics); both handle actions and compensations
 	for ((i = 0; i < POLLERS; i++)); do
 		if [ $((i % 2)) -eq 0 ]; then
-			add_proc poll --name "poll-$i" --topics shipping,shipping_undo,confirm,confirm_undo $stop_all
+			add_proc poll --name "poll-$i" --topics shipping,shipping_undo,confirm,confirm_undo --stop "$RUN/stop-all"
 		else
-			add_proc lease --name "lease-$i" --topics stock,stock_undo,billing,billing_undo $stop_all
+			add_proc lease --name "lease-$i" --topics stock,stock_undo,billing,billing_undo --stop "$RUN/stop-all"
 		fi
 		POLLER_IDX+=("$LAST_IDX")
 	done
-	add_proc cancel --name canceller $stop_chaos
+	add_proc cancel --name canceller --stop "$RUN/stop-chaos"
 	add_proc zombie --name zombie \
-		--topics stock,shipping,billing,confirm,stock_undo,shipping_undo,billing_undo,confirm_undo $stop_chaos
+		--topics stock,shipping,billing,confirm,stock_undo,shipping_undo,billing_undo,confirm_undo --stop "$RUN/stop-chaos"
 	add_proc start --name starter --sagas "$SAGAS" --duration "$DURATION" --seed "$SEED" \
-		--acks "$RUN/acks.tsv" $stop_chaos
+		--acks "$RUN/acks.tsv" --stop "$RUN/stop-chaos"
 	STARTER_IDX=$LAST_IDX
 
 	local t0=$SECONDS now next_poller next_worker next_server next_report
@@ -281,7 +284,7 @@ main() {
 	while [ $((SECONDS - d0)) -lt "$DRAIN" ]; do
 		revive_dead
 		open=$(q "SELECT count(*) FROM saga.instances
-		          WHERE status NOT IN ('completed', 'compensated', 'cancelled', 'failed')" 2>/dev/null) || open=?
+		          WHERE status NOT IN ('completed', 'compensated', 'cancelled', 'failed')" 2>/dev/null) || open=unknown
 		# done when every saga started has finished and the starter has stopped
 		if [ "$open" = 0 ] && [ -z "${PROC_PIDS[STARTER_IDX]}" ]; then
 			drained=yes
@@ -306,21 +309,26 @@ main() {
 	printf '  poller SIGKILL + restart:        %s\n' "$F_POLLER"
 	[ "$F_NO_WORKER" -eq 0 ] || printf '  (saga worker not running when its turn came: %s times)\n' "$F_NO_WORKER"
 	[ "$UNEXPECTED_EXITS" -eq 0 ] || printf 'WARNING: %s service processes exited by themselves (test bug?)\n' "$UNEXPECTED_EXITS"
+	[ "$(date -r "$SO" '+%F %T')" = "$SO_MTIME" ] ||
+		printf 'note: %s was reinstalled during the run (%s); restarts after that loaded it\n' \
+			"$SO" "$(date -r "$SO" '+%F %T')"
 
-	saga_as_pg cp "$RUN/acks.tsv" "$SAGA_WORK/pg/acks.tsv"
+	touch "$RUN/acks.tsv"
+	saga_as_pg cp "$RUN/acks.tsv" "$SAGA_WORK/pg/acks.tsv"   # where the server may read it
 	saga_psql -v acks="$SAGA_WORK/pg/acks.tsv" -f "$CHAOS/audit.sql"
-	local failures
-	failures=$(q "SELECT sum(value) FROM svc.audit WHERE fatal")
-	local anomalies
-	anomalies=$(cat "$RUN"/proc-*.log | grep -c 'ANOMALY' || true)
-	[ "$anomalies" -eq 0 ] || {
+	if grep -q 'ANOMALY' "$RUN"/proc-*.log; then
 		printf '\nanomalies the services noticed:\n'
 		grep -h 'ANOMALY' "$RUN"/proc-*.log | head -n 20
-	}
+	fi
 	saga_stage_end
+
+	local failures
+	failures=$(q "SELECT sum(value) FROM svc.audit WHERE fatal")
+	printf '\nsummary: %s s, %s faults injected (%s server kill -9, %s saga worker kills, %s poller SIGKILLs)\n' \
+		"$chaos_secs" "$(faults_total)" "$F_SERVER" "$((F_WORKER_KILL + F_WORKER_TERM))" "$F_POLLER"
+	q "SELECT format('%6s  %s', value, label) FROM svc.audit ORDER BY ord"
 	if [ "$failures" != 0 ]; then
-		printf '\nFAILED: %s problems (see above); SEED=%s\n' "$failures" "$SEED"
-		SAGA_KEEP=${SAGA_KEEP:-}
+		printf '\nFAILED: %s problems (see the evidence above); SEED=%s reproduces the fates\n' "$failures" "$SEED"
 		exit 1
 	fi
 	printf '\nPASSED: nothing lost, nothing done twice, nothing left standing, no stale report accepted\n'

@@ -45,8 +45,10 @@ CREATE TABLE svc.effects (
 );
 
 -- The stale-report probes of the zombie (services.py zombie): one row per report it made under
--- a lease that had lapsed and been superseded.  Written in the report's own transaction, so an
--- accepted report and its record commit together (a crash loses both, never one).
+-- a lease that had lapsed and been superseded (and per task it left alone because the engine
+-- ended it while the zombie's delivery was the last one out: outcome 'skipped').  Written in
+-- the report's own transaction, so an accepted report and its record commit together (a crash
+-- loses both, never one).
 CREATE TABLE svc.stale_probes (
     id               bigserial PRIMARY KEY,
     task_id          bigint NOT NULL,
@@ -55,14 +57,14 @@ CREATE TABLE svc.stale_probes (
     kind             text NOT NULL,
     lease            integer NOT NULL,
     claimed_attempt  integer NOT NULL,
-    call             text NOT NULL,           -- complete | fail_retryable | fail_final
+    call             text NOT NULL,           -- complete | fail_retryable | fail_final | none
     waited_for       text NOT NULL,           -- what showed that the lease was superseded
     last_seen        text,                    -- the task's outbox row when last seen
     step_before      text,                    -- saga.step_runs of the step just before the report
-    outcome          text NOT NULL,           -- accepted | refused
+    outcome          text NOT NULL,           -- accepted | refused | skipped
     returned         boolean,                 -- what an accepted call returned
     sqlstate         text,
-    message          text,
+    message          text,                    -- the error, or the task's events after the claim
     at               timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 

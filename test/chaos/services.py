@@ -89,6 +89,25 @@ def close(conn):
         pass
 
 
+def recover(conn, e, what="round"):
+    """After an error in a loop: reconnect if the session is gone; otherwise (a deadlock, a
+    statement timeout, anything else) roll back what is open and carry on.  Returns the
+    connection to go on with."""
+    if lost_connection(e, conn):
+        log("connection lost: %s" % first_line(e))
+        close(conn)
+        return connect()
+    log("%s rolled back: %s" % (what, first_line(e)))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK")
+    except psycopg2.Error:
+        close(conn)
+        return connect()
+    time.sleep(0.2)
+    return conn
+
+
 def decide(kind, step, attempt, inp):
     """What the service does with a task: ('ok', None), ('fail', retryable) or ('sleep', None)."""
     fate = inp.get("fate", {})
@@ -146,10 +165,10 @@ def draw_fate(n):
 
 
 def run_start():
-    """Start the sagas at an even pace over 85 % of the run; a start whose outcome is unknown
+    """Start the sagas at an even pace over 95 % of the run; a start whose outcome is unknown
     (the connection broke) is repeated with the same idempotency key, which returns the saga
     already started if it had committed.  Each acknowledged start is written to --acks."""
-    spread = args.duration * 0.85
+    spread = args.duration * 0.95
     gap = spread / max(args.sagas, 1)
     t0 = time.time()
     acks = open(args.acks, "a", buffering=1)
@@ -169,12 +188,8 @@ def run_start():
             acks.write("%d\t%d\n" % (n, saga_id))
             n += 1
         except psycopg2.Error as e:
-            log("start %d: %s" % (n, first_line(e)))
-            if lost_connection(e, conn):
-                close(conn)
-                conn = connect()
-            else:
-                time.sleep(0.2)
+            # the same n again: its idempotency key returns the saga if the start committed
+            conn = recover(conn, e, "start %d" % n)
     log("started %d sagas" % (n - 1))
 
 
@@ -209,18 +224,8 @@ def run_poll():
             if not rows:
                 time.sleep(0.1)
         except psycopg2.Error as e:
-            if lost_connection(e, conn):
-                log("connection lost: %s" % first_line(e))
-                close(conn)
-                conn = connect()
-            else:
-                # a deadlock or the like: the whole round rolls back, nothing happened
-                log("round rolled back: %s" % first_line(e))
-                try:
-                    conn.cursor().execute("ROLLBACK")
-                except psycopg2.Error:
-                    close(conn)
-                    conn = connect()
+            # (a deadlock or the like rolls the whole round back: nothing happened)
+            conn = recover(conn, e)
 
 
 def poll_task(cur, task_id, kind, step, attempt, payload, headers):
@@ -264,11 +269,7 @@ def run_lease():
                     lease_task(conn, t, sitting)
             tend_sitting(conn, sitting)
         except psycopg2.Error as e:
-            if not lost_connection(e, conn):
-                raise
-            log("connection lost: %s" % first_line(e))
-            close(conn)
-            conn = connect()
+            conn = recover(conn, e)
             continue
         if got == 0:
             time.sleep(0.1)
@@ -283,12 +284,12 @@ def lease_task(conn, t, sitting):
         sitting[t["id"]] = t
         return
     try:
-        with conn.cursor() as cur:
-            if what == "fail":
+        if what == "fail":
+            with conn.cursor() as cur:
                 cur.execute("SELECT saga.fail(%s, %s::jsonb, retryable => %s, lease => %s)",
                             (t["id"], error_of(t["step"], retryable), retryable, t["lease"]))
-                return
-            work(cur, t)
+            return
+        work(conn, t)
     except psycopg2.Error as e:
         if lost_connection(e, conn):
             raise       # the task is abandoned: its lease lapses, it is delivered again
@@ -296,18 +297,31 @@ def lease_task(conn, t, sitting):
             % (t["id"], t["kind"], t["step"], t["attempt"], t["lease"], first_line(e)))
 
 
-def work(cur, t):
+def work(conn, t):
+    """Do a leased task: the effect in its own transaction, then the report with the lease."""
     n = t["payload"]["input"]["n"]
-    # is the lease still ours?  (55000 if it lapsed, the task timed out or finished)
-    cur.execute("SELECT saga.heartbeat(%s, %s)", (t["id"], t["lease"]))
-    cur.execute("SELECT svc.apply_idempotent(%s, %s, %s, %s, %s, %s, %s, %s)",
-                (n, t["step"], t["kind"], t["headers"]["idempotency_key"],
-                 int(t["headers"]["saga_id"]), args.name, t["lease"], t["attempt"]))
-    # the report travels back from elsewhere: a window in which a SIGKILL leaves an effect
-    # applied but not reported (the redelivery must then be recognised by its key)
-    time.sleep(random.uniform(0, 0.15))
-    cur.execute("SELECT saga.complete(%s, %s::jsonb, lease => %s)",
-                (t["id"], result_of(n, t["step"], t["kind"]), t["lease"]))
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            # Is the lease still ours?  (55000 if it lapsed, the step timed out or finished.)
+            # The heartbeat also locks the task's row until COMMIT, so the engine cannot end
+            # the step (a timeout, a lapse) between this check and the effect: without that,
+            # its compensation could run, and find nothing to undo, before the effect lands.
+            cur.execute("SELECT saga.heartbeat(%s, %s)", (t["id"], t["lease"]))
+            cur.execute("SELECT svc.apply_idempotent(%s, %s, %s, %s, %s, %s, %s, %s)",
+                        (n, t["step"], t["kind"], t["headers"]["idempotency_key"],
+                         int(t["headers"]["saga_id"]), args.name, t["lease"], t["attempt"]))
+            cur.execute("COMMIT")
+        except psycopg2.Error as e:
+            if not lost_connection(e, conn):
+                cur.execute("ROLLBACK")
+            raise
+        # the report travels back from elsewhere: a window in which a SIGKILL leaves an effect
+        # applied but not reported (the redelivery must then be recognised by its key), or in
+        # which the engine gives up on the step (its late report is then recorded)
+        time.sleep(random.uniform(0, 0.15))
+        cur.execute("SELECT saga.complete(%s, %s::jsonb, lease => %s)",
+                    (t["id"], result_of(n, t["step"], t["kind"]), t["lease"]))
 
 
 def tend_sitting(conn, sitting):
@@ -325,7 +339,7 @@ def tend_sitting(conn, sitting):
                     log("ANOMALY: task %d (%s, timeout 6 s) still leased after %.0f s; doing it"
                         % (task_id, t["step"], now - t["since"]))
                     del sitting[task_id]
-                    work(cur, t)
+                    work(conn, t)
                     continue
                 cur.execute("SELECT saga.heartbeat(%s, %s)", (task_id, t["lease"]))
         except psycopg2.Error as e:
@@ -338,12 +352,26 @@ def tend_sitting(conn, sitting):
 
 # --- zombie: stale reports --------------------------------------------------------------------
 
+# events that record a service's report on a step (or its compensation), as opposed to the
+# engine ending it on its own (a timeout, an exhausted lease, a withdrawal)
+REPORT_EVENTS = {
+    "action": ("succeeded", "retry_scheduled", "late_report"),
+    "compensate": ("compensated", "compensation_failed", "compensation_retry_scheduled", "late_report"),
+}
+ENGINE_REASONS = ("timeout", "attempts exhausted: lease expired")
+
+
 def run_zombie():
-    """Claim a task with a short lease, "hang" until the lease has lapsed and the task has been
-    delivered again (or has finished), then report under the old lease: complete, a retryable
-    fail or a final fail.  Each such report must be refused with 55000.  Alternates between
-    action and compensation topics.  The probe and its outcome are recorded in svc.stale_probes
-    in the report's own transaction."""
+    """Claim a task with a short lease, "hang" until that lease has lapsed and been superseded -
+    the task was delivered again, or another worker's report settled it - then report under the
+    old lease: complete, a retryable fail or a final fail.  Each such report must be refused
+    with 55000.  Alternates between action and compensation topics.  Each probe and its outcome
+    are recorded in svc.stale_probes in the report's own transaction.
+
+    A task that the engine itself ended while the zombie's delivery was the last one out (a
+    timeout, or the lapse of the zombie's own lease as the last attempt) is not probed: the
+    zombie's delivery was never superseded, and its report is a late report, which the engine
+    may record ("in doubt"); it is counted as skipped."""
     topics = args.topics.split(",")
     undo = [t for t in topics if t.endswith("_undo")]
     actions = [t for t in topics if not t.endswith("_undo")]
@@ -361,11 +389,7 @@ def run_zombie():
                 continue
             probe(conn, t, waited)
         except psycopg2.Error as e:
-            if not lost_connection(e, conn):
-                raise
-            log("connection lost: %s" % first_line(e))
-            close(conn)
-            conn = connect()
+            conn = recover(conn, e, "probe")
 
 
 def zombie_claim(conn, topics):
@@ -377,15 +401,21 @@ def zombie_claim(conn, topics):
                 cur.execute("SELECT id, kind, step, saga_id, attempt, lease FROM saga.claim(%s, %s, 1, %s)",
                             (topic, args.name, ZOMBIE_LEASE))
                 row = cur.fetchone()
-            if row:
-                return row
+                if row:
+                    # history from here on is what happened to the task after our claim
+                    cur.execute("SELECT COALESCE(max(id), 0) AS id FROM saga.history WHERE saga_id = %s",
+                                (row["saga_id"],))
+                    row["history_from"] = cur.fetchone()["id"]
+                    return row
         time.sleep(0.2)
     return None
 
 
 def wait_superseded(conn, t):
-    """Wait until the task has been delivered again (its delivery count passed our lease) or
-    has left the outbox.  Keeps what it last saw of the task, for the record."""
+    """Wait until the task has been delivered again (its delivery count passed our lease), or
+    has left the outbox; in the latter case, history tells whether another worker's report
+    settled it ("finished by another worker") or the engine ended it ("ended by the engine",
+    not a stale report: skipped).  Keeps what it last saw of the task, for the record."""
     deadline = time.time() + 60.0
     t["seen"] = None
     while time.time() < deadline and not stopping():
@@ -394,20 +424,35 @@ def wait_superseded(conn, t):
             cur.execute("SELECT deliveries, attempt, lease_owner, "
                         "to_char(visible_at, 'HH24:MI:SS.MS') FROM saga.outbox WHERE id = %s", (t["id"],))
             row = cur.fetchone()
-        if row is None:
-            return "finished"
-        t["seen"] = "deliveries %s, attempt %s, lease_owner %s, visible_at %s" % row
-        if row[0] > t["lease"]:
-            return "delivered again"
+            if row is not None:
+                t["seen"] = "deliveries %s, attempt %s, lease_owner %s, visible_at %s" % row
+                if row[0] > t["lease"]:
+                    return "delivered again"
+                continue
+            cur.execute("SELECT event, COALESCE(detail ->> 'reason', ''), detail ->> 'lease' "
+                        "FROM saga.history WHERE saga_id = %s AND step = %s AND id > %s ORDER BY id",
+                        (t["saga_id"], t["step"], t["history_from"]))
+            events = cur.fetchall()
+        t["events"] = ", ".join(e if not r else "%s (%s)" % (e, r) for e, r, _ in events)
+        for event, reason, lease in events:
+            if event in REPORT_EVENTS[t["kind"]] or (
+                    t["kind"] == "action" and event == "failed" and reason not in ENGINE_REASONS):
+                return "finished by another worker"
+            if lease is not None and int(lease) > t["lease"]:
+                return "delivered again"     # (the engine names a later delivery than ours)
+        return "ended by the engine"
     return None
 
 
 def probe(conn, t, waited):
-    call = random.choice(["complete", "fail_retryable", "fail_final"])
-    if call == "complete":
+    if waited == "ended by the engine":
+        call, sql, params = "none", None, None
+    elif random.random() < 1 / 3:
+        call = "complete"
         sql, params = ("SELECT saga.complete(%s, %s::jsonb, lease => %s)",
                        (t["id"], json.dumps({"zombie": True, "lease": t["lease"]}), t["lease"]))
     else:
+        call = random.choice(["fail_retryable", "fail_final"])
         sql, params = ("SELECT saga.fail(%s, %s::jsonb, retryable => %s, lease => %s)",
                        (t["id"], json.dumps({"zombie": True, "lease": t["lease"]}),
                         call == "fail_retryable", t["lease"]))
@@ -418,22 +463,26 @@ def probe(conn, t, waited):
                     "WHERE saga_id = %s AND step = %s", (t["saga_id"], t["step"]))
         row = cur.fetchone()
         step_before = row[0] if row else None
-        cur.execute("SAVEPOINT probe")
-        returned = sqlstate = message = None
-        try:
-            cur.execute(sql, params)
-            returned = cur.fetchone()[0]
-            outcome = "accepted"
-            log("STALE REPORT ACCEPTED: task %d (%s %s, saga %d) lease %d, %s after '%s' returned %s"
-                % (t["id"], t["kind"], t["step"], t["saga_id"], t["lease"], call, waited, returned))
-        except psycopg2.Error as e:
-            if lost_connection(e, conn):
-                raise       # nothing was recorded, and no report was made
-            cur.execute("ROLLBACK TO SAVEPOINT probe")
-            outcome, sqlstate, message = "refused", e.pgcode, str(e).strip().splitlines()[0]
-            if sqlstate != "55000":
-                log("task %d (%s %s): stale %s refused with %s: %s"
-                    % (t["id"], t["kind"], t["step"], call, sqlstate, message))
+        returned = sqlstate = None
+        message = t.get("events")
+        if sql is None:
+            outcome = "skipped"
+        else:
+            cur.execute("SAVEPOINT probe")
+            try:
+                cur.execute(sql, params)
+                returned = cur.fetchone()[0]
+                outcome = "accepted"
+                log("STALE REPORT ACCEPTED: task %d (%s %s, saga %d) lease %d, %s after '%s' returned %s"
+                    % (t["id"], t["kind"], t["step"], t["saga_id"], t["lease"], call, waited, returned))
+            except psycopg2.Error as e:
+                if lost_connection(e, conn):
+                    raise       # nothing was recorded, and no report was made
+                cur.execute("ROLLBACK TO SAVEPOINT probe")
+                outcome, sqlstate, message = "refused", e.pgcode, str(e).strip().splitlines()[0]
+                if sqlstate != "55000":
+                    log("task %d (%s %s): stale %s refused with %s: %s"
+                        % (t["id"], t["kind"], t["step"], call, sqlstate, message))
         cur.execute("INSERT INTO svc.stale_probes (task_id, saga_id, step, kind, lease, claimed_attempt, "
                     "call, waited_for, last_seen, step_before, outcome, returned, sqlstate, message) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -468,11 +517,7 @@ def run_cancel():
                         if e.pgcode != "55000":
                             log("cancel %d: %s" % (saga_id, first_line(e)))
         except psycopg2.Error as e:
-            if not lost_connection(e, conn):
-                raise
-            log("connection lost: %s" % first_line(e))
-            close(conn)
-            conn = connect()
+            conn = recover(conn, e)
         time.sleep(0.2)
 
 
