@@ -134,6 +134,54 @@ SELECT saga.fail(saga_test.task(:t22, 'b'), '{"reason": "never started"}', lease
 SELECT saga.fail(saga_test.task(:t22, 'b'), '{"reason": "never started"}', lease => 1) AS repeated;
 SELECT step, status, error FROM saga.step_runs WHERE saga_id = :t22 ORDER BY step_index;
 
+-- a step waiting out the delay of a reported failure has no delivery out:
+-- its timeout fails it plainly (nothing in doubt, no late report to wait
+-- for): a report under the old lease finds the task finished
+SELECT saga.start('tm_flow', '{"n": 24}') AS t24 \gset
+SELECT saga.complete(saga_test.task(:t24, 'a'), '{"a": 24}') AS recorded;
+SELECT id AS t24_b, lease AS t24_lease FROM saga.claim('tm_b', 'w1', 1, '1 minute') \gset
+SELECT saga.fail(:t24_b, '{"why": "busy"}', lease => :t24_lease) AS recorded;
+UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = :t24_b;
+SELECT saga_test.tick();
+SELECT step, status, error FROM saga.step_runs WHERE saga_id = :t24 ORDER BY step_index;
+SELECT saga_test.outcome(format('SELECT saga.fail(%s, %L, lease => %s)', :t24_b, '{"why": "busy"}', :t24_lease)) AS repeated;
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => 0)', :t24_b, '{}'));
+
+-- past the pivot nothing is in doubt or withdrawn: a saga that failed there
+-- (its SQL step) keeps its leased sibling, which times out as a plain failure,
+-- and saga.retry runs both forward again
+CREATE TABLE saga_test.flag (ok boolean);
+INSERT INTO saga_test.flag VALUES (false);
+CREATE FUNCTION saga_test.flaky(p jsonb) RETURNS jsonb LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT (SELECT ok FROM saga_test.flag) THEN
+        RAISE EXCEPTION 'flaky is down';
+    END IF;
+    RETURN '{"flaky": "up"}';
+END
+$$;
+SELECT saga.define('tm_piv', $${"steps": [
+  {"name": "p", "topic": "tm_pp", "pivot": true, "after": []},
+  {"name": "b", "topic": "tm_pb2", "after": [], "timeout": "1 hour", "retry": {"max_attempts": 1},
+   "compensate": {"topic": "tm_pundo"}},
+  {"name": "a", "sql": "saga_test.flaky", "after": ["p"]},
+  {"name": "c", "topic": "tm_pc", "after": ["b", "a"]}
+]}$$);
+SELECT saga.start('tm_piv') AS pv \gset
+SELECT id AS pv_b FROM saga.claim('tm_pb2', 'w1', 1, '1 hour') \gset
+SELECT saga.complete(saga_test.task(:pv, 'p'), '{"p": 1}') AS recorded;
+SELECT status FROM saga.instances WHERE id = :pv;
+UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = :pv_b;
+SELECT saga_test.tick();
+SELECT step, status FROM saga.step_runs WHERE saga_id = :pv ORDER BY step_index;
+UPDATE saga_test.flag SET ok = true;
+SELECT saga.retry(:pv);
+SELECT step, status FROM saga.step_runs WHERE saga_id = :pv ORDER BY step_index;
+SELECT count(saga.complete(id, '{"b": 1}', lease => lease)) AS b_done FROM saga.claim('tm_pb2', 'w1', 1, '1 hour');
+SELECT count(saga.complete(id, '{"c": 1}', lease => lease)) AS c_done FROM saga.claim('tm_pc', 'w1', 1, '1 hour');
+SELECT status FROM saga.instances WHERE id = :pv;
+
 -- a lease never outlasts the step's timeout: claim and heartbeat cap it
 SELECT saga.start('tm_flow', '{"n": 23}') AS t23 \gset
 SELECT saga.complete(saga_test.task(:t23, 'a'), '{"a": 23}') AS recorded;
@@ -267,6 +315,10 @@ SELECT saga_test.time_passes(saga_test.task(:d6, 'b'));
 SELECT saga_test.tick();
 SELECT step, kind FROM saga.outbox WHERE saga_id = :d6;
 SELECT event, step, detail FROM saga.history WHERE saga_id = :d6 AND event = 'withdrawn' ORDER BY id;
+-- its late report under that lease is still recorded, and reaches b's compensation
+SELECT saga.complete(saga_test.task(:d6, 'b'), '{"b": 6}', lease => 1) AS late;
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => 2)', saga_test.task(:d6, 'b'), '{"b": 6}'));
+SELECT step, kind, payload -> 'results' -> 'b' AS b_result FROM saga.outbox WHERE saga_id = :d6;
 -- both end only once b and a are undone
 SELECT count(saga.complete(id, '{"undone": true}', lease => lease)) AS b_undone FROM saga.claim('dl_undo', 'w', 10, '1 hour');
 SELECT id = :d5 AS is_d5, status FROM saga.instances WHERE id IN (:d5, :d6) ORDER BY id;

@@ -31,6 +31,18 @@ require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
 				 errmsg("%s must not be null", name)));
 }
 
+/* a lease number as claim hands them out: 1, 2, ... (NULL: none) */
+static void
+check_lease(FunctionCallInfo fcinfo, int argno)
+{
+	if (!PG_ARGISNULL(argno) && PG_GETARG_INT32(argno) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lease must be positive"),
+				 errdetail("The value given was %d; saga.claim numbers leases from 1.",
+						   PG_GETARG_INT32(argno))));
+}
+
 /* a report's document: SQL NULL is stored as JSON null */
 static Jsonb *
 report_document(FunctionCallInfo fcinfo, int argno, const char *what)
@@ -115,6 +127,7 @@ saga_complete(PG_FUNCTION_ARGS)
 	bool		recorded;
 
 	require_arg(fcinfo, 0, "task_id");
+	check_lease(fcinfo, 2);
 	result = report_document(fcinfo, 1, "result");
 
 	SagaEnter(&save);
@@ -134,6 +147,7 @@ saga_fail(PG_FUNCTION_ARGS)
 	bool		recorded;
 
 	require_arg(fcinfo, 0, "task_id");
+	check_lease(fcinfo, 3);
 	error = report_document(fcinfo, 1, "error");
 
 	SagaEnter(&save);

@@ -506,12 +506,10 @@ step_failed(SagaState *st, int step, Jsonb *error)
  * failure is recorded (with "in_doubt"), and the step counts as having
  * acted, so compensate() undoes it.
  */
-static void
-step_in_doubt(SagaState *st, int step, Jsonb *error, int32 lease)
+static Jsonb *
+mark_in_doubt(SagaState *st, int step, Jsonb *error, int32 lease)
 {
 	JsonbParseState *ps = NULL;
-	Jsonb	   *flag;
-
 	JsonbValue	yes = {.type = jbvBool,.val.boolean = true};
 
 	/* the error, marked: {"reason": "timeout", "in_doubt": true} */
@@ -520,10 +518,20 @@ step_in_doubt(SagaState *st, int step, Jsonb *error, int32 lease)
 	pushJsonbValue(&ps, WJB_VALUE, &yes);
 	error = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(error),
 											   JsonbPGetDatum(jb_finish(&ps))));
+	/* compensate() treats it as having acted; its late report is awaited */
 	st->step_status[step] = STEP_SUCCEEDED;
 	st->errors = jsonb_put(st->errors, st->def->steps[step].name, error);
+	DELIVERY(st, step, false) = lease;
+	return error;
+}
 
-	ps = NULL;
+static void
+step_in_doubt(SagaState *st, int step, Jsonb *error, int32 lease)
+{
+	JsonbParseState *ps = NULL;
+	Jsonb	   *flag;
+
+	error = mark_in_doubt(st, step, error, lease);
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 	jb_str(&ps, "outcome", "unknown: compensated in doubt");
 	jb_int(&ps, "lease", lease);
@@ -566,8 +574,10 @@ late_report(SagaState *st, int step, bool success, Jsonb *payload, int32 lease)
 			st->def->steps[step].compensate.topic != NULL)
 			SagaOutboxSetPayload(SAGA_TASK_ID(st->id, step, true), task_payload(st));
 	}
-	else if (st->step_status[step] == STEP_SUCCEEDED)
+	else if (st->step_status[step] == STEP_SUCCEEDED &&
+			 strcmp(st->status, SAGA_COMPENSATING) == 0)
 	{
+		/* it did nothing: there is nothing of it to undo */
 		st->step_status[step] = STEP_FAILED;
 		compensate(st);
 	}
@@ -1294,6 +1304,7 @@ struct TaskRow
 	bool		live_lease;		/* leased, and the lease has not lapsed */
 	bool		visible;		/* a poller may see it: visible_at has passed */
 	bool		parked;			/* a compensation that failed for good */
+	bool		lapsed;			/* its last lease lapsed without a report */
 };
 
 /*
@@ -1319,7 +1330,8 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
 					"AND visible_at > pg_catalog.clock_timestamp(), "
 					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), "
-					"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity'",
+					"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity', "
+					"lease_owner IS NULL AND deliveries > 0 AND lease_length IS NULL",
 					1, argtypes, values, NULL, SPI_OK_DELETE_RETURNING, "taking a task");
 	}
 	else
@@ -1329,7 +1341,8 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
 					"AND visible_at > pg_catalog.clock_timestamp(), "
 					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), "
-					"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity' "
+					"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity', "
+					"lease_owner IS NULL AND deliveries > 0 AND lease_length IS NULL "
 					"FROM saga.outbox WHERE id = $1 FOR UPDATE",
 					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a task");
 	}
@@ -1346,6 +1359,7 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 	row->live_lease = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
 	row->visible = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	row->parked = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	row->lapsed = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 	return true;
 }
 
@@ -1476,7 +1490,7 @@ report_action(SagaState *st, int step, bool success, Jsonb *payload,
 	else if (running && (st->pivoted ||
 						 (retryable && attempt < st->def->steps[step].retry.max_attempts)))
 		retry_forward(st, step, attempt, payload, true);
-	else if (fence == FENCE_ENGINE && row->deliveries > 0)
+	else if (fence == FENCE_ENGINE && (row->leased || row->lapsed) && !st->pivoted)
 	{
 		/*
 		 * The engine fails the step (its timeout passed, or its last lease
@@ -1705,7 +1719,8 @@ SagaSettleWithdrawn(int64 task_id)
 	st = load_saga(SAGA_TASK_SAGA(task_id));
 	if (st == NULL)
 		return;
-	if (step >= st->def->nsteps || strcmp(st->status, SAGA_RUNNING) == 0)
+	/* past the pivot nothing is withdrawn: a failed saga there moves forward */
+	if (step >= st->def->nsteps || strcmp(st->status, SAGA_RUNNING) == 0 || st->pivoted)
 	{
 		SagaTransitionEnd(st->id);
 		return;
@@ -1720,8 +1735,9 @@ SagaSettleWithdrawn(int64 task_id)
 	}
 	else
 	{
-		/* compensate() treats it as having taken effect */
-		st->step_status[step] = STEP_SUCCEEDED;
+		(void) mark_in_doubt(st, step,
+							 jsonb_reason("withdrawn: lease lapsed without a report"),
+							 row.deliveries);
 		jb_str(&ps, "outcome", "lease lapsed without a report: compensated in doubt");
 	}
 	add_event(st, "withdrawn", step, jb_finish(&ps));
@@ -1957,6 +1973,9 @@ SagaIsolated(SagaWorkFn fn, int64 id, const char *why, bool id_is_task)
 	volatile bool ok = true;
 	ErrorData  *volatile edata = NULL;
 
+	/* a saga.tick() nested in this saga's own SQL step leaves the saga to its caller */
+	if (SagaTransitionActive(id_is_task ? SAGA_TASK_SAGA(id) : id))
+		return true;
 	SagaNoteWork(id_is_task ? SAGA_TASK_SAGA(id) : id, id_is_task ? id : 0, NULL);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);

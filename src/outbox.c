@@ -144,7 +144,12 @@ SagaOutboxRetryLater(int64 task_id, int attempt, int64 delay_us, bool drop_timeo
 	SagaVisibleAt(visible_at);
 }
 
-/* a lease lapsed without a report: that was an attempt, and the task is free again */
+/*
+ * A lease lapsed without a report: that was an attempt, and the task is free
+ * again.  lease_length goes (until the next claim) to say the last delivery
+ * lapsed: should the engine give up on the step before then, that delivery
+ * may have acted (report_action).
+ */
 void
 SagaOutboxLapse(int64 task_id)
 {
@@ -156,6 +161,7 @@ SagaOutboxLapse(int64 task_id)
 				"WITH o AS (SELECT id, lease_owner, deliveries FROM saga.outbox "
 				"WHERE id = $1 AND lease_owner IS NOT NULL), "
 				"u AS (UPDATE saga.outbox t SET attempt = t.attempt + 1, lease_owner = NULL, "
+				"lease_length = NULL, "
 				"headers = t.headers || pg_catalog.jsonb_build_object('attempt', t.attempt + 1) "
 				"FROM o WHERE t.id = o.id RETURNING t.saga_id, t.step, t.kind, t.attempt) "
 				"INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
@@ -300,8 +306,8 @@ saga_claim(PG_FUNCTION_ARGS)
 					"SELECT o.id, o.lease_owner IS NOT NULL "
 					"AND o.attempt >= COALESCE(o.max_attempts, 2147483647), "
 					"o.timeout_at <= $2, "
-					"o.kind = 'action' AND (SELECT s.status FROM saga.sagas s "
-					"WHERE s.id = o.saga_id) IS DISTINCT FROM 'running' "
+					"o.kind = 'action' AND NOT EXISTS (SELECT FROM saga.sagas s "
+					"WHERE s.id = o.saga_id AND (s.status = 'running' OR s.pivoted)) "
 					"FROM saga.outbox o WHERE o.topic = $1 AND o.visible_at <= $2 "
 					"ORDER BY o.visible_at, o.id LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
 					3, types, values, NULL, SPI_OK_SELECT, "finding tasks to claim");

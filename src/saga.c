@@ -304,6 +304,16 @@ SagaTransitionBegin(int64 saga_id)
 	active[nactive++] = saga_id;
 }
 
+/* is an enclosing call of this backend changing the saga */
+bool
+SagaTransitionActive(int64 saga_id)
+{
+	for (int i = 0; i < nactive; i++)
+		if (active[i] == saga_id)
+			return true;
+	return false;
+}
+
 /* the saga's new state is written */
 void
 SagaTransitionEnd(int64 saga_id)

@@ -140,6 +140,7 @@ extern void SagaGuestBegin(SagaGuestSave *save);
 extern void SagaGuestEnd(SagaGuestSave *save);
 extern void SagaTransitionBegin(int64 saga_id);
 extern void SagaTransitionEnd(int64 saga_id);
+extern bool SagaTransitionActive(int64 saga_id);
 extern void SagaNoteWork(int64 saga_id, int64 task_id, const char *step);
 extern void SagaNoteSaga(int64 saga_id);
 extern void SagaCheckPayload(Jsonb *value, const char *what);

@@ -386,8 +386,8 @@ unit_lapsed(TimestampTz now)
 
 	SagaExecute(&plan_lapsed,
 				"SELECT o.id, CASE "
-				"WHEN o.kind = 'action' AND (SELECT s.status FROM saga.sagas s "
-				"WHERE s.id = o.saga_id) IS DISTINCT FROM 'running' THEN 2 "
+				"WHEN o.kind = 'action' AND NOT EXISTS (SELECT FROM saga.sagas s "
+				"WHERE s.id = o.saga_id AND (s.status = 'running' OR s.pivoted)) THEN 2 "
 				"WHEN o.attempt >= COALESCE(o.max_attempts, 2147483647) THEN 1 "
 				"ELSE 0 END "
 				"FROM saga.outbox o WHERE o.lease_owner IS NOT NULL "
@@ -546,7 +546,7 @@ unit_withdrawn(void)
 	SagaExecute(&plan_withdrawn,
 				"SELECT o.id FROM saga.outbox o WHERE o.kind = 'action' "
 				"AND NOT EXISTS (SELECT FROM saga.sagas s WHERE s.id = o.saga_id "
-				"AND s.status = 'running') "
+				"AND (s.status = 'running' OR s.pivoted)) "
 				"LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
 				1, types, values, NULL, SPI_OK_SELECT, "finding withdrawn tasks");
 	ids = collect_ids(&n);
@@ -614,10 +614,13 @@ saga_tick(PG_FUNCTION_ARGS)
 	TimestampTz next = DT_NOEND;
 	JsonbParseState *ps = NULL;
 	int			counts[5];
+	const char *volatile prev_actor;
 
 	SagaEnter(&save);
 	/* the work is the worker's, whoever schedules it: history says so */
-	saga_actor = "saga tick";
+	prev_actor = saga_actor;
+	if (saga_actor == NULL)
+		saga_actor = "saga tick";
 	PG_TRY();
 	{
 		counts[0] = unit_timeouts(now);
@@ -628,7 +631,8 @@ saga_tick(PG_FUNCTION_ARGS)
 	}
 	PG_FINALLY();
 	{
-		saga_actor = NULL;
+		/* a guest the worker runs may call saga.tick(): the worker stays itself */
+		saga_actor = prev_actor;
 	}
 	PG_END_TRY();
 	SagaLeave(&save);

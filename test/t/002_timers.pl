@@ -277,6 +277,35 @@ sql($node, "ALTER SYSTEM RESET saga.notify");
 sql($node, "SELECT pg_reload_conf()");
 $listener->quit;
 
+# --- an SQL compensation that the worker runs calls saga.tick() ----------------
+# The nested tick's work is "saga tick"; the worker stays "saga worker" after
+# it (and keeps giving back the session locks its guests take, below).
+
+sql(
+	$node, q{
+CREATE SCHEMA tk;
+CREATE FUNCTION tk.undo(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM saga.tick();
+    RETURN '{}';
+END
+$$;
+SELECT saga.define('tk', '{"steps": [
+    {"name": "a", "topic": "tk_a", "compensate": {"sql": "tk.undo"}},
+    {"name": "b", "topic": "tk_b", "timeout": "1 second"}]}');
+});
+my $tk = sql($node, "SELECT saga.start('tk')");
+sql($node, "SELECT count(saga.complete(id, '{}', lease)) FROM saga.claim('tk_a', 'tap')");
+ok(poll_until($node, "SELECT status FROM saga.instances WHERE id = $tk", 'compensated'),
+	'tick in a guest: the worker ran the compensation that calls saga.tick()');
+is( sql($node,
+		"SELECT string_agg(DISTINCT actor, ',') FROM saga.history WHERE saga_id = $tk AND event IN ('failed', 'compensated')"
+	),
+	'saga worker',
+	'tick in a guest: the worker is still the actor of its work');
+is( sql($node, "SELECT count(*) FROM saga.history WHERE saga_id = $tk AND event = 'work_failed'"),
+	'0', 'tick in a guest: the nested tick leaves the saga being compensated alone');
+
 # --- an SQL compensation that the worker runs takes a session lock ------------
 # The sandbox cannot stop pg_advisory_lock; the worker gives such locks back
 # after the unit, or it would hold them until it exits.
