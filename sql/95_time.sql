@@ -319,11 +319,27 @@ SELECT event, step, detail FROM saga.history WHERE saga_id = :d6 AND event = 'wi
 SELECT saga.complete(saga_test.task(:d6, 'b'), '{"b": 6}', lease => 1) AS late;
 SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => 2)', saga_test.task(:d6, 'b'), '{"b": 6}'));
 SELECT step, kind, payload -> 'results' -> 'b' AS b_result FROM saga.outbox WHERE saga_id = :d6;
+-- (a late success after b's compensation ran is recorded and is an incident:
+-- that compensation did not know the result; see d7 below)
 -- both end only once b and a are undone
 SELECT count(saga.complete(id, '{"undone": true}', lease => lease)) AS b_undone FROM saga.claim('dl_undo', 'w', 10, '1 hour');
 SELECT id = :d5 AS is_d5, status FROM saga.instances WHERE id IN (:d5, :d6) ORDER BY id;
 SELECT count(saga.complete(id, '{"undone": true}', lease => lease)) AS a_undone FROM saga.claim('dl_undo', 'w', 10, '1 hour');
 SELECT id = :d5 AS is_d5, status FROM saga.instances WHERE id IN (:d5, :d6) ORDER BY id;
+
+-- d7: b's lease lapses, b is compensated in doubt and the compensation runs;
+-- then b's late success arrives: recorded, and the saga is an incident
+SELECT saga.start('dl_undo_b', '{"n": 7}') AS d7 \gset
+SELECT count(saga.complete(id, '{"a": 7}', lease => lease)) AS a_done FROM saga.claim('dl_a', 'w', 10, '1 hour');
+SELECT count(*) AS b_leased FROM saga.claim('dl_b2', 'w', 10, '1 hour');
+SELECT saga.cancel(:d7, 'b is slow');
+SELECT saga_test.time_passes(saga_test.task(:d7, 'b'));
+SELECT saga_test.tick();
+SELECT count(saga.complete(id, '{"undone": true}', lease => lease)) AS b_undone FROM saga.claim('dl_undo', 'w', 10, '1 hour');
+SELECT saga.complete(saga_test.task(:d7, 'b'), '{"b": 7}', lease => 1) AS late;
+SELECT step, error FROM saga.incidents WHERE saga_id = :d7;
+SELECT count(saga.complete(id, '{"undone": true}', lease => lease)) AS a_undone FROM saga.claim('dl_undo', 'w', 10, '1 hour');
+SELECT status FROM saga.instances WHERE id = :d7;
 
 -- a saga that finishes in time has no deadline left
 SELECT saga.start('dl_flow', '{"n": 2}') AS d2 \gset

@@ -573,6 +573,25 @@ late_report(SagaState *st, int step, bool success, Jsonb *payload, int32 lease)
 		if (st->step_status[step] == STEP_COMPENSATING &&
 			st->def->steps[step].compensate.topic != NULL)
 			SagaOutboxSetPayload(SAGA_TASK_ID(st->id, step, true), task_payload(st));
+
+		/*
+		 * Too late: its compensation already ran without this result (and
+		 * may not have undone what it now says it did).  A person decides.
+		 */
+		if (st->step_status[step] == STEP_COMPENSATED && st->incident == NULL &&
+			(st->def->steps[step].compensate.topic != NULL ||
+			 st->def->steps[step].compensate.sql != NULL))
+		{
+			JsonbParseState *ips = NULL;
+
+			pushJsonbValue(&ips, WJB_BEGIN_OBJECT, NULL);
+			jb_str(&ips, "step", name);
+			jb_jsonb(&ips, "error", jsonb_put(jsonb_reason("late success after its compensation ran"),
+											  "result", payload));
+			jb_str(&ips, "since", timestamptz_to_str(GetCurrentTimestamp()));
+			st->incident = jb_finish(&ips);
+			add_event(st, "incident", step, st->incident);
+		}
 	}
 	else if (st->step_status[step] == STEP_SUCCEEDED &&
 			 strcmp(st->status, SAGA_COMPENSATING) == 0)
