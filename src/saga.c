@@ -168,15 +168,6 @@ saga_xact_callback(XactEvent event, void *arg)
 	}
 }
 
-/*
- * The API functions are callable by the saga roles, which hold no privileges
- * on the tables themselves: the engine does its table work as the owner of
- * schema saga (the role that created the extension).  Unlike SECURITY
- * DEFINER, this keeps the caller's identity visible to us, which we need to
- * record who defined a saga (its SQL steps run as that role) and who acted.
- * The functions' SET clauses pin search_path for the engine's statements;
- * the background worker pins it for the whole process.
- */
 static void
 engine_errcontext(void *arg)
 {
@@ -209,6 +200,15 @@ SagaNoteSaga(int64 saga_id)
 		SagaNoteWork(saga_id, 0, NULL);
 }
 
+/*
+ * The API functions are callable by the saga roles, which hold no privileges
+ * on the tables themselves: the engine does its table work as the owner of
+ * schema saga (the role that created the extension).  Unlike SECURITY
+ * DEFINER, this keeps the caller's identity visible to us, which we need to
+ * record who defined a saga (its SQL steps run as that role) and who acted.
+ * The functions' SET clauses pin search_path for the engine's statements;
+ * the background worker pins it for the whole process.
+ */
 Oid
 SagaEnter(SagaUserSave *save)
 {
@@ -290,15 +290,14 @@ SagaGuestEnd(SagaGuestSave *save)
 void
 SagaTransitionBegin(int64 saga_id)
 {
-	for (int i = 0; i < nactive; i++)
-		if (active[i] == saga_id)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("saga %lld is already being changed by this transaction",
-							(long long) saga_id),
-					 errdetail("An SQL step of the saga called the engine for its own saga."),
-					 errhint("An SQL step cannot cancel, report for or retry its own saga; "
-							 "return an error from the step instead.")));
+	if (SagaTransitionActive(saga_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("saga %lld is already being changed by this transaction",
+						(long long) saga_id),
+				 errdetail("An SQL step of the saga called the engine for its own saga."),
+				 errhint("An SQL step cannot cancel, report for or retry its own saga; "
+						 "return an error from the step instead.")));
 	if (nactive == maxactive)
 		active = grow(active, &maxactive, sizeof(int64));
 	active[nactive++] = saga_id;

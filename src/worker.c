@@ -800,8 +800,7 @@ run_unit(const char *what, UnitFn fn, TimestampTz *next)
 	 * pg_advisory_lock; the sandbox cannot stop that): give them back, or
 	 * they would be held until the worker exits.
 	 */
-	if (saga_actor != NULL)
-		LockReleaseSession(USER_LOCKMETHOD);
+	LockReleaseSession(USER_LOCKMETHOD);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return n;
 }
