@@ -502,6 +502,24 @@ step_failed(SagaState *st, int step, Jsonb *error)
 }
 
 /*
+ * The document saga.incidents shows for a saga that needs a person:
+ * {"step", "error", "since", and "attempts" when they count (> 0)}.
+ */
+static Jsonb *
+incident_doc(SagaState *st, int step, int attempts, Jsonb *error)
+{
+	JsonbParseState *ps = NULL;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_str(&ps, "step", st->def->steps[step].name);
+	if (attempts > 0)
+		jb_int(&ps, "attempts", attempts);
+	jb_jsonb(&ps, "error", error);
+	jb_str(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
+	return jb_finish(&ps);
+}
+
+/*
  * The engine gave up on a delivered step whose outcome it cannot know: the
  * failure is recorded (with "in_doubt"), and the step counts as having
  * acted, so compensate() undoes it.
@@ -582,14 +600,9 @@ late_report(SagaState *st, int step, bool success, Jsonb *payload, int32 lease)
 			(st->def->steps[step].compensate.topic != NULL ||
 			 st->def->steps[step].compensate.sql != NULL))
 		{
-			JsonbParseState *ips = NULL;
-
-			pushJsonbValue(&ips, WJB_BEGIN_OBJECT, NULL);
-			jb_str(&ips, "step", name);
-			jb_jsonb(&ips, "error", jsonb_put(jsonb_reason("late success after its compensation ran"),
-											  "result", payload));
-			jb_str(&ips, "since", timestamptz_to_str(GetCurrentTimestamp()));
-			st->incident = jb_finish(&ips);
+			st->incident = incident_doc(st, step, 0,
+										jsonb_put(jsonb_reason("late success after its compensation ran"),
+												  "result", payload));
 			add_event(st, "incident", step, st->incident);
 		}
 	}
@@ -801,15 +814,9 @@ compensate(SagaState *st)
 				add_event(st, "compensation_dispatched", i, NULL);
 				if (!run_sql(st, s->compensate.sql, &out))
 				{
-					JsonbParseState *ps = NULL;
-
 					st->errors = jsonb_put(st->errors, s->name, out);
 					add_event(st, "compensation_failed", i, out);
-					pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-					jb_str(&ps, "step", s->name);
-					jb_jsonb(&ps, "error", out);
-					jb_str(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
-					st->incident = jb_finish(&ps);
+					st->incident = incident_doc(st, i, 0, out);
 					set_saga_status(st, SAGA_FAILED);
 					return;
 				}
@@ -1331,6 +1338,15 @@ struct TaskRow
  * outbox whatever else the report does, and should the report be refused
  * the error rolls the delete back.
  */
+/* what lock_task reads of a task, in TaskRow's order */
+#define TASK_ROW_COLUMNS \
+	"saga_id, attempt, deliveries, lease_owner IS NOT NULL, " \
+	"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') " \
+	"AND visible_at > pg_catalog.clock_timestamp(), " \
+	"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), " \
+	"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity', " \
+	"lease_owner IS NULL AND deliveries > 0 AND lease_length IS NULL"
+
 static bool
 lock_task(int64 task_id, TaskRow *row, bool take)
 {
@@ -1342,29 +1358,13 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 	Datum		d;
 
 	if (take)
-	{
 		SagaExecute(&plan_take,
-					"DELETE FROM saga.outbox WHERE id = $1 "
-					"RETURNING saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
-					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
-					"AND visible_at > pg_catalog.clock_timestamp(), "
-					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), "
-					"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity', "
-					"lease_owner IS NULL AND deliveries > 0 AND lease_length IS NULL",
+					"DELETE FROM saga.outbox WHERE id = $1 RETURNING " TASK_ROW_COLUMNS,
 					1, argtypes, values, NULL, SPI_OK_DELETE_RETURNING, "taking a task");
-	}
 	else
-	{
 		SagaExecute(&plan_task,
-					"SELECT saga_id, attempt, deliveries, lease_owner IS NOT NULL, "
-					"lease_owner IS NULL AND (attempt > 1 OR visible_at = 'infinity') "
-					"AND visible_at > pg_catalog.clock_timestamp(), "
-					"lease_owner IS NOT NULL AND visible_at > pg_catalog.clock_timestamp(), "
-					"visible_at <= pg_catalog.clock_timestamp(), visible_at = 'infinity', "
-					"lease_owner IS NULL AND deliveries > 0 AND lease_length IS NULL "
-					"FROM saga.outbox WHERE id = $1 FOR UPDATE",
+					"SELECT " TASK_ROW_COLUMNS " FROM saga.outbox WHERE id = $1 FOR UPDATE",
 					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a task");
-	}
 	if (SPI_processed == 0)
 		return false;
 	tup = SPI_tuptable->vals[0];
@@ -1410,16 +1410,9 @@ task_finished(SagaState *st, int64 task_id, int step)
 static void
 raise_incident(SagaState *st, int step, int attempt, Jsonb *error)
 {
-	JsonbParseState *ps = NULL;
-
 	if (attempt < saga_incident_after || st->incident != NULL)
 		return;
-	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "step", st->def->steps[step].name);
-	jb_int(&ps, "attempts", attempt);
-	jb_jsonb(&ps, "error", error);
-	jb_str(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
-	st->incident = jb_finish(&ps);
+	st->incident = incident_doc(st, step, attempt, error);
 	add_event(st, "incident", step, st->incident);
 }
 
@@ -1469,8 +1462,6 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 	}
 	else
 	{
-		JsonbParseState *ps = NULL;
-
 		/*
 		 * The task stays, out of sight, so saga.retry brings it back with its
 		 * delivery count: a report under an old lease stays refused.
@@ -1478,11 +1469,7 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 		SagaOutboxPark(task);
 		st->errors = jsonb_put(st->errors, st->def->steps[step].name, payload);
 		add_event(st, "compensation_failed", step, payload);
-		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-		jb_str(&ps, "step", st->def->steps[step].name);
-		jb_jsonb(&ps, "error", payload);
-		jb_str(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
-		st->incident = jb_finish(&ps);
+		st->incident = incident_doc(st, step, 0, payload);
 		set_saga_status(st, SAGA_FAILED);
 	}
 }
@@ -1582,7 +1569,7 @@ report_absent(SagaState *st, int64 task_id, int step, bool comp, bool success, J
 	}
 
 	/* a step the engine failed in doubt: its late report is recorded */
-	if (has_lease && lease == st->deliveries[step])
+	if (has_lease && lease == DELIVERY(st, step, false))
 	{
 		Jsonb	   *error = jsonb_get(st->errors, name);
 

@@ -306,8 +306,7 @@ saga_claim(PG_FUNCTION_ARGS)
 					"SELECT o.id, o.lease_owner IS NOT NULL "
 					"AND o.attempt >= COALESCE(o.max_attempts, 2147483647), "
 					"o.timeout_at <= $2, "
-					"o.kind = 'action' AND NOT EXISTS (SELECT FROM saga.sagas s "
-					"WHERE s.id = o.saga_id AND (s.status = 'running' OR s.pivoted)) "
+					SAGA_SQL_WITHDRAWN " "
 					"FROM saga.outbox o WHERE o.topic = $1 AND o.visible_at <= $2 "
 					"ORDER BY o.visible_at, o.id LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
 					3, types, values, NULL, SPI_OK_SELECT, "finding tasks to claim");

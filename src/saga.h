@@ -45,6 +45,15 @@
 #define SAGA_MAX_INTERVAL_DAYS	3650
 #define SAGA_MAX_INTERVAL		((int64) SAGA_MAX_INTERVAL_DAYS * USECS_PER_DAY)
 
+/*
+ * SQL over saga.outbox o: the task is an action of a saga that stopped
+ * running, withdrawn (to be settled, not delivered).  Past its pivot a saga
+ * withdraws nothing, also while it waits for saga.retry.
+ */
+#define SAGA_SQL_WITHDRAWN \
+	"(o.kind = 'action' AND NOT EXISTS (SELECT FROM saga.sagas s " \
+	"WHERE s.id = o.saga_id AND (s.status = 'running' OR s.pivoted)))"
+
 /* step_status codes, as stored in saga.sagas.step_status */
 typedef enum SagaStepStatus
 {

@@ -386,8 +386,7 @@ unit_lapsed(TimestampTz now)
 
 	SagaExecute(&plan_lapsed,
 				"SELECT o.id, CASE "
-				"WHEN o.kind = 'action' AND NOT EXISTS (SELECT FROM saga.sagas s "
-				"WHERE s.id = o.saga_id AND (s.status = 'running' OR s.pivoted)) THEN 2 "
+				"WHEN " SAGA_SQL_WITHDRAWN " THEN 2 "
 				"WHEN o.attempt >= COALESCE(o.max_attempts, 2147483647) THEN 1 "
 				"ELSE 0 END "
 				"FROM saga.outbox o WHERE o.lease_owner IS NOT NULL "
@@ -544,9 +543,7 @@ unit_withdrawn(void)
 	int			n;
 
 	SagaExecute(&plan_withdrawn,
-				"SELECT o.id FROM saga.outbox o WHERE o.kind = 'action' "
-				"AND NOT EXISTS (SELECT FROM saga.sagas s WHERE s.id = o.saga_id "
-				"AND (s.status = 'running' OR s.pivoted)) "
+				"SELECT o.id FROM saga.outbox o WHERE " SAGA_SQL_WITHDRAWN " "
 				"LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
 				1, types, values, NULL, SPI_OK_SELECT, "finding withdrawn tasks");
 	ids = collect_ids(&n);
