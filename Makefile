@@ -8,8 +8,11 @@ OBJS = \
 	src/definition.o \
 	src/engine.o \
 	src/outbox.o \
+	src/event.o \
+	src/choreography.o \
 	src/api.o \
-	src/worker.o
+	src/worker.o \
+	src/wakeup.o
 
 DATA = $(wildcard saga--*.sql)
 PGFILEDESC = "saga - sagas inside PostgreSQL"

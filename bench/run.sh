@@ -17,7 +17,10 @@
 #   DURATION_STEADY=600  seconds of the steady-load run (QUICK: 20)
 #   SAMPLE_EVERY=30      seconds between size samples (QUICK: 5)
 #   RETENTION=60         saga.retention during the steady run, seconds (QUICK: 5)
-#   RESULTS=bench/RESULTS.md   where the report goes
+#   RESULTS=bench/RESULTS.md   where the report goes (ONLY=events: bench/RESULTS-events.md)
+#   ONLY=                only these stages, comma-separated (a stage's prerequisites are added):
+#                        starts steps pgq e2e failure notify events dispatch claim steady
+#                        (ONLY=events: the choreography lines of issue 9 alone)
 # shellcheck disable=SC2119  # helpers with optional arguments
 set -euo pipefail
 
@@ -28,11 +31,29 @@ SAGA_PACKAGES+=(postgresql-15-pgq3 libpq-dev)
 
 # the command that reproduces this run: the settings given in the environment
 GIVEN=""
-for v in QUICK DURATION ROUNDS CLIENTS JOBS DURATION_LATENCY CLAIM_BACKLOG DURATION_STEADY \
+for v in QUICK ONLY DURATION ROUNDS CLIENTS JOBS DURATION_LATENCY CLAIM_BACKLOG DURATION_STEADY \
 	SAMPLE_EVERY RETENTION; do
 	if [ -n "${!v:-}" ]; then GIVEN+="$v=${!v} "; fi
 done
 QUICK=${QUICK:-0}
+
+# the stages to run: all, or those of ONLY and what they need (failure and dispatch take their
+# rates from steps, steady from e2e)
+STAGES=(starts steps pgq e2e failure notify events dispatch claim steady)
+declare -A WANT
+ONLY=${ONLY:-}
+if [ -z "$ONLY" ]; then
+	for s in "${STAGES[@]}"; do WANT[$s]=1; done
+else
+	for s in ${ONLY//,/ }; do
+		[[ " ${STAGES[*]} " == *" $s "* ]] || saga_die "ONLY: unknown stage '$s' (stages: ${STAGES[*]})"
+		WANT[$s]=1
+	done
+	if [ -n "${WANT[failure]:-}${WANT[dispatch]:-}" ]; then WANT[steps]=1; fi
+	if [ -n "${WANT[steady]:-}" ]; then WANT[e2e]=1; fi
+fi
+wanted() { [ -n "${WANT[$1]:-}" ]; }
+
 if [ "$QUICK" = 1 ]; then
 	D=${DURATION:-3} D_LAT=${DURATION_LATENCY:-3} BACKLOG=${CLAIM_BACKLOG:-100000}
 	D_STEADY=${DURATION_STEADY:-20} SAMPLE=${SAMPLE_EVERY:-5} RETENTION_S=${RETENTION:-5}
@@ -40,12 +61,20 @@ if [ "$QUICK" = 1 ]; then
 else
 	D=${DURATION:-15} D_LAT=${DURATION_LATENCY:-10} BACKLOG=${CLAIM_BACKLOG:-1000000}
 	D_STEADY=${DURATION_STEADY:-600} SAMPLE=${SAMPLE_EVERY:-30} RETENTION_S=${RETENTION:-60}
-	RESULTS_FILE=${RESULTS:-$SAGA_ROOT/bench/RESULTS.md}
+	if [ -n "$ONLY" ]; then
+		RESULTS_FILE=${RESULTS:-$SAGA_ROOT/bench/RESULTS-${ONLY//,/-}.md}
+	else
+		RESULTS_FILE=${RESULTS:-$SAGA_ROOT/bench/RESULTS.md}
+	fi
 fi
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-8}
 JOBS=${JOBS:-2}
-DBS=(bench bench_claim bench_steady)
+DBS=(bench)     # the benchmark databases (the saga worker runs in each)
+if wanted events; then DBS+=(bench_events); fi
+if wanted claim; then DBS+=(bench_claim); fi
+if wanted steady; then DBS+=(bench_steady); fi
+DB=bench        # the database of the throughput workloads (bench_events in stage events)
 
 OUT=            # pgbench logs and tool output of this run
 BG_PIDS=()      # background pgbench / loaders of ours
@@ -129,18 +158,18 @@ run_pgbench() {
 
 record() { # record WORKLOAD RATE
 	R[$1]="${R[$1]:-} $2"
-	case $1 in saga_step | saga_poll50 | saga_claim50 | saga_claim50_1 | notify_*)
+	case $1 in saga_step | saga_poll50 | saga_claim50 | saga_claim50_1 | notify_* | ev_step | ev_step_claim)
 		CHAIN_RATE=$(awk -v a="$CHAIN_RATE" -v b="$2" 'BEGIN { print (b > a ? b : a) }') ;;
 	esac
 	printf '    %-22s round %s: %10.1f /s\n' "$1" "$ROUND" "$2"
 }
 
 outbox_deleted() { # rows deleted from an outbox table so far (statistics)
-	q bench "SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = '$1'::regclass"
+	q "$DB" "SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = '$1'::regclass"
 }
 
 pending() { # ready tasks of a topic in saga.outbox
-	q "${2:-bench}" "SELECT count(*) FROM saga.outbox WHERE topic = '$1'"
+	q "${2:-$DB}" "SELECT count(*) FROM saga.outbox WHERE topic = '$1'"
 }
 
 dry_check() { # dry_check WORKLOAD COUNT: warn when the pool it drew from ran empty
@@ -159,12 +188,12 @@ CHAIN_RATE=0         # the highest step rate seen on topic chain
 # run at 1.5 times the highest rate seen (a pending task of step i has 10 - i steps left)
 topup_chain() {
 	local have left need
-	IFS='|' read -r have left < <(q bench "SELECT count(*), coalesce(sum(10 - ((id >> 1) & 511)), 0)
+	IFS='|' read -r have left < <(q "$DB" "SELECT count(*), coalesce(sum(10 - ((id >> 1) & 511)), 0)
 	                                         FROM saga.outbox WHERE topic = 'chain'")
 	need=$(awk -v h="$have" -v l="$left" -v p="$CHAIN_POOL" -v r="$CHAIN_RATE" -v d="$D" 'BEGIN {
 		a = p - h; b = int((1.5 * r * d - l) / 10) + 1; n = (a > b ? a : b); print (n > 0 ? n : 0) }')
 	if [ "$need" -gt 0 ]; then
-		saga_psql -d bench -c "SET synchronous_commit = off" -c "CALL bench_start_many('chain', $need)"
+		saga_psql -d "$DB" -c "SET synchronous_commit = off" -c "CALL bench_start_many('chain', $need)"
 	fi
 }
 
@@ -197,7 +226,7 @@ steps_run() { # steps_run WORKLOAD OUTBOX CLIENTS SCRIPT [options]
 	local w=$1 table=$2 clients=$3 before after
 	shift 3
 	before=$(outbox_deleted "$table")
-	run_pgbench "$w.r$ROUND" bench "$clients" "$D" "$@"
+	run_pgbench "$w.r$ROUND" "$DB" "$clients" "$D" "$@"
 	after=$(outbox_deleted "$table")
 	record "$w" "$(calc "($after - $before) / $PGB_ELAPSED")"
 }
@@ -297,7 +326,9 @@ rotate() { # rotate WORKLOAD...: ROUNDS rounds of the workloads in turn
 setup_cluster() {
 	saga_make_workdir bench
 	OUT=$SAGA_WORK/out
-	mkdir -p "$OUT" "$SAGA_WORK/bin"
+	PGLOG=$OUT/pglog
+	mkdir -p "$OUT" "$SAGA_WORK/bin" "$PGLOG"
+	saga_as_root chown postgres: "$PGLOG" # pgbench --log files (fan-out latency)
 	local inc
 	inc=$("$PG_CONFIG" --includedir)
 	gcc -O2 -Wall -Wextra -Werror -o "$SAGA_WORK/bin/listen_latency" "$SAGA_ROOT/bench/listen_latency.c" -I"$inc" -lpq
@@ -314,7 +345,23 @@ setup_cluster() {
 		saga_psql -c "CREATE DATABASE $db"
 		saga_psql -d "$db" -f src/bench/setup.sql >/dev/null
 	done
-	saga_psql -d bench -f src/bench/setup_pgq.sql >/dev/null
+	if wanted starts || wanted pgq; then
+		saga_psql -d bench -f src/bench/setup_pgq.sql >/dev/null
+	fi
+	if wanted events; then
+		saga_psql -d bench_events -f src/bench/setup_events.sql >/dev/null
+	fi
+}
+
+drop_db() { # drop_db DB: take it off the worker's list (saga.databases), then drop it
+	local d keep=()
+	for d in "${DBS[@]}"; do [ "$d" = "$1" ] || keep+=("$d"); done
+	DBS=("${keep[@]}")
+	saga_psql -c "ALTER SYSTEM SET saga.databases = '$(
+		IFS=,
+		echo "${DBS[*]}"
+	)'" -c "SELECT pg_reload_conf()" >/dev/null
+	saga_psql -c "DROP DATABASE $1 WITH (FORCE)" >/dev/null
 }
 
 stage_starts() {
@@ -383,6 +430,162 @@ stage_notify() {
 	fi
 }
 
+# ---------- choreography (issue 9): publish, flow tracking, deliveries, fan-out ------------------
+# In database bench_events (setup_events.sql), dropped at the end of the stage: the deliveries
+# that nobody consumes (publish, flow and fan-out lines) stay in its outbox until then.
+
+EV_POOL=20000   # deliveries pending on topic ev_work before each run, at least
+EV_RATE=0       # the highest delivery rate seen on topic ev_work
+FLOW_TX=0       # pgbench transactions of the flow workload (one flow each)
+declare -A SL   # SL[workload:statement] = "ms ms ..." mean statement latency (pgbench -r) per round
+
+mean3() { # mean of the numbers in $1, three decimals
+	awk -v s="$1" 'BEGIN { n = split(s, a, " "); t = 0; for (i = 1; i <= n; i++) t += a[i]; printf "%.3f", n ? t / n : 0 }'
+}
+
+stmt_latency() { # stmt_latency LOG TEXT: mean latency (ms) pgbench -r gave the statement containing TEXT
+	awk -v t="$2" '/^statement latencies/ { f = 1; next } f && index($0, t) { print $1; exit }' "$1"
+}
+
+lat_stats() { # lat_stats FILE...: mean, p50, p99 (ms) of the transactions of pgbench --log files
+	awk '$3 ~ /^[0-9]+$/ { print $3 }' "$@" | sort -n | awk '{ a[NR] = $1; t += $1 }
+		END { if (NR == 0) { print "n/a n/a n/a"; exit }
+		      printf "%.3f %.3f %.3f\n", t / NR / 1000, a[int((NR - 1) * 0.50) + 1] / 1000, a[int((NR - 1) * 0.99) + 1] / 1000 }'
+}
+
+# before a run on topic ev_work: at least EV_POOL deliveries pending, and 1.5 runs at the highest rate
+topup_events() {
+	local need
+	need=$(awk -v h="$(pending ev_work)" -v p="$EV_POOL" -v r="$EV_RATE" -v d="$D" 'BEGIN {
+		w = 1.5 * r * d; if (w < p) w = p; n = int(w - h); print (n > 0 ? n : 0) }')
+	if [ "$need" -gt 0 ]; then
+		saga_psql -d "$DB" -c "SET synchronous_commit = off" -c "CALL bench_publish_many('bench.work', $need)" >/dev/null
+	fi
+}
+
+wl_ev_base_publish() {
+	run_pgbench "ev_base_publish.r$ROUND" "$DB" "$CLIENTS" "$D" base_publish.sql
+	record ev_base_publish "$PGB_TPS"
+}
+wl_ev_publish() {
+	run_pgbench "ev_publish.r$ROUND" "$DB" "$CLIENTS" "$D" ev_publish.sql -D "etype='bench.pub3'" -D "corr='bench-noflow'"
+	record ev_publish "$PGB_TPS"
+}
+
+flow_run() { # flow_run WORKLOAD START NEXT: publishes/s (two per pgbench transaction)
+	run_pgbench "$1.r$ROUND" "$DB" "$CLIENTS" "$D" ev_flow.sql -r -D "start='$2'" -D "next='$3'"
+	record "$1" "$(calc "2 * $PGB_TPS")"
+	SL[$1:start]+=" $(stmt_latency "$OUT/$1.r$ROUND.log" 'saga.publish(:start')"
+	SL[$1:next]+=" $(stmt_latency "$OUT/$1.r$ROUND.log" 'saga.publish(:next')"
+}
+wl_ev_flow_plain() { flow_run ev_flow_plain Plain.Placed Plain.Charged; }
+wl_ev_flow() {
+	flow_run ev_flow OrderPlaced PaymentCharged
+	FLOW_TX=$((FLOW_TX + PGB_TX))
+}
+
+wl_ev_step() {
+	topup_chain >/dev/null
+	steps_run ev_step saga.outbox "$CLIENTS" saga_step.sql -D "topic='chain'" -D n=1
+	dry_check ev_step "$(pending chain)"
+}
+wl_ev_step_claim() {
+	topup_chain >/dev/null
+	steps_run ev_step_claim saga.outbox "$CLIENTS" saga_claim.sql -D "topic='chain'" -D n=1
+	dry_check ev_step_claim "$(pending chain)"
+}
+delivery_run() { # delivery_run WORKLOAD SCRIPT: deliveries of topic ev_work settled per second
+	topup_events
+	steps_run "$1" saga.outbox "$CLIENTS" "$2" -D "topic='ev_work'" -D n=1
+	EV_RATE=$(awk -v a="$EV_RATE" -v s="${R[$1]}" 'BEGIN { n = split(s, x, " "); print (x[n] > a ? x[n] : a) }')
+	dry_check "$1" "$(pending ev_work)"
+}
+wl_ev_poll() { delivery_run ev_poll saga_step.sql; }
+wl_ev_claim() { delivery_run ev_claim saga_claim.sql; }
+
+fan_run() { # fan_run N: one client publishing events of a type with N subscriptions
+	local w=ev_fan$1
+	run_pgbench "$w.r$ROUND" "$DB" 1 "$D_LAT" ev_publish.sql -r --log --log-prefix="$PGLOG/$w.r$ROUND" \
+		-D "etype='bench.fan$1'" -D "corr='bench-noflow'"
+	SL[$w:publish]+=" $(stmt_latency "$OUT/$w.r$ROUND.log" 'saga.publish(')"
+	printf '    %-22s round %s: %10.1f /s, publish statement %s ms\n' "$w" "$ROUND" "$PGB_TPS" "${SL[$w:publish]##* }"
+}
+
+# what the runs left behind, as the API says it should be (logged; a mismatch is a warning)
+events_check() {
+	local n mn mx rows
+	IFS='|' read -r n mn mx < <(q "$DB" "SELECT count(*), min(deliveries), max(deliveries) FROM saga.events WHERE type = 'bench.pub3'")
+	rows=$(q "$DB" "SELECT count(*) FROM saga.outbox WHERE topic IN ('pub_a', 'pub_b', 'pub_c') AND kind = 'event'")
+	saga_log "bench.pub3: $n events, deliveries per event $mn..$mx, $rows delivery rows"
+	if [ "$mn" != 3 ] || [ "$mx" != 3 ] || [ "$rows" != $((3 * n)) ]; then
+		saga_warn "bench.pub3: expected 3 deliveries per event and $((3 * n)) rows"
+	fi
+}
+flows_check() {
+	local n running waiting plain
+	IFS='|' read -r n running waiting < <(q "$DB" "SELECT count(*), count(*) FILTER (WHERE status = 'running'),
+	    count(*) FILTER (WHERE waiting_on = '{inventory}') FROM saga.flows WHERE choreography = 'order'")
+	plain=$(q "$DB" "SELECT count(*) FROM saga.flows f JOIN saga.events e ON e.correlation_id = f.correlation_id
+	                  WHERE e.type = 'Plain.Placed'")
+	saga_log "choreography order: $n flows for $FLOW_TX start events, $running running, $waiting waiting on inventory; $plain flows for Plain.Placed"
+	if [ "$n" != "$FLOW_TX" ] || [ "$running" != "$n" ] || [ "$waiting" != "$n" ] || [ "$plain" != 0 ]; then
+		saga_warn "flows: expected $FLOW_TX running flows waiting on inventory, none for Plain.Placed"
+	fi
+}
+
+stage_events() {
+	local before s1 s10 s100
+	DB=bench_events
+	# 1. saga.publish against the hand-written statement
+	rotate ev_base_publish ev_publish
+	add_row "publishes/s ($CLIENTS clients, an event type with 3 subscriptions, one per transaction)" \
+		"hand-written: event row + 3 delivery rows, one statement" ev_base_publish \
+		"saga.publish (correlation id of no flow)" ev_publish
+	events_check
+
+	# 4. flow tracking: the same two publishes with and without a choreography concerned
+	rotate ev_flow_plain ev_flow
+	add_row "publishes/s, flow tracking ($CLIENTS clients; a start event with a fresh correlation id, then the event it caused, a transaction each)" \
+		"no choreography concerned" ev_flow_plain "choreography order: a new flow, then its next event" ev_flow
+	REPORT+=("| ... mean publish latency (ms, pgbench -r): start event / caused event | no choreography: $(mean3 "${SL[ev_flow_plain:start]:-}") / $(mean3 "${SL[ev_flow_plain:next]:-}") | order flow: $(mean3 "${SL[ev_flow:start]:-}") / $(mean3 "${SL[ev_flow:next]:-}") | start $(ratio "$(mean3 "${SL[ev_flow:start]:-}")" "$(mean3 "${SL[ev_flow_plain:start]:-}")"), caused $(ratio "$(mean3 "${SL[ev_flow:next]:-}")" "$(mean3 "${SL[ev_flow_plain:next]:-}")") |")
+	flows_check
+
+	# 2. delivery throughput against the step throughput, both measured here
+	saga_log "preloading sagas on topic chain and deliveries on topic ev_work"
+	topup_chain >/dev/null
+	topup_events
+	saga_psql -d "$DB" -c "VACUUM ANALYZE" >/dev/null
+	ROUND=0
+	before=$(outbox_deleted saga.outbox)
+	run_pgbench ev_calibrate "$DB" "$CLIENTS" 2 saga_step.sql -D "topic='ev_work'" -D n=1
+	EV_RATE=$(calc "($(outbox_deleted saga.outbox) - $before) / $PGB_ELAPSED")
+	saga_log "transactional poll of deliveries ~$(fmt0 "$EV_RATE")/s"
+	rotate ev_step ev_step_claim ev_poll ev_claim
+	add_row "deliveries/s vs steps/s ($CLIENTS clients, one per transaction): transactional poll + complete" \
+		"saga step (topic chain)" ev_step "event delivery (topic ev_work)" ev_poll
+	add_row "deliveries/s vs steps/s: claim(1) + complete(lease), one transaction" \
+		"saga step, transactional poll" ev_step "event delivery, claim(1) + complete(lease)" ev_claim
+	add_row "... like for like: claim(1) + complete(lease) of each" \
+		"saga step, claim(1)" ev_step_claim "event delivery, claim(1)" ev_claim
+
+	# 3. fan-out: publish latency at 1, 10 and 100 subscribers, one client
+	for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+		fan_run 1
+		fan_run 10
+		fan_run 100
+	done
+	read -r -a s1 <<<"$(lat_stats "$PGLOG"/ev_fan1.r*)"
+	read -r -a s10 <<<"$(lat_stats "$PGLOG"/ev_fan10.r*)"
+	read -r -a s100 <<<"$(lat_stats "$PGLOG"/ev_fan100.r*)"
+	local m1 m10 m100
+	m1=$(mean3 "${SL[ev_fan1:publish]:-}") m10=$(mean3 "${SL[ev_fan10:publish]:-}") m100=$(mean3 "${SL[ev_fan100:publish]:-}")
+	LAT_LINES+=("| fan-out: saga.publish statement, mean (ms, pgbench -r) | 1 subscriber: $m1 | 10 subscribers: $m10; 100 subscribers: $m100 | 10/1 $(ratio "$m10" "$m1"), **100/1 $(ratio "$m100" "$m1")** |")
+	LAT_LINES+=("| fan-out: transaction (publish + commit), mean / p50 / p99 (ms) | 1 subscriber: ${s1[0]} / ${s1[1]} / ${s1[2]} | 10 subscribers: ${s10[0]} / ${s10[1]} / ${s10[2]}; 100 subscribers: ${s100[0]} / ${s100[1]} / ${s100[2]} | 100/1: mean $(ratio "${s100[0]}" "${s1[0]}"), p50 $(ratio "${s100[1]}" "${s1[1]}"), p99 $(ratio "${s100[2]}" "${s1[2]}") |")
+
+	DB=bench
+	drop_db bench_events
+}
+
 LAT_LINES=()
 stage_dispatch_latency() {
 	local peak rate samples idle loaded bg_tps
@@ -448,8 +651,7 @@ stage_claim_latency() {
 		LAT_LINES+=("| claim + complete latency avg / p50 / p99 (ms) | empty topic: $(claim_mean empty 7) / $(claim_mean empty 8) / $(claim_mean empty 9) | $label: $(claim_mean $c 7) / $(claim_mean $c 8) / $(claim_mean $c 9) | p50 $(ratio "$(claim_mean $c 8)" "$(claim_mean empty 8)"), p99 $(ratio "$(claim_mean $c 9)" "$(claim_mean empty 9)") |")
 	done
 	# the backlog is not needed any more
-	saga_psql -c "ALTER SYSTEM SET saga.databases = 'bench,bench_steady'" -c "SELECT pg_reload_conf()" >/dev/null
-	saga_psql -c "DROP DATABASE bench_claim WITH (FORCE)" >/dev/null
+	drop_db bench_claim
 }
 
 SIZE_SERIES=()
@@ -509,7 +711,9 @@ stage_steady() {
 
 command_line() { printf '%sbash bench/run.sh' "$GIVEN"; }
 
-run_stage() { # run_stage TITLE FUNCTION
+run_stage() { # run_stage STAGE TITLE FUNCTION: when the stage is wanted (ONLY)
+	wanted "$1" || return 0
+	shift
 	note_foreign_servers
 	saga_stage_begin "$1"
 	"$2"
@@ -528,7 +732,7 @@ note_foreign_servers() {
 }
 
 write_report() {
-	local f=$1 commit dirty settings line
+	local f=$1 commit dirty settings line s
 	commit=$(git -C "$SAGA_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	dirty=$(git -C "$SAGA_ROOT" status --porcelain -- src saga--0.1.sql 2>/dev/null | wc -l || echo 0)
 	settings=$(q bench "SELECT string_agg(name || ' = ' || setting || coalesce(unit, ''), ', ' ORDER BY name)
@@ -550,14 +754,46 @@ write_report() {
 			printf -- '- **caution**: other PostgreSQL servers ran on this machine during the benchmark (%s); their load makes these figures noisier and lower\n' \
 				"$(printf '%s ' "${!FOREIGN[@]}" | sed 's/ $//')"
 		fi
-		printf -- '- load: pgbench, %s clients, %s threads, %s s per run, variants alternated A B A B (%s rounds); figures are the mean, rounds in parentheses\n\n' \
+		if [ -n "$ONLY" ]; then
+			printf -- '- stages: %s only (ONLY)\n' "$(for s in "${STAGES[@]}"; do wanted "$s" && printf '%s ' "$s"; done | sed 's/ $//')"
+		fi
+		printf -- '- load: pgbench, %s clients, %s threads, %s s per run, variants alternated A B A B (%s rounds); figures are the mean, rounds in parentheses\n' \
 			"$CLIENTS" "$JOBS" "$D" "$ROUNDS"
-		printf '## Throughput\n\n'
-		printf '| measurement | A (reference) | B | B/A |\n| --- | --- | --- | --- |\n'
-		for line in "${REPORT[@]}"; do printf '%s\n' "$line"; done
-		printf '\n## Latency (single client; %s s per measurement)\n\n' "$D_LAT"
-		printf '| measurement | A | B | B/A |\n| --- | --- | --- | --- |\n'
-		for line in "${LAT_LINES[@]}"; do printf '%s\n' "$line"; done
+		if [ ${#REPORT[@]} -gt 0 ]; then
+			printf '\n## Throughput\n\n'
+			printf '| measurement | A (reference) | B | B/A |\n| --- | --- | --- | --- |\n'
+			for line in "${REPORT[@]}"; do printf '%s\n' "$line"; done
+		fi
+		if [ ${#LAT_LINES[@]} -gt 0 ]; then
+			printf '\n## Latency (single client; %s s per measurement)\n\n' "$D_LAT"
+			printf '| measurement | A | B | B/A |\n| --- | --- | --- | --- |\n'
+			for line in "${LAT_LINES[@]}"; do printf '%s\n' "$line"; done
+		fi
+		if [ ${#SIZE_SERIES[@]} -gt 0 ]; then
+			steady_report
+		fi
+		local others=
+		for s in "${STAGES[@]}"; do
+			if [ "$s" != events ] && wanted "$s"; then others=1; fi
+		done
+		if [ -n "$others" ]; then
+			printf '\nNotes: steps are counted as outbox rows deleted (one per completed task); sagas end to end as sagas finished during the run. '
+			printf 'The baseline is bench/pgbench/base_*.sql: one state row, one outbox row per ready step, one history row per transition, '
+			printf 'in one statement per transaction. Claim latency is bench/claim_latency.c (claim and complete are separate transactions, '
+			printf 'prepared statements); dispatch latency is bench/listen_latency.c (CLOCK_REALTIME, one process).\n'
+		fi
+		if wanted events; then
+			printf '\nChoreography lines (database bench_events, bench/setup_events.sql): the publish baseline is bench/pgbench/base_publish.sql, '
+			printf 'one statement into base.events and base.ev_outbox, copies of saga.events and saga.outbox (LIKE ... INCLUDING ALL, same fillfactor); '
+			printf 'deliveries and steps are counted as outbox rows deleted; flow tracking is the order choreography of DESIGN.md (deadline 1 day); '
+			printf 'fan-out latency is one client, the statement from pgbench -r, the transaction (BEGIN, publish, COMMIT) from pgbench --log.\n'
+		fi
+	} >"$f"
+}
+
+steady_report() {
+	local line
+	{
 		printf '\n## Table sizes under steady load\n\n'
 		printf '3-step sagas started and driven by %s clients at %s/s (half of the peak above; achieved %s/s), ' \
 			"$CLIENTS" "$STEADY_RATE" "$(fmt0 "${STEADY_TPS:-0}")"
@@ -572,11 +808,7 @@ write_report() {
 			b=$(awk -F'|' '{ gsub(/ /, "", $11); print $11 }' <<<"${SIZE_SERIES[-1]}")
 			printf '\nTotal size at the end / at mid-run: **%s** (1.00 = a plateau).\n' "$(ratio "$b" "$a")"
 		fi
-		printf '\nNotes: steps are counted as outbox rows deleted (one per completed task); sagas end to end as sagas finished during the run. '
-		printf 'The baseline is bench/pgbench/base_*.sql: one state row, one outbox row per ready step, one history row per transition, '
-		printf 'in one statement per transaction. Claim latency is bench/claim_latency.c (claim and complete are separate transactions, '
-		printf 'prepared statements); dispatch latency is bench/listen_latency.c (CLOCK_REALTIME, one process).\n'
-	} >"$f"
+	}
 }
 
 main() {
@@ -593,15 +825,16 @@ main() {
 	setup_cluster
 	saga_stage_end
 
-	run_stage "starts" stage_starts
-	run_stage "steps" stage_steps
-	run_stage "one consumer vs PgQ" stage_pgq_consume
-	run_stage "end to end" stage_e2e
-	run_stage "failure path" stage_failure
-	run_stage "notify on/off" stage_notify
-	run_stage "dispatch latency" stage_dispatch_latency
-	run_stage "claim latency" stage_claim_latency
-	run_stage "steady load, sizes" stage_steady
+	run_stage starts "starts" stage_starts
+	run_stage steps "steps" stage_steps
+	run_stage pgq "one consumer vs PgQ" stage_pgq_consume
+	run_stage e2e "end to end" stage_e2e
+	run_stage failure "failure path" stage_failure
+	run_stage notify "notify on/off" stage_notify
+	run_stage events "choreography: publish, flows, deliveries, fan-out" stage_events
+	run_stage dispatch "dispatch latency" stage_dispatch_latency
+	run_stage claim "claim latency" stage_claim_latency
+	run_stage steady "steady load, sizes" stage_steady
 	note_foreign_servers
 
 	write_report "$OUT/RESULTS.md"

@@ -1,6 +1,7 @@
 --
--- 01_upgrade: 0.1 as it landed, updated to 0.2 with its data, is the same
--- extension as a fresh 0.2: same objects, columns, grants, options, comments.
+-- 01_upgrade: 0.1 as it landed, updated to 0.2 and then 0.3 with its data,
+-- is the same extension as a fresh 0.3: same objects, columns, grants,
+-- options, comments.
 --
 DROP EXTENSION saga;
 CREATE EXTENSION saga VERSION '0.1';
@@ -34,6 +35,14 @@ SELECT saga.complete(:u_undo, '{"undone": true}', lease => :u_undo_lease) AS com
 -- the compensation's lease is fenced from now on, as 0.2 does
 SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => %s)', :u_undo, '{}', :u_undo_lease + 1));
 SELECT name, status, finished_at IS NOT NULL AS finished FROM saga.instances ORDER BY name;
+
+-- 0.2 to 0.3: choreography, next to the sagas that stay
+ALTER EXTENSION saga UPDATE TO '0.3';
+SELECT extversion FROM pg_extension WHERE extname = 'saga';
+SELECT name, status FROM saga.instances ORDER BY name;
+SELECT saga.subscribe('UpgradeDone', 'u_t') > 0 AS subscribed;
+SELECT saga.publish('UpgradeDone', '{"ok": true}') > 0 AS published;
+SELECT topic, kind, payload FROM saga.outbox WHERE kind = 'event';
 
 -- a catalogue of everything the extension owns, to compare both ways (by
 -- name, so that the view outlives the extension)

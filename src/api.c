@@ -1,9 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * api.c
- *	  SQL-callable entry points of the state machine: start, complete, fail,
- *	  cancel and retry.  Each checks its arguments, switches to the engine's
- *	  role, and hands over to engine.c inside one SPI connection.
+ *	  SQL-callable entry points of the worker protocol and of the state
+ *	  machine: start, claim, complete, fail, heartbeat, cancel and retry.
+ *	  Each checks its arguments, switches to the engine's role, and hands
+ *	  over inside one SPI connection: to engine.c for a saga's task, to
+ *	  event.c for an event delivery (a task with a negative id), and to
+ *	  outbox.c for the rows of the claim.
  *
  *-------------------------------------------------------------------------
  */
@@ -11,6 +14,8 @@
 
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
+#include "utils/timestamp.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
@@ -21,6 +26,10 @@ PG_FUNCTION_INFO_V1(saga_complete);
 PG_FUNCTION_INFO_V1(saga_fail);
 PG_FUNCTION_INFO_V1(saga_cancel);
 PG_FUNCTION_INFO_V1(saga_retry);
+PG_FUNCTION_INFO_V1(saga_claim);
+PG_FUNCTION_INFO_V1(saga_heartbeat);
+
+#define SAGA_MAX_CLAIM 1000
 
 static void
 require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
@@ -77,6 +86,28 @@ optional_text(FunctionCallInfo fcinfo, int argno, const char *name, int limit)
 	return s;
 }
 
+/* a saga's task has a positive id, an event delivery a negative one */
+static bool
+report(int64 task_id, bool success, Jsonb *payload, bool retryable, SagaFence fence, int32 lease)
+{
+	if (task_id < 0)
+		return SagaDeliveryReport(task_id, success, payload, retryable, fence, lease);
+	return SagaReport(task_id, success, payload, retryable, fence, lease);
+}
+
+/*
+ * A task failed for good without a report (timeout, last lease lapsed):
+ * a saga's step fails, an event delivery becomes a dead letter.
+ */
+void
+SagaExhaustAny(int64 task_id, const char *why)
+{
+	if (task_id < 0)
+		SagaDeliveryExhaust(task_id, why);
+	else
+		SagaExhaustTask(task_id, why);
+}
+
 /* saga.start(name, input, correlation_id, idempotency_key, traceparent) */
 Datum
 saga_start(PG_FUNCTION_ARGS)
@@ -131,9 +162,9 @@ saga_complete(PG_FUNCTION_ARGS)
 	result = report_document(fcinfo, 1, "result");
 
 	SagaEnter(&save);
-	recorded = SagaReport(PG_GETARG_INT64(0), true, result, false,
-						  PG_ARGISNULL(2) ? FENCE_ROW_LOCK : FENCE_LEASE,
-						  PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2));
+	recorded = report(PG_GETARG_INT64(0), true, result, false,
+					  PG_ARGISNULL(2) ? FENCE_ROW_LOCK : FENCE_LEASE,
+					  PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2));
 	SagaLeave(&save);
 	PG_RETURN_BOOL(recorded);
 }
@@ -151,10 +182,10 @@ saga_fail(PG_FUNCTION_ARGS)
 	error = report_document(fcinfo, 1, "error");
 
 	SagaEnter(&save);
-	recorded = SagaReport(PG_GETARG_INT64(0), false, error,
-						  PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2),
-						  PG_ARGISNULL(3) ? FENCE_ROW_LOCK : FENCE_LEASE,
-						  PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3));
+	recorded = report(PG_GETARG_INT64(0), false, error,
+					  PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2),
+					  PG_ARGISNULL(3) ? FENCE_ROW_LOCK : FENCE_LEASE,
+					  PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3));
 	SagaLeave(&save);
 	PG_RETURN_BOOL(recorded);
 }
@@ -187,4 +218,106 @@ saga_retry(PG_FUNCTION_ARGS)
 	SagaRetryFailed(PG_GETARG_INT64(0));
 	SagaLeave(&save);
 	PG_RETURN_VOID();
+}
+
+/*
+ * saga.claim(topic, worker, max_tasks, lease): lease up to max_tasks visible
+ * tasks, oldest first.  A task whose previous lease lapsed counts an attempt;
+ * one with no attempts left, or past its timeout, fails here instead of
+ * being handed out (an event delivery becomes a dead letter), and an action
+ * whose saga has stopped running (withdrawn while someone held it) is
+ * settled rather than delivered.
+ */
+Datum
+saga_claim(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *topic;
+	char	   *worker;
+	int32		max_tasks;
+	int64		lease_us;
+	SagaUserSave save;
+	TimestampTz now;
+	int64	   *ids;
+	SagaTaskFate *fates;
+	int			n;
+	int			ndeliver = 0;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("saga.claim arguments must not be null")));
+	topic = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_TOPIC_LEN, "topic");
+	worker = SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_ID_LEN, "worker name");
+	max_tasks = PG_GETARG_INT32(2);
+
+	if (!SagaValidTopic(topic))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid topic \"%s\"", topic),
+				 errhint("A topic matches ^[a-z][a-z0-9_]{0,47}$.")));
+	if (worker[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("worker name must not be empty")));
+	if (max_tasks < 1 || max_tasks > SAGA_MAX_CLAIM)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_tasks must be between 1 and %d", SAGA_MAX_CLAIM),
+				 errdetail("The value given was %d.", max_tasks)));
+	lease_us = SagaCheckInterval(PG_GETARG_INTERVAL_P(3), "lease");
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	SagaEnter(&save);
+	now = GetCurrentTimestamp();
+	n = SagaOutboxCandidates(topic, now, max_tasks, &ids, &fates);
+
+	/* failures first: they may withdraw sibling tasks we were about to hand out */
+	for (int i = 0; i < n; i++)
+	{
+		/* another saga's trouble must not stop this claim */
+		switch (fates[i])
+		{
+			case TASK_DELIVER:
+				ids[ndeliver++] = ids[i];
+				break;
+			case TASK_WITHDRAWN:
+				(void) SagaIsolated(SagaSettleWithdrawnWork, ids[i], NULL, true);
+				break;
+			case TASK_TIMED_OUT:
+				(void) SagaIsolated(SagaExhaustAny, ids[i], "timeout", true);
+				break;
+			case TASK_EXHAUSTED:
+				(void) SagaIsolated(SagaExhaustAny, ids[i], "attempts exhausted: lease expired", true);
+				break;
+		}
+	}
+	if (ndeliver > 0)
+		SagaOutboxLease(ids, ndeliver, worker, lease_us, now, rsinfo, caller_cxt);
+
+	SagaLeave(&save);
+	return (Datum) 0;
+}
+
+/* saga.heartbeat(task_id, lease, extend): keep a lease; returns its new end */
+Datum
+saga_heartbeat(PG_FUNCTION_ARGS)
+{
+	int64		extend_us = -1;
+	SagaUserSave save;
+	TimestampTz until;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task_id and lease must not be null")));
+	if (!PG_ARGISNULL(2))
+		extend_us = SagaCheckInterval(PG_GETARG_INTERVAL_P(2), "extend");
+
+	SagaEnter(&save);
+	until = SagaOutboxHeartbeat(PG_GETARG_INT64(0), PG_GETARG_INT32(1), extend_us);
+	SagaLeave(&save);
+	PG_RETURN_TIMESTAMPTZ(until);
 }

@@ -77,13 +77,7 @@ static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_insert = NULL;
 static SPIPlanPtr plan_insert_01 = NULL;
 
-/* parsing context: the document's name for messages */
-typedef struct DefParse
-{
-	const char *name;
-	bool		resolve;		/* look up SQL functions (at define time) */
-	Oid			caller;
-} DefParse;
+typedef SagaDocParse DefParse;
 
 static const char *const top_keys[] = {"steps", "deadline", "description", NULL};
 static const char *const step_keys[] = {"name", "topic", "sql", "after", "compensate",
@@ -133,7 +127,7 @@ def_error(int sqlstate, const DefParse *p, const char *path, const char *msg)
 {
 	ereport(ERROR,
 			(errcode(sqlstate),
-			 errmsg("invalid saga definition \"%s\": %s", p->name, msg),
+			 errmsg("invalid %s: %s", p->what, msg),
 			 errdetail("The offending value is at %s.", path)));
 }
 
@@ -266,8 +260,8 @@ interval_out_of_range(const DefParse *p, const char *text, const char *path)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
-			 errmsg("invalid saga definition \"%s\": interval \"%s\" is out of range",
-					p->name, echo(text)),
+			 errmsg("invalid %s: interval \"%s\" is out of range",
+					p->what, echo(text)),
 			 errdetail("The offending value is at %s.", path),
 			 errhint("An interval is at most %d days.", SAGA_MAX_INTERVAL_DAYS)));
 }
@@ -304,8 +298,8 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 			interval_out_of_range(p, text, path);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid saga definition \"%s\": invalid interval \"%s\"",
-						p->name, echo(text)),
+				 errmsg("invalid %s: invalid interval \"%s\"",
+						p->what, echo(text)),
 				 errdetail("The offending value is at %s.", path),
 				 errhint("Write an interval such as \"30 seconds\" or \"5 minutes\".")));
 	}
@@ -313,7 +307,13 @@ get_interval(const DefParse *p, JsonbValue *v, const char *path)
 
 	/* months and days are taken as 30 and 1 fixed days: steps are short */
 	if (!SagaIntervalUsecs(iv, &usecs) || usecs > SAGA_MAX_INTERVAL)
+	{
+		if (p->range_is_invalid)
+			def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
+					  psprintf("interval \"%s\" is out of range (at most %d days)",
+							   echo(text), SAGA_MAX_INTERVAL_DAYS));
 		interval_out_of_range(p, text, path);
+	}
 	if (usecs <= 0)
 		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
 				  psprintf("interval \"%s\" must be positive", echo(text)));
@@ -356,7 +356,7 @@ resolve_function(const DefParse *p, const char *name, const char *path)
 		FlushErrorState();
 		ereport(ERROR,
 				(errcode(e->sqlerrcode),
-				 errmsg("invalid saga definition \"%s\": %s", p->name, e->message),
+				 errmsg("invalid %s: %s", p->what, e->message),
 				 e->detail
 				 ? errdetail("%s The offending value is at %s.", e->detail, path)
 				 : errdetail("The offending value is at %s.", path),
@@ -470,12 +470,7 @@ parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *p
 		parse_action(p, v.val.binary.data, &s->compensate, cpath, false);
 	}
 
-	/* DESIGN.md's defaults */
-	s->retry.max_attempts = 3;
-	s->retry.initial_delay = USECS_PER_SEC;
-	s->retry.backoff = 2.0;
-	s->retry.max_delay = 5 * USECS_PER_MINUTE;
-	s->retry.jitter = true;
+	SagaDefaultRetry(&s->retry);
 	if (get_key(obj, "retry", &v))
 		parse_retry(p, &v, &s->retry, psprintf("%s.retry", path));
 
@@ -486,8 +481,8 @@ parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *p
 	if (get_key(obj, "async", &v) && get_bool(p, &v, psprintf("%s.async", path)))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("invalid saga definition \"%s\": asynchronous SQL steps are not supported yet",
-						p->name),
+				 errmsg("invalid %s: asynchronous SQL steps are not supported yet",
+						p->what),
 				 errdetail("The offending value is at %s.async.", path),
 				 errhint("Omit \"async\" to run the SQL step in the transaction that makes it ready.")));
 	if (get_key(obj, "description", &v))
@@ -539,8 +534,8 @@ link_steps(const DefParse *p, SagaDef *def, JsonbContainer **step_objs)
 				if (found < 0)
 					ereport(ERROR,
 							(errcode(ERRCODE_UNDEFINED_OBJECT),
-							 errmsg("invalid saga definition \"%s\": step \"%s\" waits for unknown step \"%s\"",
-									p->name, s->name, echo(dep)),
+							 errmsg("invalid %s: step \"%s\" waits for unknown step \"%s\"",
+									p->what, s->name, echo(dep)),
 							 errdetail("The offending value is at %s.", epath)));
 				for (int j = 0; j < s->nafter; j++)
 					if (s->after[j] == found)
@@ -584,8 +579,8 @@ link_steps(const DefParse *p, SagaDef *def, JsonbContainer **step_objs)
 			if (indegree[i] > 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
-						 errmsg("invalid saga definition \"%s\": the steps' \"after\" lists form a cycle",
-								p->name),
+						 errmsg("invalid %s: the steps' \"after\" lists form a cycle",
+								p->what),
 						 errdetail("Step \"%s\" at $.steps[%d] is on a cycle.",
 								   def->steps[i].name, i)));
 	}
@@ -615,7 +610,7 @@ parse_definition(const char *name, Jsonb *doc, bool resolve, Oid caller)
 static SagaDef *
 parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller)
 {
-	DefParse	p = {name, resolve, caller};
+	DefParse	p = {psprintf("saga definition \"%s\"", name), resolve, caller, false};
 	SagaDef    *def = palloc0(sizeof(SagaDef));
 	JsonbValue	v;
 	JsonbContainer *steps;
@@ -651,8 +646,8 @@ parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller)
 			if (strcmp(def->steps[j].name, def->steps[i].name) == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_DUPLICATE_OBJECT),
-						 errmsg("invalid saga definition \"%s\": step name \"%s\" is used twice",
-								name, def->steps[i].name),
+						 errmsg("invalid %s: step name \"%s\" is used twice",
+								p.what, def->steps[i].name),
 						 errdetail("The offending value is at %s.name.", path)));
 	}
 	link_steps(&p, def, step_objs);
@@ -881,6 +876,13 @@ saga_define(PG_FUNCTION_ARGS)
 					   (Oid) hash_bytes((const unsigned char *) name, strlen(name)), 0,
 					   ExclusiveLock);
 
+	if (SagaNameIsChoreography(name))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is a choreography", name),
+				 errdetail("Saga definitions and choreographies share one namespace of names."),
+				 errhint("Choose another name for the saga.")));
+
 	latest = latest_id(name);
 	if (latest != 0)
 	{
@@ -952,6 +954,52 @@ saga_define(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(version);
 }
 
+/* the same guard for saga.choreographies, whose versions flows refer to */
+static Datum
+choreographies_guard(TriggerData *td)
+{
+	Relation	rel = td->tg_relation;
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		isnull;
+	int			rc;
+
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("choreography definitions cannot be changed"),
+				 errdetail("Version %d of choreography \"%s\" is immutable.",
+						   DatumGetInt32(heap_getattr(td->tg_trigtuple,
+													  SPI_fnumber(desc, "version"), desc, &isnull)),
+						   TextDatumGetCString(heap_getattr(td->tg_trigtuple,
+															SPI_fnumber(desc, "name"), desc, &isnull))),
+				 errhint("Store a new version with saga.define_choreography().")));
+
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "saga: SPI_connect failed: %s", SPI_result_code_string(rc));
+	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		rc = SPI_execute("SELECT FROM saga.flows LIMIT 1", true, 1);
+	else
+	{
+		Oid			types[1] = {INT4OID};
+		Datum		values[1];
+
+		values[0] = heap_getattr(td->tg_trigtuple, SPI_fnumber(desc, "id"), desc, &isnull);
+		rc = SPI_execute_with_args("SELECT FROM saga.flows "
+								   "WHERE choreography_id OPERATOR(pg_catalog.=) $1 LIMIT 1",
+								   1, types, values, NULL, true, 1);
+	}
+	SagaSpiCheck(rc, SPI_OK_SELECT, "looking for flows");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("choreography definitions are in use"),
+				 errdetail("Flows were started from them."),
+				 errhint("Flows keep the version they started with; delete it once they have been purged.")));
+	SagaSpiCheck(SPI_finish(), SPI_OK_FINISH, "SPI_finish");
+	CacheInvalidateRelcache(rel);
+	return PointerGetDatum(TRIGGER_FIRED_BY_DELETE(td->tg_event) ? td->tg_trigtuple : NULL);
+}
+
 /*
  * saga.definitions_guard(): BEFORE UPDATE OR DELETE (per row) and BEFORE
  * TRUNCATE trigger of saga.definitions.  A stored version is immutable
@@ -974,6 +1022,8 @@ saga_definitions_guard(PG_FUNCTION_ARGS)
 		elog(ERROR, "saga_definitions_guard: not called as a BEFORE trigger");
 	rel = td->tg_relation;
 	desc = RelationGetDescr(rel);
+	if (strcmp(RelationGetRelationName(rel), "choreographies") == 0)
+		return choreographies_guard(td);
 
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 		ereport(ERROR,
@@ -1027,4 +1077,94 @@ saga_definitions_guard(PG_FUNCTION_ARGS)
 	/* every backend forgets latest versions and parsed ones at commit */
 	CacheInvalidateRelcache(rel);
 	return PointerGetDatum(TRIGGER_FIRED_BY_DELETE(td->tg_event) ? td->tg_trigtuple : NULL);
+}
+
+/*
+ * The document parser's pieces, for the other documents (choreographies,
+ * subscription options): the same messages, SQLSTATEs and JSON paths.
+ */
+void
+SagaDocError(int sqlstate, const SagaDocParse *p, const char *path, const char *msg)
+{
+	def_error(sqlstate, p, path, msg);
+}
+
+void
+SagaDocExpect(const SagaDocParse *p, JsonbValue *v, const char *want, const char *path)
+{
+	expect_type(p, v, want, path);
+}
+
+void
+SagaDocCheckKeys(const SagaDocParse *p, JsonbContainer *obj, const char *const *allowed,
+				 const char *path)
+{
+	check_keys(p, obj, allowed, path);
+}
+
+bool
+SagaDocGetKey(JsonbContainer *obj, const char *key, JsonbValue *out)
+{
+	return get_key(obj, key, out);
+}
+
+char *
+SagaDocString(const SagaDocParse *p, JsonbValue *v, const char *path)
+{
+	return get_string(p, v, path);
+}
+
+double
+SagaDocNumber(const SagaDocParse *p, JsonbValue *v, const char *path)
+{
+	return get_number(p, v, path);
+}
+
+/* an interval in microseconds, read with IntervalStyle postgres (see parse_definition) */
+int64
+SagaDocInterval(const SagaDocParse *p, JsonbValue *v, const char *path)
+{
+	int			nestlevel = NewGUCNestLevel();
+	int64		usecs;
+
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	usecs = get_interval(p, v, path);
+	AtEOXact_GUC(false, nestlevel);
+	return usecs;
+}
+
+/* a "retry" object over the defaults of DESIGN.md */
+void
+SagaDocRetry(const SagaDocParse *p, JsonbValue *rv, SagaRetry *r, const char *path)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	SagaDefaultRetry(r);
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	parse_retry(p, rv, r, path);
+	AtEOXact_GUC(false, nestlevel);
+}
+
+void
+SagaDefaultRetry(SagaRetry *r)
+{
+	r->max_attempts = 3;
+	r->initial_delay = USECS_PER_SEC;
+	r->backoff = 2.0;
+	r->max_delay = 5 * USECS_PER_MINUTE;
+	r->jitter = true;
+}
+
+const char *
+SagaEcho(const char *s)
+{
+	return echo(s);
+}
+
+bool
+SagaValidName(const char *s, int maxlen)
+{
+	return valid_name(s, maxlen);
 }

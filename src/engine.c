@@ -1188,50 +1188,6 @@ static const char *const step_status_names[] = {
 	"pending", "ready", "running", "succeeded", "failed", "compensating", "compensated", "skipped"
 };
 
-/* W3C traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags> */
-static bool
-valid_traceparent(const char *tp)
-{
-	static const int hexes[] = {2, 32, 16, 2};
-	const char *p = tp;
-
-	for (int part = 0; part < 4; part++)
-	{
-		bool		all_zero = true;
-
-		for (int i = 0; i < hexes[part]; i++, p++)
-		{
-			if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-				return false;
-			if (*p != '0')
-				all_zero = false;
-		}
-		if ((part == 1 || part == 2) && all_zero)
-			return false;
-		if (part < 3 && *p++ != '-')
-			return false;
-	}
-	/* version ff is forbidden by the spec */
-	return *p == '\0' && strncmp(tp, "ff", 2) != 0;
-}
-
-static char *
-new_traceparent(void)
-{
-	uint8		bytes[24];
-	char		hex[49];
-
-	if (!pg_strong_random(bytes, sizeof(bytes)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random trace id")));
-	for (int i = 0; i < 24; i++)
-		sprintf(hex + 2 * i, "%02x", bytes[i]);
-	/* an all-zero id is invalid; 2^-64 odds, but cheap to rule out */
-	hex[47] = '1';
-	return psprintf("00-%.32s-%.16s-01", hex, hex + 32);
-}
-
 /* the saga holding (name, key), or 0 */
 static int64
 find_by_key(const char *name, const char *key)
@@ -1257,7 +1213,7 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 {
 	SagaState  *st;
 
-	if (traceparent != NULL && !valid_traceparent(traceparent))
+	if (traceparent != NULL && !SagaValidTraceparent(traceparent))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid traceparent \"%s\"", traceparent),
@@ -1286,7 +1242,7 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 	st->errors = st->results;
 	st->correlation_id = correlation_id ? pstrdup(correlation_id) : NULL;
 	st->idempotency_key = idempotency_key ? pstrdup(idempotency_key) : NULL;
-	st->traceparent = traceparent ? pstrdup(traceparent) : new_traceparent();
+	st->traceparent = traceparent ? pstrdup(traceparent) : SagaNewTraceparent();
 	st->is_new = true;
 	SagaTransitionBegin(st->id);
 	SagaNoteWork(st->id, 0, NULL);

@@ -1,8 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.c
- *	  The outbox: writing and withdrawing tasks, the leased claim, heartbeats
- *	  and the LISTEN/NOTIFY wake-up.
+ *	  The outbox table: writing and withdrawing tasks, retries, parking,
+ *	  lapses, and the row work of the leased claim and of heartbeats.  The
+ *	  SQL entry points that use these are in api.c; waking whoever waits for
+ *	  a task is wakeup.c's.
  *
  * A task is one row that lives from its first dispatch to its final report;
  * retries move its visible_at forward instead of writing a new row.  A
@@ -28,8 +30,6 @@
 
 #include "saga.h"
 
-#define SAGA_MAX_CLAIM 1000
-
 static SPIPlanPtr plan_withdraw = NULL;
 static SPIPlanPtr plan_held = NULL;
 static SPIPlanPtr plan_park = NULL;
@@ -41,19 +41,6 @@ static SPIPlanPtr plan_retry = NULL;
 static SPIPlanPtr plan_candidates = NULL;
 static SPIPlanPtr plan_lease = NULL;
 static SPIPlanPtr plan_heartbeat = NULL;
-
-PG_FUNCTION_INFO_V1(saga_claim);
-PG_FUNCTION_INFO_V1(saga_heartbeat);
-
-/* NOTIFY saga_<topic>, in the current transaction */
-void
-SagaNotifyTopic(const char *topic)
-{
-	char		channel[NAMEDATALEN];
-
-	snprintf(channel, sizeof(channel), "saga_%s", topic);
-	Async_Notify(channel, NULL);
-}
 
 /*
  * Tasks were written (with their saga, in engine.c): wake LISTEN saga_<topic>
@@ -168,7 +155,7 @@ SagaOutboxLapse(int64 task_id)
 				"SELECT u.saga_id, pg_catalog.clock_timestamp(), $2, '{lease_lapsed}', "
 				"ARRAY[u.step], ARRAY[pg_catalog.jsonb_build_object('kind', u.kind, "
 				"'worker', o.lease_owner, 'lease', o.deliveries, 'next_attempt', u.attempt)] "
-				"FROM u, o",
+				"FROM u, o WHERE u.saga_id IS NOT NULL",
 				2, types, values, NULL, SPI_OK_INSERT, "ending a lapsed lease");
 }
 
@@ -241,200 +228,129 @@ usecs_interval(int64 usecs)
 }
 
 /*
- * saga.claim(topic, worker, max_tasks, lease): lease up to max_tasks visible
- * tasks, oldest first.  A task whose previous lease lapsed counts an attempt;
- * one with no attempts left, or past its timeout, fails here instead of
- * being handed out, and an action whose saga has stopped running (withdrawn
- * while someone held it) is settled rather than delivered.  A lease never
- * outlasts the step's timeout: lease_expires_at is capped at it, so the
- * service knows when its work stops counting (heartbeats are capped too).
+ * The visible tasks of a topic that a claim takes, oldest first, locked
+ * (SKIP LOCKED) for the caller's transaction, each with what is to become
+ * of it: delivered, or settled first because its saga withdrew it, its
+ * timeout passed or its lapsed lease used up its last attempt.  Returns how
+ * many; *ids and *fates are palloc'd.
  */
-Datum
-saga_claim(PG_FUNCTION_ARGS)
+int
+SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
+					 int64 **ids, SagaTaskFate **fates)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *topic;
-	char	   *worker;
-	int32		max_tasks;
-	Interval   *lease;
-	int64		lease_us;
-	SagaUserSave save;
-	TimestampTz now;
-	int64	   *deliver;
-	int			ndeliver = 0;
-	int			nexpired = 0;
-	int64	   *expired;
-	const char **why;
-	MemoryContext caller_cxt = CurrentMemoryContext;
+	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[3] = {CStringGetTextDatum(topic), TimestampTzGetDatum(now),
+	Int32GetDatum(max_tasks)};
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("saga.claim arguments must not be null")));
-	topic = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_TOPIC_LEN, "topic");
-	worker = SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_ID_LEN, "worker name");
-	max_tasks = PG_GETARG_INT32(2);
-	lease = PG_GETARG_INTERVAL_P(3);
+	SagaExecute(&plan_candidates,
+				"SELECT o.id, o.lease_owner IS NOT NULL "
+				"AND o.attempt >= COALESCE(o.max_attempts, 2147483647), "
+				"o.timeout_at <= $2, "
+				SAGA_SQL_WITHDRAWN " "
+				"FROM saga.outbox o WHERE o.topic = $1 AND o.visible_at <= $2 "
+				"ORDER BY o.visible_at, o.id LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
+				3, types, values, NULL, SPI_OK_SELECT, "finding tasks to claim");
 
-	if (!SagaValidTopic(topic))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_NAME),
-				 errmsg("invalid topic \"%s\"", topic),
-				 errhint("A topic matches ^[a-z][a-z0-9_]{0,47}$.")));
-	if (worker[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("worker name must not be empty")));
-	if (max_tasks < 1 || max_tasks > SAGA_MAX_CLAIM)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_tasks must be between 1 and %d", SAGA_MAX_CLAIM),
-				 errdetail("The value given was %d.", max_tasks)));
-	lease_us = SagaCheckInterval(lease, "lease");
-
-	InitMaterializedSRF(fcinfo, 0);
-
-	SagaEnter(&save);
-
-	now = GetCurrentTimestamp();
-	{
-		Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, INT4OID};
-		Datum		values[3] = {CStringGetTextDatum(topic), TimestampTzGetDatum(now),
-		Int32GetDatum(max_tasks)};
-
-		SagaExecute(&plan_candidates,
-					"SELECT o.id, o.lease_owner IS NOT NULL "
-					"AND o.attempt >= COALESCE(o.max_attempts, 2147483647), "
-					"o.timeout_at <= $2, "
-					SAGA_SQL_WITHDRAWN " "
-					"FROM saga.outbox o WHERE o.topic = $1 AND o.visible_at <= $2 "
-					"ORDER BY o.visible_at, o.id LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
-					3, types, values, NULL, SPI_OK_SELECT, "finding tasks to claim");
-	}
-
-	deliver = palloc(sizeof(int64) * (SPI_processed + 1));
-	expired = palloc(sizeof(int64) * (SPI_processed + 1));
-	why = palloc(sizeof(char *) * (SPI_processed + 1));
+	*ids = palloc(sizeof(int64) * (SPI_processed + 1));
+	*fates = palloc(sizeof(SagaTaskFate) * (SPI_processed + 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 		bool		exhausted = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		Datum		timed_out = SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull);
+		bool		timeout_null = isnull;
 		bool		withdrawn = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
 
+		(*ids)[i] = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 		if (withdrawn)
-		{
-			expired[nexpired] = id;
-			why[nexpired++] = NULL;
-		}
-		else if (!isnull && DatumGetBool(timed_out))
-		{
-			expired[nexpired] = id;
-			why[nexpired++] = "timeout";
-		}
+			(*fates)[i] = TASK_WITHDRAWN;
+		else if (!timeout_null && DatumGetBool(timed_out))
+			(*fates)[i] = TASK_TIMED_OUT;
 		else if (exhausted)
-		{
-			expired[nexpired] = id;
-			why[nexpired++] = "attempts exhausted: lease expired";
-		}
+			(*fates)[i] = TASK_EXHAUSTED;
 		else
-			deliver[ndeliver++] = id;
+			(*fates)[i] = TASK_DELIVER;
 	}
-
-	/* failures first: they may withdraw sibling tasks we were about to hand out */
-	for (int i = 0; i < nexpired; i++)
-	{
-		/* another saga's trouble must not stop this claim */
-		if (why[i] == NULL)
-			(void) SagaIsolated(SagaSettleWithdrawnWork, expired[i], NULL, true);
-		else
-			(void) SagaIsolated(SagaExhaustTask, expired[i], why[i], true);
-	}
-
-	if (ndeliver > 0)
-	{
-		Oid			types[4] = {INT8ARRAYOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID};
-		Datum		values[4];
-		Datum	   *d = palloc(sizeof(Datum) * ndeliver);
-
-		for (int i = 0; i < ndeliver; i++)
-			d[i] = Int64GetDatum(deliver[i]);
-		values[0] = PointerGetDatum(construct_array(d, ndeliver, INT8OID, 8, true, TYPALIGN_DOUBLE));
-		values[1] = CStringGetTextDatum(worker);
-		values[2] = IntervalPGetDatum(usecs_interval(lease_us));
-		values[3] = TimestampTzGetDatum(now);
-
-		/* a lease that lapsed without a report was an attempt */
-		SagaExecute(&plan_lease,
-					"UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
-					"lease_owner = $2, lease_length = $3, "
-					"visible_at = LEAST($4 + $3, COALESCE(o.timeout_at, 'infinity')), "
-					"attempt = o.attempt + (o.lease_owner IS NOT NULL)::integer, "
-					"headers = CASE WHEN o.lease_owner IS NOT NULL THEN o.headers || "
-					"pg_catalog.jsonb_build_object('attempt', o.attempt + 1) "
-					"ELSE o.headers END "
-					"WHERE o.id = ANY($1) "
-					"RETURNING o.id, o.topic, o.kind, o.saga_id, o.step, o.attempt, "
-					"o.deliveries, o.payload, o.headers, o.visible_at",
-					4, types, values, NULL, SPI_OK_UPDATE_RETURNING, "leasing tasks");
-		if (SPI_processed > 0)
-			SagaWakeAt(now + lease_us);
-
-		/* hand them out in the order they were found: oldest first */
-		for (int i = 0; i < ndeliver; i++)
-			for (uint64 r = 0; r < SPI_processed; r++)
-			{
-				bool		isnull;
-				HeapTuple	tup = SPI_tuptable->vals[r];
-				Datum		values_out[10];
-				bool		nulls_out[10];
-				MemoryContext old;
-
-				if (DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)) != deliver[i])
-					continue;
-				for (int c = 0; c < 10; c++)
-					values_out[c] = SPI_getbinval(tup, SPI_tuptable->tupdesc, c + 1, &nulls_out[c]);
-				old = MemoryContextSwitchTo(caller_cxt);
-				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values_out, nulls_out);
-				MemoryContextSwitchTo(old);
-			}
-	}
-
-	SagaLeave(&save);
-	return (Datum) 0;
+	return (int) SPI_processed;
 }
 
-/* saga.heartbeat(task_id, lease, extend): keep a lease; returns its new end */
-Datum
-saga_heartbeat(PG_FUNCTION_ARGS)
+/*
+ * Lease the given tasks (locked by SagaOutboxCandidates) to a worker for
+ * lease_us, and put them into the claim's result in the order given.  A
+ * lease that lapsed without a report was an attempt.  A lease never
+ * outlasts the step's timeout: lease_expires_at is capped at it, so the
+ * service knows when its work stops counting.
+ */
+void
+SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us, TimestampTz now,
+				ReturnSetInfo *rsinfo, MemoryContext result_cxt)
 {
-	int64		task_id;
-	int32		lease;
-	Interval   *extend = NULL;
-	SagaUserSave save;
-	bool		isnull;
-	TimestampTz until;
+	Oid			types[4] = {INT8ARRAYOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID};
+	Datum		values[4];
+	Datum	   *d = palloc(sizeof(Datum) * n);
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(ids[i]);
+	values[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	values[1] = CStringGetTextDatum(worker);
+	values[2] = IntervalPGetDatum(usecs_interval(lease_us));
+	values[3] = TimestampTzGetDatum(now);
+
+	SagaExecute(&plan_lease,
+				"UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
+				"lease_owner = $2, lease_length = $3, "
+				"visible_at = LEAST($4 + $3, COALESCE(o.timeout_at, 'infinity')), "
+				"attempt = o.attempt + (o.lease_owner IS NOT NULL)::integer, "
+				"headers = CASE WHEN o.lease_owner IS NOT NULL THEN o.headers || "
+				"pg_catalog.jsonb_build_object('attempt', o.attempt + 1) "
+				"ELSE o.headers END "
+				"WHERE o.id = ANY($1) "
+				"RETURNING o.id, o.topic, o.kind, o.saga_id, o.step, o.attempt, "
+				"o.deliveries, o.payload, o.headers, o.visible_at",
+				4, types, values, NULL, SPI_OK_UPDATE_RETURNING, "leasing tasks");
+	if (SPI_processed > 0)
+		SagaWakeAt(now + lease_us);
+
+	/* hand them out in the order they were found: oldest first */
+	for (int i = 0; i < n; i++)
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			Datum		values_out[10];
+			bool		nulls_out[10];
+			MemoryContext old;
+
+			if (DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)) != ids[i])
+				continue;
+			for (int c = 0; c < 10; c++)
+				values_out[c] = SPI_getbinval(tup, SPI_tuptable->tupdesc, c + 1, &nulls_out[c]);
+			old = MemoryContextSwitchTo(result_cxt);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values_out, nulls_out);
+			MemoryContextSwitchTo(old);
+		}
+}
+
+/*
+ * Extend a held lease by extend_us from now (or, when extend_us < 0, by the
+ * claim's lease length); returns when it now expires.  Raises 42704 for a
+ * task that never existed, 55000 for one that is no longer leased or whose
+ * lease is not the one quoted.
+ */
+TimestampTz
+SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us)
+{
 	Oid			types[4] = {INT8OID, INT4OID, INTERVALOID, TIMESTAMPTZOID};
 	Datum		values[4];
 	char		nulls[4] = "    ";
-
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("task_id and lease must not be null")));
-	task_id = PG_GETARG_INT64(0);
-	lease = PG_GETARG_INT32(1);
-	if (!PG_ARGISNULL(2))
-		extend = usecs_interval(SagaCheckInterval(PG_GETARG_INTERVAL_P(2), "extend"));
-
-	SagaEnter(&save);
+	bool		isnull;
+	TimestampTz until;
 
 	values[0] = Int64GetDatum(task_id);
 	values[1] = Int32GetDatum(lease);
-	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : IntervalPGetDatum(extend);
-	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	values[2] = extend_us < 0 ? (Datum) 0 : IntervalPGetDatum(usecs_interval(extend_us));
+	nulls[2] = extend_us < 0 ? 'n' : ' ';
 	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
 	SagaExecute(&plan_heartbeat,
 				"WITH t AS (SELECT id, deliveries, lease_owner IS NOT NULL AS leased "
@@ -447,20 +363,14 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 				4, types, values, nulls, SPI_OK_SELECT, "extending a lease");
 	if (SPI_processed == 0)
 	{
-		Oid			stypes[1] = {INT8OID};
-		Datum		svalues[1] = {Int64GetDatum(SAGA_TASK_SAGA(task_id))};
-
-		SagaExecute(&plan_saga_exists,
-					"SELECT FROM saga.sagas WHERE id = $1",
-					1, stypes, svalues, NULL, SPI_OK_SELECT, "finding a saga");
-		if (SPI_processed == 0 || task_id <= 0)
+		if (!SagaOutboxTaskExisted(task_id))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("task %lld does not exist", (long long) task_id)));
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("task %lld is not leased", (long long) task_id),
-				 errdetail("It has left the outbox: it finished or was withdrawn.")));
+				 errdetail("It has left the outbox: it finished, was withdrawn or is a dead letter.")));
 	}
 	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	if (isnull)
@@ -475,7 +385,27 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 				 ? errdetail("The task's current delivery is %d.", deliveries)
 				 : errdetail("The delivery has ended: it was reported, or its lease lapsed.")));
 	}
+	return until;
+}
 
-	SagaLeave(&save);
-	PG_RETURN_TIMESTAMPTZ(until);
+/*
+ * Did a task of this id ever exist (it may have finished since)?  A saga
+ * task's id names its saga; an event delivery's (negative) id was handed
+ * out by the deliveries' sequence.
+ */
+bool
+SagaOutboxTaskExisted(int64 task_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	if (task_id == 0)
+		return false;
+	if (task_id < 0)
+		return SagaDeliveryExisted(task_id);
+	values[0] = Int64GetDatum(SAGA_TASK_SAGA(task_id));
+	SagaExecute(&plan_saga_exists,
+				"SELECT FROM saga.sagas WHERE id = $1",
+				1, types, values, NULL, SPI_OK_SELECT, "finding a saga");
+	return SPI_processed > 0;
 }

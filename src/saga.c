@@ -56,6 +56,8 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	SagaDefinitionInit();
+	SagaEventInit();
+	SagaChoreographyInit();
 	SagaWorkerInit();
 	RegisterXactCallback(saga_xact_callback, NULL);
 	RegisterSubXactCallback(saga_subxact_callback, NULL);
@@ -175,6 +177,8 @@ engine_errcontext(void *arg)
 		errcontext("saga %lld, step \"%s\", task %lld (%s)",
 				   (long long) work_saga, work_step, (long long) work_task,
 				   SAGA_TASK_IS_COMP(work_task) ? "compensation" : "action");
+	else if (work_task < 0)
+		errcontext("event delivery %lld", (long long) work_task);
 	else if (work_task > 0)
 		errcontext("saga %lld, step #%d, task %lld (%s)",
 				   (long long) work_saga, SAGA_TASK_STEP(work_task), (long long) work_task,
@@ -594,3 +598,61 @@ SagaValidTopic(const char *topic)
 	}
 	return true;
 }
+
+/* W3C traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags> */
+bool
+SagaValidTraceparent(const char *tp)
+{
+	static const int hexes[] = {2, 32, 16, 2};
+	const char *p = tp;
+
+	for (int part = 0; part < 4; part++)
+	{
+		bool		all_zero = true;
+
+		for (int i = 0; i < hexes[part]; i++, p++)
+		{
+			if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+				return false;
+			if (*p != '0')
+				all_zero = false;
+		}
+		if ((part == 1 || part == 2) && all_zero)
+			return false;
+		if (part < 3 && *p++ != '-')
+			return false;
+	}
+	/* version ff is forbidden by the spec */
+	return *p == '\0' && strncmp(tp, "ff", 2) != 0;
+}
+
+char *
+SagaNewTraceparent(void)
+{
+	uint8		bytes[24];
+	char		hex[49];
+
+	if (!pg_strong_random(bytes, sizeof(bytes)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random trace id")));
+	for (int i = 0; i < 24; i++)
+		sprintf(hex + 2 * i, "%02x", bytes[i]);
+	/* an all-zero id is invalid; 2^-64 odds, but cheap to rule out */
+	hex[47] = '1';
+	return psprintf("00-%.32s-%.16s-01", hex, hex + 32);
+}
+
+/*
+ * A span of the same trace as parent (a valid traceparent): the trace id
+ * and flags are kept, the span id is new (W3C trace context: a child).
+ */
+char *
+SagaChildTraceparent(const char *parent)
+{
+	char	   *fresh = SagaNewTraceparent();
+
+	/* 00-<trace 32>-<span 16>-<flags 2>: positions 3..34 and 53..54 */
+	return psprintf("00-%.32s-%.16s-%.2s", parent + 3, fresh + 36, parent + 53);
+}
+

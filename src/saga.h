@@ -19,6 +19,7 @@
 
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
+#include "nodes/execnodes.h"
 #include "utils/jsonb.h"
 
 /*
@@ -163,8 +164,33 @@ extern SPIPlanPtr SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid
 extern void SagaExecute(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
 						Datum *values, const char *nulls, int expected, const char *what);
 extern bool SagaValidTopic(const char *topic);
+extern bool SagaValidTraceparent(const char *tp);
+extern char *SagaNewTraceparent(void);
+extern char *SagaChildTraceparent(const char *parent);
 
 /* definition.c */
+typedef struct SagaDocParse
+{
+	const char *what;			/* 'saga definition "x"', for messages */
+	bool		resolve;		/* look up SQL functions (at define time) */
+	Oid			caller;
+	bool		range_is_invalid;	/* an interval out of range is 22023, not 22008 */
+} SagaDocParse;
+
+extern void SagaDocError(int sqlstate, const SagaDocParse *p, const char *path,
+						 const char *msg) pg_attribute_noreturn();
+extern void SagaDocExpect(const SagaDocParse *p, JsonbValue *v, const char *want,
+						  const char *path);
+extern void SagaDocCheckKeys(const SagaDocParse *p, JsonbContainer *obj,
+							 const char *const *allowed, const char *path);
+extern bool SagaDocGetKey(JsonbContainer *obj, const char *key, JsonbValue *out);
+extern char *SagaDocString(const SagaDocParse *p, JsonbValue *v, const char *path);
+extern double SagaDocNumber(const SagaDocParse *p, JsonbValue *v, const char *path);
+extern int64 SagaDocInterval(const SagaDocParse *p, JsonbValue *v, const char *path);
+extern void SagaDocRetry(const SagaDocParse *p, JsonbValue *rv, SagaRetry *r, const char *path);
+extern void SagaDefaultRetry(SagaRetry *r);
+extern const char *SagaEcho(const char *s);
+extern bool SagaValidName(const char *s, int maxlen);
 extern SagaDef *SagaDefinitionLoad(int32 def_id);
 extern SagaDef *SagaDefinitionLatest(const char *name);
 extern Oid	SagaDefinitionDefiner(SagaDef *def);
@@ -217,14 +243,105 @@ extern void SagaOutboxSetPayload(int64 task_id, Jsonb *payload);
 extern void SagaOutboxUnpark(int64 task_id);
 extern void SagaOutboxLapse(int64 task_id);
 extern void SagaOutboxLapseWork(int64 task_id, const char *why);
-extern void SagaNotifyTopic(const char *topic);
+
+/* what becomes of a task a claim found */
+typedef enum SagaTaskFate
+{
+	TASK_DELIVER,
+	TASK_WITHDRAWN,				/* its saga withdrew it: settle, not deliver */
+	TASK_TIMED_OUT,
+	TASK_EXHAUSTED				/* its lapsed lease was its last attempt */
+} SagaTaskFate;
+
+extern int	SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
+								 int64 **ids, SagaTaskFate **fates);
+extern void SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us,
+							TimestampTz now, ReturnSetInfo *rsinfo, MemoryContext result_cxt);
+extern TimestampTz SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us);
+extern bool SagaOutboxTaskExisted(int64 task_id);
+
+/* api.c */
+extern void SagaExhaustAny(int64 task_id, const char *why);
+
+/* event.c */
+#define SAGA_MAX_EVENT_TYPE_LEN	63
+#define SAGA_MAX_SUBSCRIPTIONS	1000	/* per event type */
+#define SAGA_MAX_REPLAY			100000	/* deliveries per replay */
+
+typedef struct SagaPublished
+{
+	int64		id;				/* the event's id */
+	bool		existed;		/* an earlier event with the idempotency key */
+} SagaPublished;
+
+extern int	saga_max_hops;
+
+extern bool SagaValidEventType(const char *type);
+extern int64 SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
+						 int64 causation_id, bool has_cause, const char *key,
+						 const char *idempotency_key, const char *traceparent);
+extern bool SagaDeliveryReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
+							   SagaFence fence, int32 lease);
+extern void SagaDeliveryExhaust(int64 task_id, const char *why);
+extern bool SagaDeliveryExisted(int64 task_id);
+extern int64 SagaSubscribeAs(const char *type, const char *topic, Jsonb *options,
+							 const char *choreography, Oid caller);
+extern bool SagaChoreographyInstalled(void);
+extern void SagaEventInit(void);
+extern Oid	SagaRelid(const char *relname);
+
+/* choreography.c */
+typedef struct SagaFlowVerdict
+{
+	int			hop_limit;		/* the limit that applied */
+	bool		over_limit;		/* deliver nothing */
+	bool		late;			/* after its flow finished */
+	/* flows whose row changes, for the publish statement to write */
+	int			nflows;
+	Datum	   *flow_ids;
+	Datum	   *statuses;
+	Datum	   *seen;			/* text[] each */
+	Datum	   *waiting_on;		/* text[] each */
+	Datum	   *incidents;		/* jsonb or NULL */
+	bool	   *incident_nulls;
+	Datum	   *finished;		/* bool: finished now */
+	Datum	   *keep_deadline;	/* bool: still running */
+} SagaFlowVerdict;
+
+extern void SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
+							int hops, TimestampTz now, SagaFlowVerdict *v);
+extern bool SagaFlowMayConcern(const char *type, int hops);
+extern void SagaFlowWrite(SagaFlowVerdict *v, int64 event_id, TimestampTz now);
+extern void SagaFlowDeadlineWork(int64 flow_id, const char *why);
+extern bool SagaFlowIsolated(int64 flow_id);
+extern bool SagaNameIsChoreography(const char *name);
+extern void SagaChoreographyInit(void);
 
 /* worker.c */
 extern int	saga_incident_after;
+extern int	saga_retention;
+extern int	saga_batch_size;
 
 extern void SagaWorkerInit(void);
+
+/* wakeup.c */
+#define SAGA_MAX_WORKERS	32
+#define SAGA_TOPIC_SIZE		(SAGA_MAX_TOPIC_LEN + 1)
+
+extern bool saga_notify;
+
 extern void SagaWakeAt(TimestampTz due);
 extern void SagaVisibleAt(TimestampTz visible_at);
 extern void SagaAnnounce(const char *topic);
+extern void SagaNotifyTopic(const char *topic);
+extern void SagaWakeupInit(void);
+extern pid_t SagaWakeupAttach(Oid dboid);
+extern bool SagaWakeupAttached(Oid dboid);
+extern TimestampTz SagaWakeupNext(void);
+extern void SagaWakeupSetNext(TimestampTz next);
+extern void SagaWakeupLowerNext(TimestampTz next);
+extern TimestampTz SagaWakeupTakeNotifyFrom(void);
+extern bool SagaWakeupNotifyPending(void);
+extern void SagaWakeupAnnounceQueued(void);
 
 #endif							/* SAGA_H */

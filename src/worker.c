@@ -50,10 +50,8 @@
 
 #include "saga.h"
 
-#define SAGA_MAX_WORKERS	32
 #define SAGA_RESTART_SECS	5
-#define SAGA_TOPIC_QUEUE	64	/* topics waiting to be announced, per worker */
-#define SAGA_TOPIC_SIZE		49	/* ^[a-z][a-z0-9_]{0,47}$ and its NUL */
+
 
 /* GUCs */
 char	   *saga_databases = NULL;
@@ -61,51 +59,8 @@ int			saga_retention = 7 * 24 * 3600;	/* seconds, -1 keeps forever */
 int			saga_batch_size = 500;
 int			saga_max_sleep = 60000; /* milliseconds */
 int			saga_incident_after = 5;
-bool		saga_notify = true;
-
-typedef struct SagaWorkerSlot
-{
-	Oid			dboid;
-	pid_t		pid;
-	Latch	   *latch;
-	/* TimestampTz of the next round; backends lower it (never raise it) */
-	pg_atomic_uint64 next_wake;
-	/* TimestampTz from which to announce visibility again, DT_NOEND: none */
-	pg_atomic_uint64 notify_from;
-
-	/*
-	 * Topics that committed transactions made work visible on.  The worker
-	 * sends their NOTIFYs, so that client commits do not queue on the
-	 * server's notification lock.
-	 */
-	slock_t		topic_lock;
-	int			ntopics;
-	bool		topic_overflow;
-	char		topics[SAGA_TOPIC_QUEUE][SAGA_TOPIC_SIZE];
-} SagaWorkerSlot;
-
-typedef struct SagaShared
-{
-	slock_t		mutex;
-	SagaWorkerSlot slots[SAGA_MAX_WORKERS];
-} SagaShared;
-
-static SagaShared *shared = NULL;
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
-/* backend side: earliest due time and delayed visibility of the current transaction */
-static TimestampTz pending_wake = DT_NOEND;
-static TimestampTz pending_visible = DT_NOEND;
-
-/* ... and the topics it made work visible on, for the worker to announce */
-static char pending_topics[SAGA_TOPIC_QUEUE][SAGA_TOPIC_SIZE];
-static int	npending_topics = 0;
-static bool pending_overflow = false;
-static bool xact_callback_registered = false;
 
 /* worker side */
-static SagaWorkerSlot *my_slot = NULL;
 static char *my_dbname = NULL;
 
 /* delayed visibility already announced, per process (lost on restart: a hint) */
@@ -119,224 +74,16 @@ static SPIPlanPtr plan_purge = NULL;
 static SPIPlanPtr plan_purge_history = NULL;
 static SPIPlanPtr plan_withdrawn = NULL;
 static SPIPlanPtr plan_next = NULL;
+static SPIPlanPtr plan_next_flows = NULL;
+static SPIPlanPtr plan_flow_deadlines = NULL;
+static SPIPlanPtr plan_purge_events = NULL;
+static SPIPlanPtr plan_purge_flows = NULL;
 
 PGDLLEXPORT void saga_launcher_main(Datum main_arg);
 PGDLLEXPORT void saga_worker_main(Datum main_arg);
 
 PG_FUNCTION_INFO_V1(saga_tick);
 
-/* ---------- shared memory ---------- */
-
-static void
-saga_shmem_request(void)
-{
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(SagaShared)));
-}
-
-static void
-saga_shmem_startup(void)
-{
-	bool		found;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	shared = ShmemInitStruct("saga", sizeof(SagaShared), &found);
-	if (!found)
-	{
-		SpinLockInit(&shared->mutex);
-		for (int i = 0; i < SAGA_MAX_WORKERS; i++)
-		{
-			shared->slots[i].dboid = InvalidOid;
-			shared->slots[i].pid = 0;
-			shared->slots[i].latch = NULL;
-			pg_atomic_init_u64(&shared->slots[i].next_wake, (uint64) DT_NOEND);
-			pg_atomic_init_u64(&shared->slots[i].notify_from, (uint64) DT_NOEND);
-			SpinLockInit(&shared->slots[i].topic_lock);
-			shared->slots[i].ntopics = 0;
-			shared->slots[i].topic_overflow = false;
-		}
-	}
-	LWLockRelease(AddinShmemInitLock);
-}
-
-/* ---------- waking the worker ---------- */
-
-/* lower *target to value; true if it was lowered */
-static bool
-atomic_lower(pg_atomic_uint64 *target, TimestampTz value)
-{
-	uint64		cur = pg_atomic_read_u64(target);
-
-	while ((TimestampTz) cur > value)
-	{
-		if (pg_atomic_compare_exchange_u64(target, &cur, (uint64) value))
-			return true;
-	}
-	return false;
-}
-
-static SagaWorkerSlot *
-find_slot(Oid dboid, Latch **latch)
-{
-	SagaWorkerSlot *found = NULL;
-
-	SpinLockAcquire(&shared->mutex);
-	for (int i = 0; i < SAGA_MAX_WORKERS && found == NULL; i++)
-		if (shared->slots[i].dboid == dboid && shared->slots[i].latch != NULL)
-		{
-			found = &shared->slots[i];
-			*latch = found->latch;
-		}
-	SpinLockRelease(&shared->mutex);
-	return found;
-}
-
-static void
-saga_xact_callback(XactEvent event, void *arg)
-{
-	TimestampTz due = pending_wake;
-	TimestampTz visible = pending_visible;
-	SagaWorkerSlot *slot;
-	Latch	   *latch = NULL;
-	bool		wake = false;
-
-	int			ntopics = npending_topics;
-	bool		overflow = pending_overflow;
-
-	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
-		event != XACT_EVENT_PREPARE)
-		return;
-	pending_wake = DT_NOEND;
-	pending_visible = DT_NOEND;
-	npending_topics = 0;
-	pending_overflow = false;
-	if (event != XACT_EVENT_COMMIT || shared == NULL ||
-		(due == DT_NOEND && ntopics == 0 && !overflow))
-		return;
-
-	/* only after commit can the worker see what we wrote */
-	slot = find_slot(MyDatabaseId, &latch);
-	if (slot == NULL)
-		return;
-
-	if (ntopics > 0 || overflow)
-	{
-		SpinLockAcquire(&slot->topic_lock);
-
-		/*
-		 * Whoever queued the first topic woke the worker, which has not taken
-		 * the queue yet: a signal per commit would only cost a kill() each.
-		 */
-		if (slot->ntopics == 0 && !slot->topic_overflow)
-			wake = true;
-		for (int i = 0; i < ntopics && !slot->topic_overflow; i++)
-		{
-			bool		queued = false;
-
-			for (int k = 0; k < slot->ntopics && !queued; k++)
-				queued = strcmp(slot->topics[k], pending_topics[i]) == 0;
-			if (queued)
-				continue;
-			if (slot->ntopics == SAGA_TOPIC_QUEUE)
-				slot->topic_overflow = true;
-			else
-				strlcpy(slot->topics[slot->ntopics++], pending_topics[i], SAGA_TOPIC_SIZE);
-		}
-		if (overflow)
-			slot->topic_overflow = true;
-		SpinLockRelease(&slot->topic_lock);
-	}
-
-	/*
-	 * Work that became visible before we committed may lie behind the
-	 * worker's last announcement, which could not see it: have it look
-	 * again from there.
-	 */
-	if (visible != DT_NOEND && visible <= GetCurrentTimestamp() &&
-		atomic_lower(&slot->notify_from, visible - 1))
-		wake = true;
-	if (due != DT_NOEND && atomic_lower(&slot->next_wake, due))
-		wake = true;
-	if (wake)
-		SetLatch(latch);
-}
-
-static void
-remember(TimestampTz *pending, TimestampTz value)
-{
-	if (shared == NULL)
-		return;					/* not preloaded: saga.tick() does the work */
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(saga_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	if (value < *pending)
-		*pending = value;
-}
-
-/*
- * Note that the current transaction creates work due at `due`; at commit
- * the database's worker is woken if it plans to sleep past it.
- */
-void
-SagaWakeAt(TimestampTz due)
-{
-	remember(&pending_wake, due);
-}
-
-/*
- * Work became visible on a topic: LISTEN saga_<topic> is to be woken.  Where
- * a worker serves the database, it sends the NOTIFY after our commit, one
- * per topic for many transactions; elsewhere we send it ourselves (the
- * server folds repeats within a transaction).
- */
-void
-SagaAnnounce(const char *topic)
-{
-	static LocalTransactionId checked_in = InvalidLocalTransactionId;
-	static bool via_worker = false;
-
-	if (!saga_notify)
-		return;
-	if (checked_in != MyProc->lxid)
-	{
-		Latch	   *latch;
-
-		via_worker = shared != NULL && my_slot == NULL &&
-			find_slot(MyDatabaseId, &latch) != NULL;
-		checked_in = MyProc->lxid;
-	}
-	if (!via_worker)
-	{
-		SagaNotifyTopic(topic);
-		return;
-	}
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(saga_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	for (int i = 0; i < npending_topics; i++)
-		if (strcmp(pending_topics[i], topic) == 0)
-			return;
-	if (npending_topics == SAGA_TOPIC_QUEUE)
-		pending_overflow = true;
-	else
-		strlcpy(pending_topics[npending_topics++], topic, SAGA_TOPIC_SIZE);
-}
-
-/* a task becomes visible later, at `visible_at`: it must be announced then */
-void
-SagaVisibleAt(TimestampTz visible_at)
-{
-	remember(&pending_wake, visible_at);
-	remember(&pending_visible, visible_at);
-}
 
 /* ---------- the units of a round ---------- */
 
@@ -367,7 +114,7 @@ unit_timeouts(TimestampTz now)
 				2, types, values, NULL, SPI_OK_SELECT, "finding timed-out tasks");
 	ids = collect_ids(&n);
 	for (int i = 0; i < n; i++)
-		(void) SagaIsolated(SagaExhaustTask, ids[i], "timeout", true);
+		(void) SagaIsolated(SagaExhaustAny, ids[i], "timeout", true);
 	return n;
 }
 
@@ -408,7 +155,7 @@ unit_lapsed(TimestampTz now)
 		if (what[i] == 2)
 			(void) SagaIsolated(SagaSettleWithdrawnWork, ids[i], NULL, true);
 		else if (what[i] == 1)
-			(void) SagaIsolated(SagaExhaustTask, ids[i], "attempts exhausted: lease expired", true);
+			(void) SagaIsolated(SagaExhaustAny, ids[i], "attempts exhausted: lease expired", true);
 		else
 			(void) SagaIsolated(SagaOutboxLapseWork, ids[i], NULL, true);
 	}
@@ -448,10 +195,8 @@ unit_notify(TimestampTz now, TimestampTz *next)
 	int			notified = 0;
 	TimestampTz from = notified_until;
 
-	if (my_slot != NULL)
 	{
-		TimestampTz again = (TimestampTz) pg_atomic_exchange_u64(&my_slot->notify_from,
-																 (uint64) DT_NOEND);
+		TimestampTz again = SagaWakeupTakeNotifyFrom();
 
 		if (again < from)
 			from = again;
@@ -529,6 +274,72 @@ unit_purge(TimestampTz now)
 	return n;
 }
 
+/* flows past their deadline: the declared event is published, or they turn stuck */
+static int
+unit_flow_deadlines(TimestampTz now)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(saga_batch_size)};
+	int64	   *ids;
+	int			n;
+
+	if (!SagaChoreographyInstalled())
+		return 0;
+	SagaExecute(&plan_flow_deadlines,
+				"SELECT id FROM saga.flows WHERE deadline_at <= $1 "
+				"ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+				2, types, values, NULL, SPI_OK_SELECT, "finding flows past their deadline");
+	ids = collect_ids(&n);
+	for (int i = 0; i < n; i++)
+		(void) SagaFlowIsolated(ids[i]);
+	return n;
+}
+
+/*
+ * Events and finished flows past the retention period go.  An event stays
+ * while a delivery of it is pending or dead, and while a flow of its
+ * correlation id is unfinished (the flow's story, and the cause of its
+ * deadline event).
+ */
+static int
+unit_purge_events(TimestampTz now)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2];
+
+	if (saga_retention < 0 || !SagaChoreographyInstalled())
+		return 0;
+	values[0] = TimestampTzGetDatum(now - (int64) saga_retention * USECS_PER_SEC);
+	values[1] = Int32GetDatum(saga_batch_size);
+	SagaExecute(&plan_purge_events,
+				"DELETE FROM saga.events WHERE id IN (SELECT e.id FROM saga.events e "
+				"WHERE e.published_at < $1 "
+				"AND NOT EXISTS (SELECT FROM saga.outbox o WHERE o.event_id = e.id) "
+				"AND NOT EXISTS (SELECT FROM saga.dead_letters d WHERE d.event_id = e.id) "
+				"AND NOT EXISTS (SELECT FROM saga.flows f WHERE f.correlation_id = e.correlation_id "
+				"AND f.finished_at IS NULL) "
+				"ORDER BY e.id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+				2, types, values, NULL, SPI_OK_DELETE, "removing old events");
+	return (int) SPI_processed;
+}
+
+static int
+unit_purge_flows(TimestampTz now)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	Datum		values[2];
+
+	if (saga_retention < 0 || !SagaChoreographyInstalled())
+		return 0;
+	values[0] = TimestampTzGetDatum(now - (int64) saga_retention * USECS_PER_SEC);
+	values[1] = Int32GetDatum(saga_batch_size);
+	SagaExecute(&plan_purge_flows,
+				"DELETE FROM saga.flows WHERE id IN (SELECT id FROM saga.flows "
+				"WHERE finished_at < $1 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+				2, types, values, NULL, SPI_OK_DELETE, "removing finished flows");
+	return (int) SPI_processed;
+}
+
 /*
  * After a crash, tasks that a dead transaction held when their saga stopped
  * running are unlocked again and must not be handed out.  This scans the
@@ -586,6 +397,32 @@ next_due(TimestampTz next)
 		if (due < next)
 			next = due;
 	}
+	if (SagaChoreographyInstalled())
+	{
+		SagaExecute(&plan_next_flows,
+					"SELECT (SELECT pg_catalog.min(deadline_at) FROM saga.flows WHERE deadline_at IS NOT NULL), "
+					"(SELECT pg_catalog.min(finished_at) FROM saga.flows WHERE finished_at IS NOT NULL), "
+					"(SELECT published_at FROM saga.events ORDER BY id LIMIT 1)",
+					0, NULL, NULL, NULL, SPI_OK_SELECT, "computing the next due time of flows");
+		for (int c = 0; c < 3; c++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, c + 1, &isnull);
+			TimestampTz due;
+
+			if (isnull)
+				continue;
+			due = DatumGetTimestampTz(d);
+			if (c > 0)
+			{
+				if (saga_retention < 0)
+					continue;
+				due += (int64) saga_retention * USECS_PER_SEC;
+			}
+			if (due < next)
+				next = due;
+		}
+	}
 	return next;
 }
 
@@ -604,13 +441,14 @@ Datum
 saga_tick(PG_FUNCTION_ARGS)
 {
 	static const char *const keys[] = {
-		"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas"
+		"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas",
+		"flow_deadlines", "purged_events", "purged_flows"
 	};
 	SagaUserSave save;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = DT_NOEND;
 	JsonbParseState *ps = NULL;
-	int			counts[5];
+	int			counts[8];
 	const char *volatile prev_actor;
 
 	SagaEnter(&save);
@@ -625,6 +463,9 @@ saga_tick(PG_FUNCTION_ARGS)
 		counts[2] = unit_deadlines(now);
 		counts[3] = unit_notify(now, &next);
 		counts[4] = unit_purge(now);
+		counts[5] = unit_flow_deadlines(now);
+		counts[6] = unit_purge_events(now);
+		counts[7] = unit_purge_flows(now);
 	}
 	PG_FINALLY();
 	{
@@ -653,88 +494,11 @@ saga_tick(PG_FUNCTION_ARGS)
 
 /* ---------- the worker ---------- */
 
-/* send the NOTIFYs that backends queued for us, in one transaction */
-static void
-announce_queued(void)
-{
-	char		topics[SAGA_TOPIC_QUEUE][SAGA_TOPIC_SIZE];
-	int			ntopics;
-	bool		overflow;
-
-	SpinLockAcquire(&my_slot->topic_lock);
-	ntopics = my_slot->ntopics;
-	overflow = my_slot->topic_overflow;
-	memcpy(topics, my_slot->topics, sizeof(topics[0]) * ntopics);
-	my_slot->ntopics = 0;
-	my_slot->topic_overflow = false;
-	SpinLockRelease(&my_slot->topic_lock);
-
-	/* too many to list: announce every topic with visible work */
-	if (overflow)
-		atomic_lower(&my_slot->notify_from, DT_NOBEGIN);
-	if (ntopics == 0 || !saga_notify)
-		return;
-
-	StartTransactionCommand();
-	for (int i = 0; i < ntopics; i++)
-		SagaNotifyTopic(topics[i]);
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-}
 
 static void
 worker_errcontext(void *arg)
 {
 	errcontext("saga worker for database \"%s\"", my_dbname ? my_dbname : "?");
-}
-
-static void
-worker_detach(int code, Datum arg)
-{
-	if (my_slot == NULL)
-		return;
-	SpinLockAcquire(&shared->mutex);
-	my_slot->dboid = InvalidOid;
-	my_slot->pid = 0;
-	my_slot->latch = NULL;
-	SpinLockRelease(&shared->mutex);
-	my_slot = NULL;
-}
-
-static void
-worker_attach(Oid dboid)
-{
-	SpinLockAcquire(&shared->mutex);
-	for (int i = 0; i < SAGA_MAX_WORKERS; i++)
-	{
-		SagaWorkerSlot *slot = &shared->slots[i];
-
-		if (slot->dboid == dboid && slot->pid != 0 && slot->pid != MyProcPid)
-		{
-			pid_t		other = slot->pid;
-
-			SpinLockRelease(&shared->mutex);
-			ereport(LOG, (errmsg("saga worker already running as process %d, exiting", (int) other)));
-			proc_exit(0);
-		}
-	}
-	for (int i = 0; i < SAGA_MAX_WORKERS && my_slot == NULL; i++)
-		if (!OidIsValid(shared->slots[i].dboid))
-			my_slot = &shared->slots[i];
-	if (my_slot == NULL)
-	{
-		SpinLockRelease(&shared->mutex);
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("too many saga workers"),
-				 errdetail("At most %d databases can run a saga worker.", SAGA_MAX_WORKERS)));
-	}
-	my_slot->dboid = dboid;
-	my_slot->pid = MyProcPid;
-	my_slot->latch = MyLatch;
-	pg_atomic_write_u64(&my_slot->next_wake, (uint64) DT_NOEND);
-	SpinLockRelease(&shared->mutex);
-	before_shmem_exit(worker_detach, (Datum) 0);
 }
 
 typedef int (*UnitFn) (TimestampTz now);
@@ -830,6 +594,9 @@ worker_round(bool recovery)
 		{"saga: lapsed leases", unit_lapsed},
 		{"saga: deadlines", unit_deadlines},
 		{"saga: retention", unit_purge},
+		{"saga: flow deadlines", unit_flow_deadlines},
+		{"saga: event retention", unit_purge_events},
+		{"saga: flow retention", unit_purge_flows},
 	};
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = TimestampTzPlusMilliseconds(now, saga_max_sleep);
@@ -907,7 +674,15 @@ saga_worker_main(Datum main_arg)
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
 
-	worker_attach(dboid);
+	{
+		pid_t		other = SagaWakeupAttach(dboid);
+
+		if (other != 0)
+		{
+			ereport(LOG, (errmsg("saga worker already running as process %d, exiting", (int) other)));
+			proc_exit(0);
+		}
+	}
 	saga_actor = "saga worker";
 	ereport(LOG, (errmsg("saga worker started")));
 
@@ -933,28 +708,30 @@ saga_worker_main(Datum main_arg)
 				proc_exit(0);
 			}
 			/* new settings (retention, batch size, sleep) apply at once */
-			pg_atomic_write_u64(&my_slot->next_wake, (uint64) GetCurrentTimestamp());
+			SagaWakeupSetNext(GetCurrentTimestamp());
 		}
 
 		if (!RecoveryInProgress())
-			announce_queued();
+		{
+			SagaWakeupAnnounceQueued();
+			pgstat_report_stat(false);
+		}
 
 		now = GetCurrentTimestamp();
 		if (RecoveryInProgress())
-			pg_atomic_write_u64(&my_slot->next_wake,
-								(uint64) TimestampTzPlusMilliseconds(now, saga_max_sleep));
-		else if (recovery || now >= (TimestampTz) pg_atomic_read_u64(&my_slot->next_wake))
+			SagaWakeupSetNext(TimestampTzPlusMilliseconds(now, saga_max_sleep));
+		else if (recovery || now >= SagaWakeupNext())
 		{
 			/* during the round, a commit that creates timed work lowers this */
-			pg_atomic_write_u64(&my_slot->next_wake, (uint64) DT_NOEND);
+			SagaWakeupSetNext(DT_NOEND);
 			next = worker_round(recovery);
 			recovery = false;
-			atomic_lower(&my_slot->next_wake, next);
+			SagaWakeupLowerNext(next);
 		}
-		else if ((TimestampTz) pg_atomic_read_u64(&my_slot->notify_from) != DT_NOEND)
+		else if (SagaWakeupNotifyPending())
 			(void) run_unit("saga: wake-ups", unit_notify_only, &next);
 
-		next = (TimestampTz) pg_atomic_read_u64(&my_slot->next_wake);
+		next = SagaWakeupNext();
 		timeout_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
 		if (timeout_ms > 0)
 		{
@@ -975,20 +752,6 @@ typedef struct LaunchedWorker
 	BackgroundWorkerHandle *handle; /* in TopMemoryContext */
 	TimestampTz launched_at;
 } LaunchedWorker;
-
-/* is a worker attached for this database (perhaps started by an earlier launcher) */
-static bool
-worker_attached(Oid dboid)
-{
-	bool		attached = false;
-
-	SpinLockAcquire(&shared->mutex);
-	for (int i = 0; i < SAGA_MAX_WORKERS; i++)
-		if (shared->slots[i].dboid == dboid && shared->slots[i].pid != 0)
-			attached = true;
-	SpinLockRelease(&shared->mutex);
-	return attached;
-}
 
 static LaunchedWorker launched[SAGA_MAX_WORKERS];
 static int	nlaunched = 0;
@@ -1065,7 +828,7 @@ launch_workers(void)
 			ereport(LOG, (errmsg("saga.databases names database \"%s\", which does not exist", dbname)));
 			continue;
 		}
-		if (worker_attached(dboid))
+		if (SagaWakeupAttached(dboid))
 			continue;
 		for (int i = 0; i < nlaunched; i++)
 			if (launched[i].dboid == dboid)
@@ -1189,10 +952,7 @@ SagaWorkerInit(void)
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = saga_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = saga_shmem_startup;
+	SagaWakeupInit();
 
 	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;

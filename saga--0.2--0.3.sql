@@ -1,0 +1,290 @@
+/* saga--0.2--0.3.sql: choreography (events, subscriptions, deliveries, flows) */
+
+\echo Use "ALTER EXTENSION saga UPDATE TO '0.3'" to load this file. \quit
+
+/*
+ * Events.  One row per published event, written in the publisher's
+ * transaction with its deliveries.  An event belongs to the flows of its
+ * correlation id; late says it arrived after such a flow had finished.
+ */
+CREATE TABLE saga.events (
+    id               bigint NOT NULL,
+    type             text NOT NULL,
+    payload          jsonb NOT NULL,
+    correlation_id   text NOT NULL,
+    causation_id     bigint,
+    key              text,
+    idempotency_key  text,
+    traceparent      text NOT NULL,
+    published_at     timestamptz NOT NULL,
+    publisher        text NOT NULL,
+    hops             integer NOT NULL,
+    deliveries       integer NOT NULL,
+    late             boolean NOT NULL DEFAULT false,
+    CONSTRAINT events_pkey PRIMARY KEY (id)
+);
+CREATE SEQUENCE saga.events_id_seq AS bigint MAXVALUE 9007199254740991 OWNED BY saga.events.id;
+ALTER TABLE saga.events ALTER COLUMN id SET DEFAULT pg_catalog.nextval('saga.events_id_seq');
+CREATE UNIQUE INDEX events_idempotency_key ON saga.events (type, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+-- "where is order 42": a flow's events, in publish order
+CREATE INDEX events_correlation_id ON saga.events (correlation_id, id);
+-- saga.replay walks one type in publish order
+CREATE INDEX events_type ON saga.events (type, id);
+COMMENT ON TABLE saga.events IS
+'published events, one row each: type, payload, correlation_id, causation_id (the event it answers), key, traceparent (W3C, a span of its own), published_at, publisher (role), hops (causation depth), deliveries (outbox rows written), late (arrived after its flow finished)';
+
+/*
+ * Subscriptions: (event_type, topic), one each.  options holds what the
+ * caller gave (retry, filter, replay_from); the filter's errors are counted
+ * here, never raised in the publisher's transaction.
+ */
+CREATE TABLE saga.subscriptions (
+    id                bigint NOT NULL,
+    event_type        text NOT NULL,
+    topic             text NOT NULL,
+    options           jsonb NOT NULL,
+    choreography      text,
+    created_at        timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL,
+    owner             pg_catalog.name NOT NULL,
+    filter_errors     bigint NOT NULL DEFAULT 0,
+    last_filter_error jsonb,
+    CONSTRAINT subscriptions_pkey PRIMARY KEY (id),
+    CONSTRAINT subscriptions_event_type_topic_key UNIQUE (event_type, topic)
+);
+CREATE SEQUENCE saga.subscriptions_id_seq AS bigint OWNED BY saga.subscriptions.id;
+ALTER TABLE saga.subscriptions ALTER COLUMN id SET DEFAULT pg_catalog.nextval('saga.subscriptions_id_seq');
+COMMENT ON TABLE saga.subscriptions IS
+'one row per (event_type, topic): every event of that type published after the subscription committed is delivered to the topic through saga.outbox; options: retry, filter (jsonpath), replay_from; choreography names the choreography that created it; filter_errors and last_filter_error count the events a failing filter skipped';
+
+/*
+ * Event deliveries are outbox rows of kind 'event' with negative ids (a
+ * saga's task ids are positive and encode the saga), from a sequence of
+ * their own.
+ */
+CREATE SEQUENCE saga.deliveries_id_seq AS bigint OWNED BY saga.outbox.id;
+ALTER TABLE saga.outbox ADD COLUMN event_id bigint;
+ALTER TABLE saga.outbox ADD COLUMN subscription_id bigint;
+-- an event delivery's last reported failure
+ALTER TABLE saga.outbox ADD COLUMN error jsonb;
+-- what retention must keep: events with a delivery pending
+CREATE INDEX outbox_event ON saga.outbox (event_id) WHERE event_id IS NOT NULL;
+
+/*
+ * Dead letters: deliveries that failed for good, out of the pollable
+ * outbox until saga.redeliver.  deliveries is the last lease number, so a
+ * report under a lease from before a redelivery is refused.
+ */
+CREATE TABLE saga.dead_letters (
+    id               bigint NOT NULL,
+    topic            text NOT NULL,
+    event_id         bigint NOT NULL,
+    subscription_id  bigint,
+    payload          jsonb NOT NULL,
+    headers          jsonb NOT NULL,
+    attempts         integer NOT NULL,
+    deliveries       integer NOT NULL,
+    error            jsonb NOT NULL,
+    dead_at          timestamptz NOT NULL,
+    CONSTRAINT dead_letters_pkey PRIMARY KEY (id)
+);
+CREATE INDEX dead_letters_event ON saga.dead_letters (event_id);
+CREATE INDEX dead_letters_topic ON saga.dead_letters (topic, dead_at);
+COMMENT ON TABLE saga.dead_letters IS
+'event deliveries that failed non-retryably or ran out of attempts: id (the task id), topic, event_id, payload, headers, attempts, error, dead_at; saga.redeliver(id) sends one again';
+
+/*
+ * Choreography definitions: versioned and immutable like saga definitions,
+ * with which they share one namespace of names.
+ */
+CREATE TABLE saga.choreographies (
+    id          integer NOT NULL,
+    name        text NOT NULL,
+    version     integer NOT NULL,
+    definition  jsonb NOT NULL,
+    owner       pg_catalog.name NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT choreographies_pkey PRIMARY KEY (id),
+    CONSTRAINT choreographies_name_version_key UNIQUE (name, version)
+);
+CREATE SEQUENCE saga.choreographies_id_seq AS integer OWNED BY saga.choreographies.id;
+ALTER TABLE saga.choreographies
+    ALTER COLUMN id SET DEFAULT pg_catalog.nextval('saga.choreographies_id_seq');
+COMMENT ON TABLE saga.choreographies IS
+'choreography definitions, one row per version (immutable): the event graph of participants (topics), their on/emits/fails events and compensations, completed events, a deadline and a hop limit';
+
+/*
+ * Flows: one per (choreography, correlation id).  seen lists the event
+ * types the flow has had; status and waiting_on are derived from the graph
+ * and seen, and stored so that the view is a plain read.
+ */
+CREATE TABLE saga.flows (
+    id               bigint NOT NULL,
+    choreography     text NOT NULL,
+    version          integer NOT NULL,
+    correlation_id   text NOT NULL,
+    status           text NOT NULL,
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz,
+    waiting_on       text[] NOT NULL,
+    choreography_id  integer NOT NULL,
+    seen             text[] NOT NULL,
+    last_event_id    bigint NOT NULL,
+    deadline_at      timestamptz,
+    updated_at       timestamptz NOT NULL,
+    incident         jsonb,
+    CONSTRAINT flows_pkey PRIMARY KEY (id),
+    CONSTRAINT flows_choreography_correlation_id_key UNIQUE (choreography, correlation_id)
+) WITH (fillfactor = 80);
+CREATE SEQUENCE saga.flows_id_seq AS bigint OWNED BY saga.flows.id;
+ALTER TABLE saga.flows ALTER COLUMN id SET DEFAULT pg_catalog.nextval('saga.flows_id_seq');
+CREATE INDEX flows_correlation_id ON saga.flows (correlation_id);
+-- deadline_at is cleared when the flow leaves running, finished_at set once
+CREATE INDEX flows_deadline ON saga.flows (deadline_at) WHERE deadline_at IS NOT NULL;
+CREATE INDEX flows_finished ON saga.flows (finished_at) WHERE finished_at IS NOT NULL;
+COMMENT ON TABLE saga.flows IS
+'one row per run of a choreography (choreography, correlation_id): status running, completed, compensating, compensated, stuck (deadline passed, nothing to publish) or looping (hop limit); waiting_on lists the participants the flow waits for';
+
+SELECT pg_catalog.pg_extension_config_dump('saga.events', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.subscriptions_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.deliveries_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.choreographies', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.choreographies_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.flows', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.flows_id_seq', '');
+
+/* sagas whose compensation needs a person, and stuck or looping flows */
+CREATE OR REPLACE VIEW saga.incidents AS
+SELECT s.id AS saga_id, s.name, s.version, s.correlation_id,
+       s.incident ->> 'step' AS step,
+       s.incident -> 'error' AS error,
+       COALESCE((s.incident ->> 'since')::timestamptz, s.updated_at) AS since,
+       s.status,
+       (s.incident ->> 'attempts')::integer AS attempts,
+       'saga'::text AS kind,
+       NULL::bigint AS flow_id,
+       s.incident AS detail
+  FROM saga.sagas s
+ WHERE s.incident IS NOT NULL
+UNION ALL
+SELECT NULL::bigint, f.choreography, f.version, f.correlation_id,
+       NULL::text, NULL::jsonb,
+       COALESCE((f.incident ->> 'since')::timestamptz, f.updated_at),
+       f.status, NULL::integer,
+       f.status || '_flow', f.id, f.incident
+  FROM saga.flows f
+ WHERE f.incident IS NOT NULL;
+COMMENT ON VIEW saga.incidents IS
+'what needs a person: sagas whose compensation failed or whose tasks keep failing (kind saga), and flows that are stuck (kind stuck_flow: the deadline passed with nothing to publish) or looping (kind looping_flow: an event passed the hop limit); detail says why';
+
+CREATE FUNCTION saga.publish(event_type text, payload jsonb DEFAULT '{}',
+                             correlation_id text DEFAULT NULL,
+                             causation_id bigint DEFAULT NULL,
+                             key text DEFAULT NULL,
+                             idempotency_key text DEFAULT NULL,
+                             traceparent text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS 'MODULE_PATHNAME', 'saga_publish';
+
+CREATE FUNCTION saga.subscribe(event_type text, topic text, options jsonb DEFAULT '{}')
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS 'MODULE_PATHNAME', 'saga_subscribe';
+
+CREATE FUNCTION saga.unsubscribe(event_type text, topic text)
+RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS 'MODULE_PATHNAME', 'saga_unsubscribe';
+
+CREATE FUNCTION saga.redeliver(task_id bigint)
+RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS 'MODULE_PATHNAME', 'saga_redeliver';
+
+CREATE FUNCTION saga.replay(event_type text, topic text, since timestamptz,
+                            until timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS 'MODULE_PATHNAME', 'saga_replay';
+
+CREATE FUNCTION saga.define_choreography(name text, definition jsonb)
+RETURNS integer
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS 'MODULE_PATHNAME', 'saga_define_choreography';
+
+/*
+ * A choreography version is as immutable as a saga definition, and the
+ * flows started from it read it while they exist (the same C trigger).
+ */
+CREATE TRIGGER choreographies_guard BEFORE UPDATE OR DELETE ON saga.choreographies
+    FOR EACH ROW EXECUTE FUNCTION saga.definitions_guard();
+CREATE TRIGGER choreographies_guard_truncate BEFORE TRUNCATE ON saga.choreographies
+    FOR EACH STATEMENT EXECUTE FUNCTION saga.definitions_guard();
+
+REVOKE ALL ON saga.events, saga.subscriptions, saga.dead_letters, saga.choreographies,
+    saga.flows FROM PUBLIC;
+REVOKE ALL ON SEQUENCE saga.events_id_seq, saga.subscriptions_id_seq, saga.deliveries_id_seq,
+    saga.choreographies_id_seq, saga.flows_id_seq FROM PUBLIC;
+REVOKE ALL ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text),
+    saga.subscribe(text, text, jsonb), saga.unsubscribe(text, text), saga.redeliver(bigint),
+    saga.replay(text, text, timestamptz, timestamptz), saga.define_choreography(text, jsonb)
+    FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text) TO saga_worker;
+GRANT EXECUTE ON FUNCTION saga.subscribe(text, text, jsonb) TO saga_admin;
+GRANT EXECUTE ON FUNCTION saga.unsubscribe(text, text) TO saga_admin;
+GRANT EXECUTE ON FUNCTION saga.redeliver(bigint) TO saga_admin;
+GRANT EXECUTE ON FUNCTION saga.replay(text, text, timestamptz, timestamptz) TO saga_admin;
+GRANT EXECUTE ON FUNCTION saga.define_choreography(text, jsonb) TO saga_admin;
+GRANT SELECT ON saga.events, saga.subscriptions, saga.dead_letters, saga.choreographies,
+    saga.flows TO saga_reader, saga_admin, saga_worker;
+
+COMMENT ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text) IS
+'saga.publish(event_type, payload jsonb, correlation_id, causation_id, key, idempotency_key, traceparent) -> bigint: record an event and write one delivery (outbox row, kind event) per subscription of its type whose filter matches, in the caller''s transaction; returns the event id. event_type matches ^[A-Za-z][A-Za-z0-9_.]{0,62}$; correlation_id, key and idempotency_key are at most 255 bytes; payload at most saga.max_payload_size bytes. causation_id names the event being handled: its correlation id is inherited, the trace continues, hops = its hops + 1. The same event_type and idempotency_key return the first event. Past the hop limit (the flow''s choreography max_hops, else saga.max_hops) the event is recorded with 0 deliveries and its flow turns looping. Errors: 22004 null event_type or payload, 22001 argument too long, 22023 bad event type, empty argument, bad traceparent or a correlation_id that differs from the cause''s, 42704 unknown causation_id, 54000 payload too large. Granted to saga_worker.';
+
+COMMENT ON FUNCTION saga.subscribe(text, text, jsonb) IS
+'saga.subscribe(event_type, topic, options jsonb) -> bigint: deliver every later event of event_type to topic (subscribing again updates options); returns the subscription id. options: retry (as for steps; default 3 attempts), filter (a jsonpath predicate on the payload, lax mode: false or null skip the delivery, an error skips it and is counted in saga.subscriptions), replay_from (timestamptz: also deliver the retained events published since then). Errors: 22004 null argument, 22001 too long, 22023 bad event type or options, 42602 bad topic or filter, 22008 interval out of range. Granted to saga_admin.';
+
+COMMENT ON FUNCTION saga.unsubscribe(text, text) IS
+'saga.unsubscribe(event_type, topic) -> void: stop delivering event_type to topic; deliveries already in the outbox drain, dead letters stay. Errors: 22004 null argument, 42704 no such subscription. Granted to saga_admin.';
+
+COMMENT ON FUNCTION saga.redeliver(bigint) IS
+'saga.redeliver(task_id) -> void: put a dead letter back into the outbox, visible now, with fresh attempts; a report under a lease from before is refused with 55000. Errors: 22004 null task_id, 42704 no dead letter with that id. Granted to saga_admin.';
+
+COMMENT ON FUNCTION saga.replay(text, text, timestamptz, timestamptz) IS
+'saga.replay(event_type, topic, since, until) -> bigint: deliver again, in publish order, the retained events of event_type published in [since, until) to the existing subscription (event_type, topic), its filter applied, with header replay = true and idempotency keys of their own; flows, hops and deadlines do not change. Returns how many deliveries were written (at most 100000 per call). Errors: 22004 null argument, 42704 no such subscription, 22023 until before since. Granted to saga_admin.';
+
+COMMENT ON FUNCTION saga.define_choreography(text, jsonb) IS
+'saga.define_choreography(name, definition) -> integer: validate and store a choreography (start, participants with on/emits/fails/compensation, completed, deadline, max_hops) and subscribe each participant to its on and compensation.on events; returns the version (an identical document returns the current version and stores nothing). Shares its namespace with saga.define. Errors: 22004 null argument, 22001 name too long, 42602 bad name, 22023 bad document or a graph rule broken (DETAIL names the rule, the events and the JSON path), 42P17 a cycle (in DETAIL), 42809 the name is a saga definition, 42501 the latest version belongs to another role, 54000 too large. Granted to saga_admin.';
+
+COMMENT ON FUNCTION saga.complete(bigint, jsonb, integer) IS
+'saga.complete(task_id, result jsonb, lease) -> boolean: report a task done; true when recorded, false for a repeat of the report that settled it. With lease (from saga.claim) the report is fenced by it; without, the caller''s row lock (transactional poll) is the lease, and a task under another worker''s live lease is refused. For an event delivery (negative task_id) result is not kept; a delivery that already finished returns false. result is at most saga.max_payload_size bytes. Errors: 22004 null task_id, 42704 unknown task, 55000 lost lease, task leased to another worker or (without lease) not visible, or a conflicting report, 54000 too large. Granted to saga_worker.';
+
+COMMENT ON FUNCTION saga.fail(bigint, jsonb, boolean, integer) IS
+'saga.fail(task_id, error jsonb, retryable, lease) -> boolean: report a task failed; retryable (default true) schedules the next attempt after the step''s (or subscription''s) backoff, otherwise (or with attempts exhausted) the step fails for good and compensation starts in this transaction, or the event delivery becomes a dead letter. Returns false for a repeated identical report. Fencing as for saga.complete. Errors: 22004 null task_id, 42704 unknown task, 55000 lost lease, task leased to another worker or (without lease) not visible, or a conflicting report, 54000 too large. Granted to saga_worker.';
+
+COMMENT ON FUNCTION saga.tick() IS
+'saga.tick() -> jsonb: one round of the time-based work (step timeouts, lapsed leases, deadlines of sagas and flows, wake-ups, retention) in the caller''s transaction; returns counts {"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas", "flow_deadlines", "purged_events", "purged_flows"}. For servers without the background worker (e.g. from pg_cron). Granted to saga_admin.';
