@@ -1138,7 +1138,7 @@ report_gone(int64 task_id, bool success, Jsonb *payload, SagaFence fence, int32 
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("task %lld is a dead letter", (long long) task_id),
 			 errdetail("It failed for good; a different report for it is refused."),
-			 errhint("saga.redeliver(%lld) sends it again.", (long long) task_id)));
+			 errhint("saga.redeliver(task_id) sends it again.")));
 }
 
 /*
@@ -1569,8 +1569,8 @@ saga_replay(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("until must not be before since"),
-				 errdetail("since is %s, until is %s.", timestamptz_to_str(since),
-						   timestamptz_to_str(until))));
+				 errdetail("since is %s, until is %s.", pstrdup(timestamptz_to_str(since)),
+						   pstrdup(timestamptz_to_str(until)))));
 
 	SagaEnter(&save);
 	values[0] = CStringGetTextDatum(type);
