@@ -222,3 +222,7 @@ SELECT saga_test.err('SELECT saga.replay(''Nope'', ''t'', now() - interval ''1 d
 SELECT saga_test.err('SELECT saga.replay(''ev.history'', ''ev_catch_up'', ''2026-01-02 00:00+00'', ''2026-01-01 00:00+00'')');
 SELECT saga_test.err('SELECT saga.replay(''ev.history'', ''ev_catch_up'', NULL)');
 SELECT saga_test.err('SELECT saga.redeliver(NULL)');
+
+-- leave OrderPlaced to 92_choreography
+SELECT saga.unsubscribe('OrderPlaced', topic) FROM (VALUES ('ev_pay'), ('ev_mail'), ('ev_big')) t(topic);
+SELECT count(*) AS left FROM saga.subscriptions WHERE event_type = 'OrderPlaced';
