@@ -68,7 +68,28 @@ SELECT set_eq(
       ('view', 'saga.incidents', 'saga_reader', 'SELECT'),
       ('view', 'saga.history', 'saga_admin', 'SELECT'),
       ('view', 'saga.history', 'saga_worker', 'SELECT'),
-      ('view', 'saga.history', 'saga_reader', 'SELECT')$$,
+      ('view', 'saga.history', 'saga_reader', 'SELECT'),
+      ('function', 'saga.publish(text,jsonb,text,bigint,text,text,text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.subscribe(text,text,jsonb)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.unsubscribe(text,text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.redeliver(bigint)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.replay(text,text,timestamp with time zone,timestamp with time zone)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.define_choreography(text,jsonb)', 'saga_admin', 'EXECUTE'),
+      ('table', 'saga.events', 'saga_admin', 'SELECT'),
+      ('table', 'saga.events', 'saga_worker', 'SELECT'),
+      ('table', 'saga.events', 'saga_reader', 'SELECT'),
+      ('table', 'saga.subscriptions', 'saga_admin', 'SELECT'),
+      ('table', 'saga.subscriptions', 'saga_worker', 'SELECT'),
+      ('table', 'saga.subscriptions', 'saga_reader', 'SELECT'),
+      ('table', 'saga.dead_letters', 'saga_admin', 'SELECT'),
+      ('table', 'saga.dead_letters', 'saga_worker', 'SELECT'),
+      ('table', 'saga.dead_letters', 'saga_reader', 'SELECT'),
+      ('table', 'saga.choreographies', 'saga_admin', 'SELECT'),
+      ('table', 'saga.choreographies', 'saga_worker', 'SELECT'),
+      ('table', 'saga.choreographies', 'saga_reader', 'SELECT'),
+      ('table', 'saga.flows', 'saga_admin', 'SELECT'),
+      ('table', 'saga.flows', 'saga_worker', 'SELECT'),
+      ('table', 'saga.flows', 'saga_reader', 'SELECT')$$,
     'the privilege matrix: exactly these grants, nothing for PUBLIC');
 
 -- the objects the matrix covers are all there is: a new object shows up
@@ -79,8 +100,8 @@ SELECT set_eq(
         SELECT CASE relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'S' THEN 'sequence'
                             WHEN 'i' THEN 'index' WHEN 'c' THEN 'type' ELSE relkind::text END
           FROM pg_class WHERE relnamespace = 'saga'::regnamespace) o GROUP BY kind$$,
-    $$VALUES ('function', 10), ('table', 4), ('view', 4), ('sequence', 3), ('index', 12), ('type', 1)$$,
-    'the extension has 10 functions, 4 tables, 4 views, 3 sequences, 12 indexes and 1 type');
+    $$VALUES ('function', 16), ('table', 9), ('view', 4), ('sequence', 8), ('index', 29), ('type', 1)$$,
+    'the extension has 16 functions, 9 tables, 4 views, 8 sequences, 29 indexes and 1 type');
 
 -- the trigger function is executable by nobody but its owner
 SELECT is_empty(
