@@ -91,6 +91,7 @@ static SPIPlanPtr plan_dead_resolve = NULL;
 static SPIPlanPtr plan_sub_options = NULL;
 static SPIPlanPtr plan_existed = NULL;
 static SPIPlanPtr plan_subscribe = NULL;
+static SPIPlanPtr plan_sub_count = NULL;
 static SPIPlanPtr plan_unsubscribe = NULL;
 static SPIPlanPtr plan_redeliver = NULL;
 static SPIPlanPtr plan_sub_find = NULL;
@@ -1401,6 +1402,24 @@ SagaSubscribeAs(const char *type, const char *topic, Jsonb *options,
 	}
 
 	LockRelationOid(relid, ShareRowExclusiveLock);
+
+	/* every publish of the type writes one row per subscription: bounded */
+	{
+		Oid			ctypes[2] = {TEXTOID, TEXTOID};
+		Datum		cvalues[2] = {CStringGetTextDatum(type), CStringGetTextDatum(topic)};
+		bool		cnull;
+
+		SagaExecute(&plan_sub_count,
+					"SELECT pg_catalog.count(*), pg_catalog.bool_or(topic = $2) "
+					"FROM saga.subscriptions WHERE event_type = $1",
+					2, ctypes, cvalues, NULL, SPI_OK_SELECT, "counting subscriptions");
+		if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &cnull)) >= SAGA_MAX_SUBSCRIPTIONS &&
+			!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &cnull)))
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("too many subscriptions of event type \"%s\"", type),
+					 errdetail("An event type has at most %d subscriptions.", SAGA_MAX_SUBSCRIPTIONS)));
+	}
 
 	values[0] = CStringGetTextDatum(type);
 	values[1] = CStringGetTextDatum(topic);

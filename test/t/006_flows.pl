@@ -358,7 +358,16 @@ is( sql($node,
 # the worker must not spin on events retention keeps for a reason
 $idle = commits_over(2);
 cmp_ok($idle, '<', 100,
-	"retention: with only kept events past the retention the worker sleeps ($idle commits over ~3 s)");
+	"retention: with only kept events past the retention the worker sleeps ($idle commits over ~3 s)")
+  or diag 'the oldest event, which the worker\'s next due time is computed from: ' . sql($node, q{
+SELECT 'id ' || e.id || ' ' || e.type || ' (' || e.correlation_id || '), published ' || (now() - e.published_at)
+       || ' ago, kept for: '
+       || concat_ws(', ',
+            CASE WHEN EXISTS (SELECT FROM saga.outbox o WHERE o.event_id = e.id) THEN 'a pending delivery' END,
+            CASE WHEN EXISTS (SELECT FROM saga.dead_letters d WHERE d.event_id = e.id) THEN 'a dead letter' END,
+            CASE WHEN EXISTS (SELECT FROM saga.flows f WHERE f.correlation_id = e.correlation_id
+                                                        AND f.finished_at IS NULL) THEN 'an unfinished flow' END)
+  FROM saga.events e ORDER BY e.id LIMIT 1});
 
 # once the reasons go, the events go
 is( sql($node,
@@ -387,6 +396,20 @@ is( (split /\n/,
 			  . "SELECT count(*) FROM saga.events WHERE correlation_id = 'rt-fresh'"))[-1],
 	'1',
 	'retention: an event younger than the retention stays');
+
+# nothing left to keep: every pending delivery is taken, and the young event
+# goes when its retention has passed, by the worker's own due time
+is( sql($node, q{
+SELECT count(saga.complete(c.id, '{}', c.lease))
+  FROM (SELECT DISTINCT topic FROM saga.outbox WHERE kind = 'event') t,
+       LATERAL saga.claim(t.topic, 'tap', 100) c}) > 0,
+	1, 'retention: every pending delivery is taken');
+ok(poll_until($node, "SELECT count(*) FROM saga.events", '0'),
+	'retention: the worker purges every event once its retention passed');
+is(sql($node, "SELECT count(*) FROM saga.flows"), '0', 'retention: and every flow');
+$idle = commits_over(2);
+cmp_ok($idle, '<', 100,
+	"retention: with nothing left the worker sleeps again ($idle commits over ~3 s)");
 
 $node->stop;
 done_testing();
