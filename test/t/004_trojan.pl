@@ -825,6 +825,62 @@ sql($node, 'SELECT pg_reload_conf()');
 wait_for($finished, '0', 'retention: the worker purges the finished sagas');
 
 # ------------------------------------------------------------------------
+# choreography: events, subscriptions (with a filter), deliveries through
+# both worker protocols, dead letters, redelivery, replay, and a flow
+# deadline the worker fires
+# ------------------------------------------------------------------------
+
+my $TJ_CHOREO = q{{"start": "TjPlaced",
+  "participants": {"tj_pay": {"on": ["TjPlaced"], "emits": ["TjPaid"], "fails": ["TjDeclined"],
+                              "compensation": {"on": ["TjLate"], "emits": "TjRefunded"}},
+                   "tj_ship": {"on": ["TjPaid"], "emits": ["TjShipped"]}},
+  "completed": ["TjShipped"], "deadline": {"after": "1 second", "publish": "TjLate"}, "max_hops": 5}};
+session(
+	'eve',
+	call('define_choreography', "SELECT saga.define_choreography('tj_choreo', '$TJ_CHOREO');", 'ok'),
+	call('define_choreography again (identical)',
+		"SELECT saga.define_choreography('tj_choreo', '$TJ_CHOREO');", 'ok', out => qr/^1$/),
+	call('define_choreography with a cycle',
+		q{SELECT saga.define_choreography('tj_cycle', '{"start": "A", "participants": {"p": {"on": ["A", "B"], "emits": ["B", "D"]}}, "completed": ["D"]}');},
+		'42P17'),
+	call('subscribe with a filter',
+		q{SELECT saga.subscribe('TjPlaced', 'tj_audit', '{"filter": "$.n > 0 && $.who like_regex \"^w\"", "retry": {"max_attempts": 1}}');},
+		'ok'),
+	call('subscribe with a filter that errors', q{SELECT saga.subscribe('TjPlaced', 'tj_audit2', '{"filter": "$.n"}');},
+		'ok'),
+	call('publish (not a saga_worker)', q{SELECT saga.publish('TjPlaced', '{}');}, '42501'));
+session(
+	'wally',
+	call('publish the start event',
+		q{SELECT saga.publish('TjPlaced', '{"n": 1, "who": "wally"}', correlation_id => 'tj-flow-1') AS tj_e1 \gset},
+		'ok', tx => 1),
+	call('publish with an idempotency key', q{SELECT saga.publish('TjNoted', '{}', idempotency_key => 'tj-k');},
+		'ok'),
+	call('publish it again', q{SELECT saga.publish('TjNoted', '{}', idempotency_key => 'tj-k');}, 'ok'),
+	call('publish with a bad cause', q{SELECT saga.publish('TjPaid', '{}', causation_id => -1);}, '42704'),
+	claim_call('tj_pay', 'wally'),
+	call('complete the delivery', q{SELECT saga.complete(:t_id, '{}', lease => :t_lease);}, 'ok', tx => 1),
+	call('publish the answer', q{SELECT saga.publish('TjPaid', '{}', causation_id => :tj_e1);}, 'ok'),
+	claim_call('tj_audit', 'wally'),
+	call('fail the audit delivery for good',
+		q{SELECT saga.fail(:t_id, '{"no": 1}', retryable => false, lease => :t_lease);}, 'ok'),
+	polled('complete a delivery in a transactional poll', 'tj_ship', q{SELECT saga.complete(:p_id);}, 'ok'),
+	call('redeliver (not a saga_admin)', q{SELECT saga.redeliver(-1);}, '42501'),
+	call('subscribe (not a saga_admin)', q{SELECT saga.subscribe('TjPlaced', 'tj_x');}, '42501'));
+session(
+	'eve',
+	call('redeliver the dead letter',
+		q{SELECT saga.redeliver((SELECT pg_catalog.min(id) FROM saga.dead_letters WHERE topic OPERATOR(pg_catalog.=) 'tj_audit'));},
+		'ok'),
+	call('replay', q{SELECT saga.replay('TjPlaced', 'tj_audit', pg_catalog.now() OPERATOR(pg_catalog.-) '1 hour'::pg_catalog.interval);},
+		'ok'),
+	call('unsubscribe', q{SELECT saga.unsubscribe('TjPlaced', 'tj_audit2');}, 'ok'));
+$node->safe_psql('postgres', q{SELECT saga.publish('TjPlaced', '{"n": 2}', correlation_id => 'tj-flow-2')});
+wait_for("SELECT count(*) FROM saga.events WHERE type = 'TjLate' AND correlation_id = 'tj-flow-2'",
+	'1', 'the worker fires the flow deadline: the deadline event is published');
+session($su, call('tick', 'SELECT saga.tick();', 'ok'));
+
+# ------------------------------------------------------------------------
 # state that is not a setting: what a guest or the engine leaves in the
 # caller's session or transaction beyond GUCs.  Known to survive the sandbox
 # (0.1 and 0.2), hence TODO: a guest's session-level advisory lock (it stays
