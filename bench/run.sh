@@ -471,6 +471,16 @@ wl_ev_publish() {
 	run_pgbench "ev_publish.r$ROUND" "$DB" "$CLIENTS" "$D" ev_publish.sql -D "etype='bench.pub3'" -D "corr='bench-noflow'"
 	record ev_publish "$PGB_TPS"
 }
+# the same with prepared statements: without the baseline's parsing and planning
+# (with -M prepared the variables are parameters, given without quotes)
+wl_ev_base_publish_prep() {
+	run_pgbench "ev_base_publish_prep.r$ROUND" "$DB" "$CLIENTS" "$D" base_publish.sql -M prepared
+	record ev_base_publish_prep "$PGB_TPS"
+}
+wl_ev_publish_prep() {
+	run_pgbench "ev_publish_prep.r$ROUND" "$DB" "$CLIENTS" "$D" ev_publish.sql -M prepared -D etype=bench.pub3 -D corr=bench-noflow
+	record ev_publish_prep "$PGB_TPS"
+}
 
 flow_run() { # flow_run WORKLOAD START NEXT: publishes/s (two per pgbench transaction)
 	run_pgbench "$1.r$ROUND" "$DB" "$CLIENTS" "$D" ev_flow.sql -r -D "start='$2'" -D "next='$3'"
@@ -537,10 +547,12 @@ stage_events() {
 	local before s1 s10 s100
 	DB=bench_events
 	# 1. saga.publish against the hand-written statement
-	rotate ev_base_publish ev_publish
+	rotate ev_base_publish ev_publish ev_base_publish_prep ev_publish_prep
 	add_row "publishes/s ($CLIENTS clients, an event type with 3 subscriptions, one per transaction)" \
 		"hand-written: event row + 3 delivery rows, one statement" ev_base_publish \
 		"saga.publish (correlation id of no flow)" ev_publish
+	add_row "... both as prepared statements (pgbench -M prepared)" \
+		"hand-written, prepared" ev_base_publish_prep "saga.publish, prepared" ev_publish_prep
 	events_check
 
 	# 4. flow tracking: the same two publishes with and without a choreography concerned

@@ -1017,7 +1017,7 @@ SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 		fvalues[4] = Int32GetDatum(c->id);
 		fvalues[5] = TimestampTzGetDatum(now + c->deadline);
 		fnulls[5] = c->deadline > 0 ? ' ' : 'n';
-		SagaExecute(&plan_flow_new,
+		SagaExecuteLatest(&plan_flow_new,
 					"INSERT INTO saga.flows (choreography, version, correlation_id, status, started_at, "
 					"waiting_on, choreography_id, seen, last_event_id, deadline_at, updated_at) "
 					"VALUES ($1, $2, $3, 'running', $4, '{}', $5, '{}', 0, $6, $4) "
@@ -1027,7 +1027,7 @@ SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 			SagaWakeAt(now + c->deadline);
 	}
 
-	SagaExecute(&plan_flows,
+	SagaExecuteLatest(&plan_flows,
 				"SELECT id, choreography_id, status, seen FROM saga.flows "
 				"WHERE correlation_id = $1 ORDER BY id FOR UPDATE",
 				1, types, values, NULL, SPI_OK_SELECT, "locking the flows of an event");
@@ -1140,7 +1140,7 @@ SagaFlowWrite(SagaFlowVerdict *v, int64 event_id, TimestampTz now)
 		values[6] = v->keep_deadline[i];
 		values[7] = Int64GetDatum(event_id);
 		values[8] = TimestampTzGetDatum(now);
-		SagaExecute(&plan_flow_update,
+		SagaExecuteLatest(&plan_flow_update,
 					"UPDATE saga.flows SET status = $2, seen = $3, waiting_on = $4, "
 					"incident = COALESCE($5, incident), "
 					"finished_at = CASE WHEN $6 THEN $9 ELSE finished_at END, "
@@ -1179,7 +1179,7 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
 
 	values[0] = Int64GetDatum(flow_id);
 	values[1] = TimestampTzGetDatum(now);
-	SagaExecute(&plan_flow_lock,
+	SagaExecuteLatest(&plan_flow_lock,
 				"SELECT choreography_id, correlation_id, status, last_event_id, seen "
 				"FROM saga.flows WHERE id = $1 AND deadline_at <= $2 FOR UPDATE",
 				2, types, values, NULL, SPI_OK_SELECT, "locking a flow past its deadline");
@@ -1233,7 +1233,7 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
 			incident = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 			svalues[0] = Int64GetDatum(flow_id);
 			svalues[1] = JsonbPGetDatum(incident);
-			SagaExecute(&plan_flow_stuck,
+			SagaExecuteLatest(&plan_flow_stuck,
 						"UPDATE saga.flows SET status = 'stuck', waiting_on = '{}', incident = $2, "
 						"finished_at = pg_catalog.clock_timestamp(), "
 						"updated_at = pg_catalog.clock_timestamp() WHERE id = $1",
@@ -1241,7 +1241,7 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
 		}
 	}
 	/* fired (or no longer running): never again */
-	SagaExecute(&plan_flow_done,
+	SagaExecuteLatest(&plan_flow_done,
 				"UPDATE saga.flows SET deadline_at = NULL WHERE id = $1",
 				1, types, values, NULL, SPI_OK_UPDATE, "clearing a flow's deadline");
 }
@@ -1291,7 +1291,7 @@ SagaFlowIsolated(int64 flow_id)
 						(long long) flow_id, FLOW_QUARANTINE_SECS, edata->message)));
 		values[0] = Int64GetDatum(flow_id);
 		values[1] = TimestampTzGetDatum(GetCurrentTimestamp() + FLOW_QUARANTINE_SECS * USECS_PER_SEC);
-		SagaExecute(&plan_flow_quarantine,
+		SagaExecuteLatest(&plan_flow_quarantine,
 					"UPDATE saga.flows SET deadline_at = $2 WHERE id = $1 AND deadline_at IS NOT NULL",
 					2, types, values, NULL, SPI_OK_UPDATE, "postponing a flow's deadline");
 		FreeErrorData(edata);

@@ -14,6 +14,7 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
+#include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -27,6 +28,7 @@
 #include "utils/regproc.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
+#include "utils/snapmgr.h"
 
 #include "saga.h"
 
@@ -581,6 +583,22 @@ SagaExecute(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
 				 expected, what);
 }
 
+/*
+ * SagaExecute as of the latest snapshot rather than the transaction's: for
+ * the engine's own rows that must be read as they are now whatever the
+ * caller's isolation level (a flow under REPEATABLE READ would otherwise
+ * fail with 40001 when another transaction had moved it).
+ */
+void
+SagaExecuteLatest(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
+				  Datum *values, const char *nulls, int expected, const char *what)
+{
+	SagaSpiCheck(SPI_execute_snapshot(SagaPrepare(cache, sql, nargs, argtypes),
+									  values, nulls, GetLatestSnapshot(), InvalidSnapshot,
+									  false, false, 0),
+				 expected, what);
+}
+
 /* topic names: ^[a-z][a-z0-9_]{0,47}$ (the LISTEN channel adds "saga_") */
 bool
 SagaValidTopic(const char *topic)
@@ -629,15 +647,22 @@ SagaValidTraceparent(const char *tp)
 char *
 SagaNewTraceparent(void)
 {
-	uint8		bytes[24];
+	static const char digits[] = "0123456789abcdef";
 	char		hex[49];
 
-	if (!pg_strong_random(bytes, sizeof(bytes)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random trace id")));
-	for (int i = 0; i < 24; i++)
-		sprintf(hex + 2 * i, "%02x", bytes[i]);
+	/*
+	 * Trace and span ids need to be unpredictable enough not to collide, not
+	 * secret (W3C trace context): the backend's PRNG, seeded from a strong
+	 * source at its start, saves a system call per saga and per event.
+	 */
+	for (int i = 0; i < 48; i += 16)
+	{
+		uint64		r = pg_prng_uint64(&pg_global_prng_state);
+
+		for (int k = 0; k < 16; k++)
+			hex[i + k] = digits[(r >> (4 * k)) & 0xF];
+	}
+	hex[48] = '\0';
 	/* an all-zero id is invalid; 2^-64 odds, but cheap to rule out */
 	hex[47] = '1';
 	return psprintf("00-%.32s-%.16s-01", hex, hex + 32);

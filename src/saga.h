@@ -163,6 +163,8 @@ extern void SagaSpiCheck(int rc, int expected, const char *what);
 extern SPIPlanPtr SagaPrepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern void SagaExecute(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
 						Datum *values, const char *nulls, int expected, const char *what);
+extern void SagaExecuteLatest(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
+							  Datum *values, const char *nulls, int expected, const char *what);
 extern bool SagaValidTopic(const char *topic);
 extern bool SagaValidTraceparent(const char *tp);
 extern char *SagaNewTraceparent(void);

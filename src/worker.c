@@ -285,7 +285,7 @@ unit_flow_deadlines(TimestampTz now)
 
 	if (!SagaChoreographyInstalled())
 		return 0;
-	SagaExecute(&plan_flow_deadlines,
+	SagaExecuteLatest(&plan_flow_deadlines,
 				"SELECT id FROM saga.flows WHERE deadline_at <= $1 "
 				"ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
 				2, types, values, NULL, SPI_OK_SELECT, "finding flows past their deadline");
@@ -399,11 +399,23 @@ next_due(TimestampTz next)
 	}
 	if (SagaChoreographyInstalled())
 	{
+		/*
+		 * Events older than the retention that are still here are kept on
+		 * purpose (a pending delivery, a dead letter, an unfinished flow
+		 * needs them): they are no due time, or the worker would spin.  The
+		 * next event to age out is the oldest younger one (ids follow
+		 * publish order); a kept one that is released later goes at the
+		 * next round.
+		 */
+		Oid			types[1] = {TIMESTAMPTZOID};
+		Datum		values[1] = {TimestampTzGetDatum(GetCurrentTimestamp() -
+													 (int64) Max(saga_retention, 0) * USECS_PER_SEC)};
+
 		SagaExecute(&plan_next_flows,
 					"SELECT (SELECT pg_catalog.min(deadline_at) FROM saga.flows WHERE deadline_at IS NOT NULL), "
 					"(SELECT pg_catalog.min(finished_at) FROM saga.flows WHERE finished_at IS NOT NULL), "
-					"(SELECT published_at FROM saga.events ORDER BY id LIMIT 1)",
-					0, NULL, NULL, NULL, SPI_OK_SELECT, "computing the next due time of flows");
+					"(SELECT published_at FROM saga.events WHERE published_at >= $1 ORDER BY id LIMIT 1)",
+					1, types, values, NULL, SPI_OK_SELECT, "computing the next due time of flows");
 		for (int c = 0; c < 3; c++)
 		{
 			bool		isnull;
