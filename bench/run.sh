@@ -513,12 +513,27 @@ delivery_run() { # delivery_run WORKLOAD SCRIPT: deliveries of topic ev_work set
 wl_ev_poll() { delivery_run ev_poll saga_step.sql; }
 wl_ev_claim() { delivery_run ev_claim saga_claim.sql; }
 
+worker_cpu() { # CPU time (s) the saga worker of $DB has used so far (0 without one)
+	local pid
+	pid=$(q "$DB" "SELECT pid FROM pg_stat_activity WHERE backend_type = 'saga worker' AND datname = current_database() LIMIT 1")
+	if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
+		awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"
+	else
+		echo 0
+	fi
+}
+
 fan_run() { # fan_run N: one client publishing events of a type with N subscriptions
-	local w=ev_fan$1
+	local w=ev_fan$1 c0 c1
+	c0=$(worker_cpu)
 	run_pgbench "$w.r$ROUND" "$DB" 1 "$D_LAT" ev_publish.sql -r --log --log-prefix="$PGLOG/$w.r$ROUND" \
 		-D "etype='bench.fan$1'" -D "corr='bench-noflow'"
+	c1=$(worker_cpu)
 	SL[$w:publish]+=" $(stmt_latency "$OUT/$w.r$ROUND.log" 'saga.publish(')"
-	printf '    %-22s round %s: %10.1f /s, publish statement %s ms\n' "$w" "$ROUND" "$PGB_TPS" "${SL[$w:publish]##* }"
+	# the worker's share of one CPU during the run (it sends the wake-ups of the deliveries)
+	SL[$w:worker]+=" $(awk -v a="$c0" -v b="$c1" -v d="$D_LAT" 'BEGIN { v = (b - a) / d * 100; printf "%.1f", (v > 0 ? v : 0) }')"
+	printf '    %-22s round %s: %10.1f /s, publish statement %s ms, saga worker %s%% of a CPU\n' "$w" "$ROUND" "$PGB_TPS" \
+		"${SL[$w:publish]##* }" "${SL[$w:worker]##* }"
 }
 
 # what the runs left behind, as the API says it should be (logged; a mismatch is a warning)
@@ -589,10 +604,12 @@ stage_events() {
 	read -r -a s1 <<<"$(lat_stats "$PGLOG"/ev_fan1.r*)"
 	read -r -a s10 <<<"$(lat_stats "$PGLOG"/ev_fan10.r*)"
 	read -r -a s100 <<<"$(lat_stats "$PGLOG"/ev_fan100.r*)"
-	local m1 m10 m100
+	local m1 m10 m100 c1 c10 c100
 	m1=$(mean3 "${SL[ev_fan1:publish]:-}") m10=$(mean3 "${SL[ev_fan10:publish]:-}") m100=$(mean3 "${SL[ev_fan100:publish]:-}")
 	LAT_LINES+=("| fan-out: saga.publish statement, mean (ms, pgbench -r) | 1 subscriber: $m1 | 10 subscribers: $m10; 100 subscribers: $m100 | 10/1 $(ratio "$m10" "$m1"), **100/1 $(ratio "$m100" "$m1")** |")
 	LAT_LINES+=("| fan-out: transaction (publish + commit), mean / p50 / p99 (ms) | 1 subscriber: ${s1[0]} / ${s1[1]} / ${s1[2]} | 10 subscribers: ${s10[0]} / ${s10[1]} / ${s10[2]}; 100 subscribers: ${s100[0]} / ${s100[1]} / ${s100[2]} | 100/1: mean $(ratio "${s100[0]}" "${s1[0]}"), p50 $(ratio "${s100[1]}" "${s1[1]}"), p99 $(ratio "${s100[2]}" "${s1[2]}") |")
+	c1=$(mean "${SL[ev_fan1:worker]:-}") c10=$(mean "${SL[ev_fan10:worker]:-}") c100=$(mean "${SL[ev_fan100:worker]:-}")
+	LAT_LINES+=("| fan-out: the saga worker's CPU during the run (% of one CPU) | 1 subscriber: $c1 | 10 subscribers: $c10; 100 subscribers: $c100 | |")
 
 	DB=bench
 	drop_db bench_events

@@ -31,15 +31,6 @@ PG_FUNCTION_INFO_V1(saga_heartbeat);
 
 #define SAGA_MAX_CLAIM 1000
 
-static void
-require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name)));
-}
-
 /* a lease number as claim hands them out: 1, 2, ... (NULL: none) */
 static void
 check_lease(FunctionCallInfo fcinfo, int argno)
@@ -67,23 +58,6 @@ report_document(FunctionCallInfo fcinfo, int argno, const char *what)
 	doc = PG_GETARG_JSONB_P(argno);
 	SagaCheckPayload(doc, what);
 	return doc;
-}
-
-/* an optional text argument of at most limit bytes; NULL when not given */
-static char *
-optional_text(FunctionCallInfo fcinfo, int argno, const char *name, int limit)
-{
-	char	   *s;
-
-	if (PG_ARGISNULL(argno))
-		return NULL;
-	s = SagaTextArg(PG_GETARG_TEXT_PP(argno), limit, name);
-	if (s[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", name),
-				 errhint("Pass NULL to leave it out.")));
-	return s;
 }
 
 /* a saga's task has a positive id, an event delivery a negative one */
@@ -114,15 +88,15 @@ saga_start(PG_FUNCTION_ARGS)
 {
 	char	   *name;
 	Jsonb	   *input;
-	char	   *correlation_id = optional_text(fcinfo, 2, "correlation_id", SAGA_MAX_ID_LEN);
-	char	   *idempotency_key = optional_text(fcinfo, 3, "idempotency_key", SAGA_MAX_ID_LEN);
+	char	   *correlation_id = SagaOptionalText(fcinfo, 2, "correlation_id", SAGA_MAX_ID_LEN);
+	char	   *idempotency_key = SagaOptionalText(fcinfo, 3, "idempotency_key", SAGA_MAX_ID_LEN);
 	char	   *traceparent;
 	SagaUserSave save;
 	SagaDef    *def;
 	int64		id;
 
-	require_arg(fcinfo, 0, "name");
-	require_arg(fcinfo, 1, "input");
+	SagaRequireArg(fcinfo, 0, "name");
+	SagaRequireArg(fcinfo, 1, "input");
 	/* too long is malformed: a traceparent has exactly 55 bytes */
 	if (!PG_ARGISNULL(4) &&
 		VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(4)) > SAGA_TRACEPARENT_LEN)
@@ -132,7 +106,7 @@ saga_start(PG_FUNCTION_ARGS)
 				 errdetail("It is %zu bytes long; a W3C traceparent has %d.",
 						   (Size) VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(4)), SAGA_TRACEPARENT_LEN),
 				 errhint("A W3C traceparent looks like 00-<32 hex digits>-<16 hex digits>-<2 hex digits>, in lower case.")));
-	traceparent = optional_text(fcinfo, 4, "traceparent", SAGA_TRACEPARENT_LEN);
+	traceparent = SagaOptionalText(fcinfo, 4, "traceparent", SAGA_TRACEPARENT_LEN);
 	name = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_NAME_LEN, "saga name");
 	input = PG_GETARG_JSONB_P(1);
 	SagaCheckPayload(input, "saga input");
@@ -157,7 +131,7 @@ saga_complete(PG_FUNCTION_ARGS)
 	Jsonb	   *result;
 	bool		recorded;
 
-	require_arg(fcinfo, 0, "task_id");
+	SagaRequireArg(fcinfo, 0, "task_id");
 	check_lease(fcinfo, 2);
 	result = report_document(fcinfo, 1, "result");
 
@@ -177,7 +151,7 @@ saga_fail(PG_FUNCTION_ARGS)
 	Jsonb	   *error;
 	bool		recorded;
 
-	require_arg(fcinfo, 0, "task_id");
+	SagaRequireArg(fcinfo, 0, "task_id");
 	check_lease(fcinfo, 3);
 	error = report_document(fcinfo, 1, "error");
 
@@ -197,7 +171,7 @@ saga_cancel(PG_FUNCTION_ARGS)
 	SagaUserSave save;
 	char	   *reason;
 
-	require_arg(fcinfo, 0, "saga_id");
+	SagaRequireArg(fcinfo, 0, "saga_id");
 	reason = PG_ARGISNULL(1) ? NULL
 		: SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_REASON_LEN, "reason");
 
@@ -213,7 +187,7 @@ saga_retry(PG_FUNCTION_ARGS)
 {
 	SagaUserSave save;
 
-	require_arg(fcinfo, 0, "saga_id");
+	SagaRequireArg(fcinfo, 0, "saga_id");
 	SagaEnter(&save);
 	SagaRetryFailed(PG_GETARG_INT64(0));
 	SagaLeave(&save);

@@ -1254,49 +1254,23 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
 bool
 SagaFlowIsolated(int64 flow_id)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool ok = true;
-	ErrorData  *volatile edata = NULL;
+	ErrorData  *edata = SagaTryWork(SagaFlowDeadlineWork, flow_id, NULL);
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		values[2];
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		SagaFlowDeadlineWork(flow_id, NULL);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	if (!ok)
-	{
-		Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
-		Datum		values[2];
-
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_OPERATOR_INTERVENTION)
-			ReThrowError(edata);
-		ereport(LOG,
-				(errcode(edata->sqlerrcode),
-				 errmsg("saga flow %lld: deadline failed, retrying in %d s: %s",
-						(long long) flow_id, FLOW_QUARANTINE_SECS, edata->message)));
-		values[0] = Int64GetDatum(flow_id);
-		values[1] = TimestampTzGetDatum(GetCurrentTimestamp() + FLOW_QUARANTINE_SECS * USECS_PER_SEC);
-		SagaExecuteLatest(&plan_flow_quarantine,
-					"UPDATE saga.flows SET deadline_at = $2 WHERE id = $1 AND deadline_at IS NOT NULL",
-					2, types, values, NULL, SPI_OK_UPDATE, "postponing a flow's deadline");
-		FreeErrorData(edata);
-	}
-	return ok;
+	if (edata == NULL)
+		return true;
+	ereport(LOG,
+			(errcode(edata->sqlerrcode),
+			 errmsg("saga flow %lld: deadline failed, retrying in %d s: %s",
+					(long long) flow_id, FLOW_QUARANTINE_SECS, edata->message)));
+	values[0] = Int64GetDatum(flow_id);
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp() + FLOW_QUARANTINE_SECS * USECS_PER_SEC);
+	SagaExecuteLatest(&plan_flow_quarantine,
+					  "UPDATE saga.flows SET deadline_at = $2 WHERE id = $1 AND deadline_at IS NOT NULL",
+					  2, types, values, NULL, SPI_OK_UPDATE, "postponing a flow's deadline");
+	FreeErrorData(edata);
+	return false;
 }
 
 /* ---------- saga.define_choreography ---------- */

@@ -1930,50 +1930,24 @@ quarantine(int64 id, bool is_task, ErrorData *edata)
 bool
 SagaIsolated(SagaWorkFn fn, int64 id, const char *why, bool id_is_task)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool ok = true;
-	ErrorData  *volatile edata = NULL;
+	ErrorData  *edata;
 
 	/* a saga.tick() nested in this saga's own SQL step leaves the saga to its caller */
 	if (SagaTransitionActive(id_is_task ? SAGA_TASK_SAGA(id) : id))
 		return true;
 	SagaNoteWork(id_is_task ? SAGA_TASK_SAGA(id) : id, id_is_task ? id : 0, NULL);
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		fn(id, why);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-
-	if (!ok)
-	{
-		/* a cancel or shutdown stops the round, not just this saga */
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_OPERATOR_INTERVENTION)
-			ReThrowError(edata);
-		ereport(LOG,
-				(errcode(edata->sqlerrcode),
-				 errmsg("saga %lld: time-based work failed, retrying in %d s: %s",
-						(long long) (id_is_task ? SAGA_TASK_SAGA(id) : id), QUARANTINE_SECS,
-						clip_text(edata->message)),
-				 edata->detail ? errdetail("%s", clip_text(edata->detail)) : 0));
-		quarantine(id, id_is_task, edata);
-		FreeErrorData(edata);
-	}
-	return ok;
+	edata = SagaTryWork(fn, id, why);
+	if (edata == NULL)
+		return true;
+	ereport(LOG,
+			(errcode(edata->sqlerrcode),
+			 errmsg("saga %lld: time-based work failed, retrying in %d s: %s",
+					(long long) (id_is_task ? SAGA_TASK_SAGA(id) : id), QUARANTINE_SECS,
+					clip_text(edata->message)),
+			 edata->detail ? errdetail("%s", clip_text(edata->detail)) : 0));
+	quarantine(id, id_is_task, edata);
+	FreeErrorData(edata);
+	return false;
 }
 
 /* SagaWorkFn adapters for the work that needs no reason */

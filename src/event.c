@@ -162,32 +162,6 @@ check_topic(const char *topic)
 				 errhint("A topic matches ^[a-z][a-z0-9_]{0,47}$.")));
 }
 
-static void
-require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name)));
-}
-
-/* an optional text argument of at most limit bytes, not empty; NULL when not given */
-static char *
-optional_text(FunctionCallInfo fcinfo, int argno, const char *name, int limit)
-{
-	char	   *s;
-
-	if (PG_ARGISNULL(argno))
-		return NULL;
-	s = SagaTextArg(PG_GETARG_TEXT_PP(argno), limit, name);
-	if (s[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", name),
-				 errhint("Pass NULL to leave it out.")));
-	return s;
-}
-
 static Datum
 int8_array(Datum *d, int n)
 {
@@ -661,6 +635,33 @@ event_by_key(const char *type, const char *key)
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* the event row's parameters, $1 to $11, as both publish statements take them */
+#define EVENT_PARAMS 11
+static Oid event_types[EVENT_PARAMS] = {INT8OID, TEXTOID, JSONBOID, TEXTOID, INT8OID,
+TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TEXTOID, INT4OID};
+
+static void
+event_params(Datum *values, char *nulls, int64 id, const char *type, Jsonb *payload,
+			 const char *corr, int64 causation_id, bool has_cause, const char *key,
+			 const char *idempotency_key, const char *trace, TimestampTz now, int hops)
+{
+	memset(nulls, ' ', EVENT_PARAMS);
+	values[0] = Int64GetDatum(id);
+	values[1] = CStringGetTextDatum(type);
+	values[2] = JsonbPGetDatum(payload);
+	values[3] = CStringGetTextDatum(corr);
+	values[4] = Int64GetDatum(causation_id);
+	nulls[4] = has_cause ? ' ' : 'n';
+	values[5] = key ? CStringGetTextDatum(key) : (Datum) 0;
+	nulls[5] = key ? ' ' : 'n';
+	values[6] = idempotency_key ? CStringGetTextDatum(idempotency_key) : (Datum) 0;
+	nulls[6] = idempotency_key ? ' ' : 'n';
+	values[7] = CStringGetTextDatum(trace);
+	values[8] = TimestampTzGetDatum(now);
+	values[9] = CStringGetTextDatum(SagaActorName());
+	values[10] = Int32GetDatum(hops);
+}
+
 /*
  * Record an event and deliver it to every subscription of its type whose
  * filter takes it, in the current transaction.  Returns the event's id (an
@@ -760,31 +761,19 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 	 */
 	if (idempotency_key != NULL)
 	{
-		Oid			types[11] = {INT8OID, TEXTOID, JSONBOID, TEXTOID, INT8OID, TEXTOID,
-		TEXTOID, TEXTOID, TIMESTAMPTZOID, TEXTOID, INT4OID};
-		Datum		values[11];
-		char		nulls[11] = "           ";
+		Datum		values[EVENT_PARAMS];
+		char		nulls[EVENT_PARAMS];
 
-		values[0] = Int64GetDatum(id);
-		values[1] = CStringGetTextDatum(type);
-		values[2] = JsonbPGetDatum(payload);
-		values[3] = CStringGetTextDatum(corr);
-		values[4] = Int64GetDatum(causation_id);
-		nulls[4] = has_cause ? ' ' : 'n';
-		values[5] = key ? CStringGetTextDatum(key) : (Datum) 0;
-		nulls[5] = key ? ' ' : 'n';
-		values[6] = CStringGetTextDatum(idempotency_key);
-		values[7] = CStringGetTextDatum(trace);
-		values[8] = TimestampTzGetDatum(now);
-		values[9] = CStringGetTextDatum(SagaActorName());
-		values[10] = Int32GetDatum(hops);
+		event_params(values, nulls, id, type, payload, corr, causation_id, has_cause, key,
+					 idempotency_key, trace, now, hops);
 		SagaExecute(&plan_event_keyed,
 					"INSERT INTO saga.events (id, type, payload, correlation_id, causation_id, key, "
 					"idempotency_key, traceparent, published_at, publisher, hops, deliveries) "
 					"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0) "
 					"ON CONFLICT (type, idempotency_key) WHERE idempotency_key IS NOT NULL "
 					"DO NOTHING RETURNING id",
-					11, types, values, nulls, SPI_OK_INSERT_RETURNING, "recording an event");
+					EVENT_PARAMS, event_types, values, nulls, SPI_OK_INSERT_RETURNING,
+					"recording an event");
 		if (SPI_processed == 0)
 		{
 			int64		existing = event_by_key(type, idempotency_key);
@@ -852,44 +841,38 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 
 	if (idempotency_key == NULL)
 	{
-		Oid			types[17] = {INT8OID, TEXTOID, JSONBOID, TEXTOID, INT8OID, TEXTOID,
-			TEXTOID, TIMESTAMPTZOID, TEXTOID, INT4OID, INT4OID, BOOLOID, JSONBOID,
-		TEXTARRAYOID, INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
-		Datum		values[17];
-		char		nulls[17] = "                 ";
+		Oid			types[EVENT_PARAMS + 7];
+		Datum		values[EVENT_PARAMS + 7];
+		char		nulls[EVENT_PARAMS + 7];
+		const Oid	more[7] = {INT4OID, BOOLOID, JSONBOID, TEXTARRAYOID, INT8ARRAYOID,
+		INT4ARRAYOID, TEXTARRAYOID};
 
-		values[0] = Int64GetDatum(id);
-		values[1] = CStringGetTextDatum(type);
-		values[2] = JsonbPGetDatum(payload);
-		values[3] = CStringGetTextDatum(corr);
-		values[4] = Int64GetDatum(causation_id);
-		nulls[4] = has_cause ? ' ' : 'n';
-		values[5] = key ? CStringGetTextDatum(key) : (Datum) 0;
-		nulls[5] = key ? ' ' : 'n';
-		values[6] = CStringGetTextDatum(trace);
-		values[7] = TimestampTzGetDatum(now);
-		values[8] = CStringGetTextDatum(SagaActorName());
-		values[9] = Int32GetDatum(hops);
-		values[10] = Int32GetDatum(ndeliver);
-		values[11] = BoolGetDatum(verdict.late);
-		values[12] = JsonbPGetDatum(headers);
-		values[13] = text_array(d_topics, ndeliver);
-		values[14] = int8_array(d_subs, ndeliver);
-		values[15] = int4_array(d_max, ndeliver);
-		values[16] = text_array(d_keys, ndeliver);
+		memcpy(types, event_types, sizeof(event_types));
+		memcpy(types + EVENT_PARAMS, more, sizeof(more));
+		memset(nulls, ' ', sizeof(nulls));
+		event_params(values, nulls, id, type, payload, corr, causation_id, has_cause, key,
+					 NULL, trace, now, hops);
+		values[11] = Int32GetDatum(ndeliver);
+		values[12] = BoolGetDatum(verdict.late);
+		values[13] = JsonbPGetDatum(headers);
+		values[14] = text_array(d_topics, ndeliver);
+		values[15] = int8_array(d_subs, ndeliver);
+		values[16] = int4_array(d_max, ndeliver);
+		values[17] = text_array(d_keys, ndeliver);
 		SagaExecute(&plan_publish,
 					"WITH e AS (INSERT INTO saga.events (id, type, payload, correlation_id, "
-					"causation_id, key, traceparent, published_at, publisher, hops, deliveries, late) "
-					"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)) "
+					"causation_id, key, idempotency_key, traceparent, published_at, publisher, hops, "
+					"deliveries, late) "
+					"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)) "
 					"INSERT INTO saga.outbox (id, topic, kind, attempt, max_attempts, payload, headers, "
 					"visible_at, created_at, event_id, subscription_id) "
 					"SELECT -pg_catalog.nextval('saga.deliveries_id_seq'::pg_catalog.regclass), "
 					"d.topic, 'event', 1, d.max_attempts, $3, "
-					"$13 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('idempotency_key', d.ikey), "
-					"$8, $8, $1, d.sub "
-					"FROM ROWS FROM (pg_catalog.unnest($14), pg_catalog.unnest($15), "
-					"pg_catalog.unnest($16), pg_catalog.unnest($17)) AS d(topic, sub, max_attempts, ikey)",
-					17, types, values, nulls, SPI_OK_INSERT, "publishing an event");
+					"$14 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('idempotency_key', d.ikey), "
+					"$9, $9, $1, d.sub "
+					"FROM ROWS FROM (pg_catalog.unnest($15), pg_catalog.unnest($16), "
+					"pg_catalog.unnest($17), pg_catalog.unnest($18)) AS d(topic, sub, max_attempts, ikey)",
+					EVENT_PARAMS + 7, types, values, nulls, SPI_OK_INSERT, "publishing an event");
 	}
 	else
 	{
@@ -934,15 +917,15 @@ saga_publish(PG_FUNCTION_ARGS)
 {
 	char	   *type;
 	Jsonb	   *payload;
-	char	   *correlation_id = optional_text(fcinfo, 2, "correlation_id", SAGA_MAX_ID_LEN);
-	char	   *key = optional_text(fcinfo, 4, "key", SAGA_MAX_ID_LEN);
-	char	   *idempotency_key = optional_text(fcinfo, 5, "idempotency_key", SAGA_MAX_ID_LEN);
+	char	   *correlation_id = SagaOptionalText(fcinfo, 2, "correlation_id", SAGA_MAX_ID_LEN);
+	char	   *key = SagaOptionalText(fcinfo, 4, "key", SAGA_MAX_ID_LEN);
+	char	   *idempotency_key = SagaOptionalText(fcinfo, 5, "idempotency_key", SAGA_MAX_ID_LEN);
 	char	   *traceparent;
 	SagaUserSave save;
 	int64		id;
 
-	require_arg(fcinfo, 0, "event_type");
-	require_arg(fcinfo, 1, "payload");
+	SagaRequireArg(fcinfo, 0, "event_type");
+	SagaRequireArg(fcinfo, 1, "payload");
 	if (!PG_ARGISNULL(6) &&
 		VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(6)) > SAGA_TRACEPARENT_LEN)
 		ereport(ERROR,
@@ -950,7 +933,7 @@ saga_publish(PG_FUNCTION_ARGS)
 				 errmsg("invalid traceparent"),
 				 errdetail("It is %zu bytes long; a W3C traceparent has %d.",
 						   (Size) VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(6)), SAGA_TRACEPARENT_LEN)));
-	traceparent = optional_text(fcinfo, 6, "traceparent", SAGA_TRACEPARENT_LEN);
+	traceparent = SagaOptionalText(fcinfo, 6, "traceparent", SAGA_TRACEPARENT_LEN);
 	type = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_EVENT_TYPE_LEN, "event type");
 	check_event_type(type);
 	payload = PG_GETARG_JSONB_P(1);
@@ -1465,9 +1448,9 @@ saga_subscribe(PG_FUNCTION_ARGS)
 	Oid			caller;
 	int64		id;
 
-	require_arg(fcinfo, 0, "event_type");
-	require_arg(fcinfo, 1, "topic");
-	require_arg(fcinfo, 2, "options");
+	SagaRequireArg(fcinfo, 0, "event_type");
+	SagaRequireArg(fcinfo, 1, "topic");
+	SagaRequireArg(fcinfo, 2, "options");
 	type = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_EVENT_TYPE_LEN, "event type");
 	topic = SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_TOPIC_LEN, "topic");
 	options = PG_GETARG_JSONB_P(2);
@@ -1494,8 +1477,8 @@ saga_unsubscribe(PG_FUNCTION_ARGS)
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 
-	require_arg(fcinfo, 0, "event_type");
-	require_arg(fcinfo, 1, "topic");
+	SagaRequireArg(fcinfo, 0, "event_type");
+	SagaRequireArg(fcinfo, 1, "topic");
 	type = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_EVENT_TYPE_LEN, "event type");
 	topic = SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_TOPIC_LEN, "topic");
 
@@ -1528,7 +1511,7 @@ saga_redeliver(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	bool		isnull;
 
-	require_arg(fcinfo, 0, "task_id");
+	SagaRequireArg(fcinfo, 0, "task_id");
 	task_id = PG_GETARG_INT64(0);
 	SagaEnter(&save);
 	SagaNoteWork(0, task_id, NULL);
@@ -1576,10 +1559,10 @@ saga_replay(PG_FUNCTION_ARGS)
 	SubOptions	o;
 	int64		n;
 
-	require_arg(fcinfo, 0, "event_type");
-	require_arg(fcinfo, 1, "topic");
-	require_arg(fcinfo, 2, "since");
-	require_arg(fcinfo, 3, "until");
+	SagaRequireArg(fcinfo, 0, "event_type");
+	SagaRequireArg(fcinfo, 1, "topic");
+	SagaRequireArg(fcinfo, 2, "since");
+	SagaRequireArg(fcinfo, 3, "until");
 	type = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_EVENT_TYPE_LEN, "event type");
 	topic = SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_TOPIC_LEN, "topic");
 	since = PG_GETARG_TIMESTAMPTZ(2);

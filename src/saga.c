@@ -28,6 +28,7 @@
 #include "utils/regproc.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 
 #include "saga.h"
@@ -336,6 +337,70 @@ const char *
 SagaActorName(void)
 {
 	return saga_actor ? saga_actor : GetUserNameFromId(saga_caller, false);
+}
+
+/*
+ * Run fn(id, why) in a subtransaction of its own, so that one saga's or
+ * flow's failing work rolls back only its own change.  Returns NULL when it
+ * went through, else its error (the subtransaction is gone).  A cancel or a
+ * shutdown is not the work's own failure: it is raised again.
+ */
+ErrorData *
+SagaTryWork(SagaWorkFn fn, int64 id, const char *why)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(id, why);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	if (edata != NULL &&
+		(edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		 ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_OPERATOR_INTERVENTION))
+		ReThrowError(edata);
+	return edata;
+}
+
+/* an argument without a default: NULL is 22004 */
+void
+SagaRequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/* an optional text argument of at most limit bytes, not empty; NULL when not given */
+char *
+SagaOptionalText(FunctionCallInfo fcinfo, int argno, const char *name, int limit)
+{
+	char	   *s;
+
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	s = SagaTextArg(PG_GETARG_TEXT_PP(argno), limit, name);
+	if (s[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name),
+				 errhint("Pass NULL to leave it out.")));
+	return s;
 }
 
 /*

@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "executor/spi.h"
 #include "nodes/execnodes.h"
 #include "utils/jsonb.h"
@@ -155,6 +156,8 @@ extern void SagaNoteWork(int64 saga_id, int64 task_id, const char *step);
 extern void SagaNoteSaga(int64 saga_id);
 extern void SagaCheckPayload(Jsonb *value, const char *what);
 extern char *SagaTextArg(text *t, int limit, const char *argname);
+extern void SagaRequireArg(FunctionCallInfo fcinfo, int argno, const char *name);
+extern char *SagaOptionalText(FunctionCallInfo fcinfo, int argno, const char *name, int limit);
 extern bool SagaIntervalUsecs(const Interval *iv, int64 *usecs);
 extern int64 SagaCheckInterval(const Interval *iv, const char *argname);
 extern Oid	SagaGuestFunction(const char *fname, Oid definer, bool missing_ok);
@@ -222,6 +225,7 @@ extern int64 SagaBackoffDelay(const SagaRetry *retry, int attempt);
 
 typedef void (*SagaWorkFn) (int64 id, const char *why);
 extern bool SagaIsolated(SagaWorkFn fn, int64 id, const char *why, bool id_is_task);
+extern ErrorData *SagaTryWork(SagaWorkFn fn, int64 id, const char *why);
 extern void SagaSettleWithdrawnWork(int64 task_id, const char *why);
 extern void SagaDeadlineWork(int64 saga_id, const char *why);
 
