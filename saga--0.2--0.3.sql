@@ -36,8 +36,8 @@ COMMENT ON TABLE saga.events IS
 
 /*
  * Subscriptions: (event_type, topic), one each.  options holds what the
- * caller gave (retry, filter, replay_from); the filter's errors are counted
- * here, never raised in the publisher's transaction.
+ * caller gave (retry, filter, replay_from: normalised to ISO 8601 in UTC);
+ * owner is the role that created it, whose members alone may change it.
  */
 CREATE TABLE saga.subscriptions (
     id                bigint NOT NULL,
@@ -48,15 +48,28 @@ CREATE TABLE saga.subscriptions (
     created_at        timestamptz NOT NULL,
     updated_at        timestamptz NOT NULL,
     owner             pg_catalog.name NOT NULL,
-    filter_errors     bigint NOT NULL DEFAULT 0,
-    last_filter_error jsonb,
     CONSTRAINT subscriptions_pkey PRIMARY KEY (id),
     CONSTRAINT subscriptions_event_type_topic_key UNIQUE (event_type, topic)
 );
 CREATE SEQUENCE saga.subscriptions_id_seq AS bigint OWNED BY saga.subscriptions.id;
 ALTER TABLE saga.subscriptions ALTER COLUMN id SET DEFAULT pg_catalog.nextval('saga.subscriptions_id_seq');
 COMMENT ON TABLE saga.subscriptions IS
-'one row per (event_type, topic): every event of that type published after the subscription committed is delivered to the topic through saga.outbox; options: retry, filter (jsonpath), replay_from; choreography names the choreography that created it; filter_errors and last_filter_error count the events a failing filter skipped';
+'one row per (event_type, topic): every event of that type published after the subscription committed is delivered to the topic through saga.outbox; options: retry, filter (jsonpath), replay_from; choreography names the choreography that created or uses it; owner is the role that created it (only its members may change, remove or replay into it)';
+
+/*
+ * Why a filter skipped a delivery: one row per (subscription, event), an
+ * insert that waits for nobody, purged with the events.
+ */
+CREATE TABLE saga.filter_errors (
+    subscription_id  bigint NOT NULL,
+    event_id         bigint NOT NULL,
+    error            text NOT NULL,
+    at               timestamptz NOT NULL
+);
+CREATE INDEX filter_errors_subscription ON saga.filter_errors (subscription_id, at);
+CREATE INDEX filter_errors_at ON saga.filter_errors (at);
+COMMENT ON TABLE saga.filter_errors IS
+'the statistics of subscription filters that failed: one row per skipped delivery (subscription_id, event_id, error: message and SQLSTATE, at most 1 kB, or the time budget saga.filter_timeout), purged after saga.retention';
 
 /*
  * Event deliveries are outbox rows of kind 'event' with negative ids (a
@@ -150,6 +163,7 @@ SELECT pg_catalog.pg_extension_config_dump('saga.events', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.events_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.subscriptions_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('saga.filter_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.deliveries_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.dead_letters', '');
 SELECT pg_catalog.pg_extension_config_dump('saga.choreographies', '');
@@ -244,8 +258,8 @@ CREATE TRIGGER choreographies_guard BEFORE UPDATE OR DELETE ON saga.choreographi
 CREATE TRIGGER choreographies_guard_truncate BEFORE TRUNCATE ON saga.choreographies
     FOR EACH STATEMENT EXECUTE FUNCTION saga.definitions_guard();
 
-REVOKE ALL ON saga.events, saga.subscriptions, saga.dead_letters, saga.choreographies,
-    saga.flows FROM PUBLIC;
+REVOKE ALL ON saga.events, saga.subscriptions, saga.filter_errors, saga.dead_letters,
+    saga.choreographies, saga.flows FROM PUBLIC;
 REVOKE ALL ON SEQUENCE saga.events_id_seq, saga.subscriptions_id_seq, saga.deliveries_id_seq,
     saga.choreographies_id_seq, saga.flows_id_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text),
@@ -259,23 +273,23 @@ GRANT EXECUTE ON FUNCTION saga.unsubscribe(text, text) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.redeliver(bigint) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.replay(text, text, timestamptz, timestamptz) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.define_choreography(text, jsonb) TO saga_admin;
-GRANT SELECT ON saga.events, saga.subscriptions, saga.dead_letters, saga.choreographies,
-    saga.flows TO saga_reader, saga_admin, saga_worker;
+GRANT SELECT ON saga.events, saga.subscriptions, saga.filter_errors, saga.dead_letters,
+    saga.choreographies, saga.flows TO saga_reader, saga_admin, saga_worker;
 
 COMMENT ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text) IS
 'saga.publish(event_type, payload jsonb, correlation_id, causation_id, key, idempotency_key, traceparent) -> bigint: record an event and write one delivery (outbox row, kind event) per subscription of its type whose filter matches, in the caller''s transaction; returns the event id. event_type matches ^[A-Za-z][A-Za-z0-9_.]{0,62}$; correlation_id, key and idempotency_key are at most 255 bytes; payload at most saga.max_payload_size bytes. causation_id names the event being handled: its correlation id is inherited, the trace continues, hops = its hops + 1. The same event_type and idempotency_key return the first event. Past the hop limit (the flow''s choreography max_hops, else saga.max_hops) the event is recorded with 0 deliveries and its flow turns looping. Errors: 22004 null event_type or payload, 22001 argument too long, 22023 bad event type, empty argument, bad traceparent or a correlation_id that differs from the cause''s, 42704 unknown causation_id, 54000 payload too large. Granted to saga_worker.';
 
 COMMENT ON FUNCTION saga.subscribe(text, text, jsonb) IS
-'saga.subscribe(event_type, topic, options jsonb) -> bigint: deliver every later event of event_type to topic (subscribing again updates options); returns the subscription id. options: retry (as for steps; default 3 attempts), filter (a jsonpath predicate on the payload, lax mode: false or null skip the delivery, an error skips it and is counted in saga.subscriptions), replay_from (timestamptz: also deliver the retained events published since then). Errors: 22004 null argument, 22001 too long, 22023 bad event type or options, 42602 bad topic or filter, 22008 interval out of range. Granted to saga_admin.';
+'saga.subscribe(event_type, topic, options jsonb) -> bigint: deliver every later event of event_type to topic (subscribing again updates options); returns the subscription id. options: retry (as for steps; default 3 attempts), filter (a jsonpath predicate on the payload, lax mode, at most 4096 bytes and saga.filter_timeout per event: false or null skip the delivery, an error skips it and is recorded in saga.filter_errors), replay_from (timestamptz: also deliver the retained events published since then). Errors: 22004 null argument, 22001 too long, 22023 bad event type or options, 42602 bad topic, 42601 a filter that does not parse, 22008 interval out of range, 54000 filter too long or 1000 subscriptions of the type already, 42501 the subscription belongs to a role the caller is not a member of. Granted to saga_admin.';
 
 COMMENT ON FUNCTION saga.unsubscribe(text, text) IS
-'saga.unsubscribe(event_type, topic) -> void: stop delivering event_type to topic; deliveries already in the outbox drain, dead letters stay. Errors: 22004 null argument, 42704 no such subscription. Granted to saga_admin.';
+'saga.unsubscribe(event_type, topic) -> void: stop delivering event_type to topic; deliveries already in the outbox drain, dead letters stay. Errors: 22004 null argument, 42704 no such subscription, 42501 it belongs to a role the caller is not a member of. Granted to saga_admin.';
 
 COMMENT ON FUNCTION saga.redeliver(bigint) IS
 'saga.redeliver(task_id) -> void: put a dead letter back into the outbox, visible now, with fresh attempts; a report under a lease from before is refused with 55000. Errors: 22004 null task_id, 42704 no dead letter with that id. Granted to saga_admin.';
 
 COMMENT ON FUNCTION saga.replay(text, text, timestamptz, timestamptz) IS
-'saga.replay(event_type, topic, since, until) -> bigint: deliver again, in publish order, the retained events of event_type published in [since, until) to the existing subscription (event_type, topic), its filter applied, with header replay = true and idempotency keys of their own; flows, hops and deadlines do not change. Returns how many deliveries were written (at most 100000 per call). Errors: 22004 null argument, 42704 no such subscription, 22023 until before since. Granted to saga_admin.';
+'saga.replay(event_type, topic, since, until) -> bigint: deliver again, in publish order, the retained events of event_type published in [since, until) to the existing subscription (event_type, topic), its filter applied, with header replay = true and idempotency keys of their own; flows, hops and deadlines do not change. Returns how many deliveries were written (at most 100000 per call). Errors: 22004 null argument, 42704 no such subscription, 42501 it belongs to a role the caller is not a member of, 22023 until before since, 54000 more than 100000 deliveries. Granted to saga_admin.';
 
 COMMENT ON FUNCTION saga.define_choreography(text, jsonb) IS
 'saga.define_choreography(name, definition) -> integer: validate and store a choreography (start, participants with on/emits/fails/compensation, completed, deadline, max_hops) and subscribe each participant to its on and compensation.on events; returns the version (an identical document returns the current version and stores nothing). Shares its namespace with saga.define. Errors: 22004 null argument, 22001 name too long, 42602 bad name, 22023 bad document or a graph rule broken (DETAIL names the rule, the events and the JSON path), 42P17 a cycle (in DETAIL), 42809 the name is a saga definition, 42501 the latest version belongs to another role, 54000 too large. Granted to saga_admin.';

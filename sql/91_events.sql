@@ -139,9 +139,23 @@ SELECT saga.subscribe('ev.filtered', 'ev_f_true', '{"filter": "$.n > 1"}') IS NO
 SELECT saga.publish('ev.filtered', '{"n": 2}') AS e6 \gset
 SELECT topic FROM saga.outbox WHERE event_id = :e6 ORDER BY topic;
 SELECT deliveries FROM saga.events WHERE id = :e6;
-SELECT topic, filter_errors, last_filter_error ->> 'error' AS error,
-       (last_filter_error ->> 'event_id')::bigint = :e6 AS event
-  FROM saga.subscriptions WHERE event_type = 'ev.filtered' ORDER BY topic;
+SELECT s.topic, f.error, f.event_id = :e6 AS event
+  FROM saga.filter_errors f JOIN saga.subscriptions s ON s.id = f.subscription_id
+ WHERE s.event_type = 'ev.filtered' ORDER BY s.topic;
+-- a filter's error is kept bounded (1 kB), however long the message it raised
+SELECT saga.subscribe('ev.dt', 'ev_dt', '{"filter": "$.d.datetime()"}') IS NOT NULL AS subscribed;
+SELECT saga.publish('ev.dt', jsonb_build_object('d', repeat('x', 5000))) AS edt \gset
+SELECT length(error) < 1200 AS bounded, error LIKE '%[truncated: % bytes in all] (SQLSTATE 22031)' AS marked
+  FROM saga.filter_errors WHERE event_id = :edt;
+-- a filter that takes longer than saga.filter_timeout skips the delivery, with that reason
+SET saga.filter_timeout = '20ms';
+SELECT saga.subscribe('ev.slow', 'ev_slow',
+       jsonb_build_object('filter', 'exists($' || repeat('[0,0,0,0]', 30) || ' ? (@ == "zz"))')) IS NOT NULL AS subscribed;
+SELECT saga.subscribe('ev.slow', 'ev_fast') IS NOT NULL AS subscribed;
+SELECT saga.publish('ev.slow', '[1]') AS eslow \gset
+SELECT topic FROM saga.outbox WHERE event_id = :eslow;
+SELECT error FROM saga.filter_errors WHERE event_id = :eslow;
+RESET saga.filter_timeout;
 
 -- a subscription committed after an event does not get it; replay does
 SELECT saga.publish('ev.history', '{"seq": 1}') AS h1 \gset
@@ -222,6 +236,42 @@ SELECT saga_test.err('SELECT saga.replay(''Nope'', ''t'', now() - interval ''1 d
 SELECT saga_test.err('SELECT saga.replay(''ev.history'', ''ev_catch_up'', ''2026-01-02 00:00+00'', ''2026-01-01 00:00+00'')');
 SELECT saga_test.err('SELECT saga.replay(''ev.history'', ''ev_catch_up'', NULL)');
 SELECT saga_test.err('SELECT saga.redeliver(NULL)');
+
+-- replay_from is kept as ISO 8601 in UTC: what subscribe accepted under one
+-- DateStyle reads the same under any other
+SET DateStyle = 'ISO, DMY';
+SET TimeZone = 'Asia/Kolkata';
+SELECT saga.subscribe('ev.dmy', 'ev_dmy', '{"replay_from": "30/11/2026 10:00"}') IS NOT NULL AS subscribed;
+RESET DateStyle;
+RESET TimeZone;
+SELECT options FROM saga.subscriptions WHERE event_type = 'ev.dmy';
+SELECT saga.publish('ev.dmy', '{}') IS NOT NULL AS published;
+
+-- a redelivery reads the subscription's retry as publish does (2.0 is 2)
+SELECT saga.subscribe('ev.ma', 'ev_ma', '{"retry": {"max_attempts": 2.0}}') IS NOT NULL AS subscribed;
+SELECT saga.publish('ev.ma', '{}') IS NOT NULL AS published;
+SELECT id AS d_ma, lease AS d_ma_lease FROM saga.claim('ev_ma', 'w', 1, '1 minute') \gset
+SELECT saga.fail(:d_ma, '{"e": 1}', false, :d_ma_lease) AS buried;
+SELECT saga.redeliver(:d_ma);
+SELECT attempt, max_attempts FROM saga.outbox WHERE id = :d_ma;
+
+-- the smallest bigint is no task (not a repeat)
+SELECT saga_test.err('SELECT saga.complete(-9223372036854775808)');
+
+-- a subscription is its owner's: another saga_admin may not change, remove or replay into it
+CREATE ROLE regress_sub_a IN ROLE saga_admin;
+CREATE ROLE regress_sub_b IN ROLE saga_admin;
+SET ROLE regress_sub_a;
+SELECT saga.subscribe('ev.owned', 'ev_owned') IS NOT NULL AS subscribed;
+SET ROLE regress_sub_b;
+SELECT saga_test.err('SELECT saga.subscribe(''ev.owned'', ''ev_owned'', ''{"filter": "false"}'')');
+SELECT saga_test.err('SELECT saga.unsubscribe(''ev.owned'', ''ev_owned'')');
+SELECT saga_test.err('SELECT saga.replay(''ev.owned'', ''ev_owned'', ''-infinity'')');
+SET ROLE regress_sub_a;
+SELECT saga.subscribe('ev.owned', 'ev_owned', '{"retry": {"max_attempts": 4}}') IS NOT NULL AS own_update;
+SELECT saga.unsubscribe('ev.owned', 'ev_owned');
+RESET ROLE;
+DROP ROLE regress_sub_a, regress_sub_b;
 
 -- leave OrderPlaced to 92_choreography
 SELECT saga.unsubscribe('OrderPlaced', topic) FROM (VALUES ('ev_pay'), ('ev_mail'), ('ev_big')) t(topic);

@@ -49,6 +49,7 @@
 
 #define MAX_PARTICIPANTS	256
 #define MAX_EVENTS			512
+#define MAX_CHOREO_SUBSCRIPTIONS 1000
 #define FLOW_QUARANTINE_SECS 60
 
 typedef struct Participant
@@ -359,6 +360,7 @@ check_cycles(ChoreoParse *cp, Graph *g)
 		{
 			int			e = stack[depth - 1];
 
+			CHECK_FOR_INTERRUPTS();
 			if (next[e] < g->nout[e])
 			{
 				int			k = next[e]++;
@@ -499,24 +501,25 @@ check_rules(ChoreoParse *cp)
 				   "no flow can complete: no \"completed\" event is reachable");
 
 	/* a participant that fails is answered by the compensation of all that acted before it */
-	for (int x = 0; x < c->nparticipants; x++)
+	for (int y = 0; y < c->nparticipants; y++)
 	{
-		Participant *px = &c->participants[x];
+		Participant *py = &c->participants[y];
+		bool	   *after_y;
 
-		for (int y = 0; y < c->nparticipants; y++)
+		if (!py->has_comp || py->nemits == 0)
+			continue;
+		/* what Y's acting leads to: one search from all of its emits */
+		after_y = reachable(g, py->emits, py->nemits);
+		for (int x = 0; x < c->nparticipants; x++)
 		{
-			Participant *py = &c->participants[y];
+			Participant *px = &c->participants[x];
 			bool		before = false;
 
-			if (y == x || !py->has_comp)
+			CHECK_FOR_INTERRUPTS();
+			if (y == x)
 				continue;
-			for (int k = 0; k < py->nemits && !before; k++)
-			{
-				bool	   *from = reachable(g, &py->emits[k], 1);
-
-				for (int i = 0; i < px->non && !before; i++)
-					before = from[px->on[i]];
-			}
+			for (int i = 0; i < px->non && !before; i++)
+				before = after_y[px->on[i]];
 			if (!before)
 				continue;
 			for (int f = 0; f < px->nfails; f++)
@@ -526,6 +529,7 @@ check_rules(ChoreoParse *cp)
 							   psprintf("participant \"%s\" acts before \"%s\" but does not compensate on its failure \"%s\"",
 										py->name, px->name, c->events[px->fails[f]]));
 		}
+		pfree(after_y);
 	}
 
 	if (c->deadline_event >= 0)
@@ -542,7 +546,7 @@ check_rules(ChoreoParse *cp)
 }
 
 static Choreo *
-parse_choreography(const char *name, Jsonb *doc)
+parse_choreography(const char *name, Jsonb *doc, bool validate)
 {
 	ChoreoParse cp;
 	Choreo	   *c = palloc0(sizeof(Choreo));
@@ -627,7 +631,20 @@ parse_choreography(const char *name, Jsonb *doc)
 	if (SagaDocGetKey(&doc->root, "description", &v))
 		(void) SagaDocString(&cp.doc, &v, "$.description");
 
-	check_rules(&cp);
+	/*
+	 * The graph rules, at define time only (a stored version passed them),
+	 * in a context of their own: their work arrays are not the cache's.
+	 */
+	if (validate)
+	{
+		MemoryContext rules = AllocSetContextCreate(CurrentMemoryContext, "saga choreography rules",
+													ALLOCSET_DEFAULT_SIZES);
+		MemoryContext old = MemoryContextSwitchTo(rules);
+
+		check_rules(&cp);
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(rules);
+	}
 	return c;
 }
 
@@ -689,7 +706,8 @@ choreo_load(int32 id)
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "saga choreography", ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 	c = parse_choreography(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
-						   DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)));
+						   DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)),
+						   false);
 	c->id = id;
 	c->version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	MemoryContextSwitchTo(old);
@@ -999,53 +1017,89 @@ SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 	Datum		values[1] = {CStringGetTextDatum(correlation_id)};
 	SPITupleTable *tt;
 	uint64		nflows;
-	int			limit = -1;
+	int			graph_limit = -1;	/* smallest of the flows that know the type */
+	int			any_limit = -1;		/* largest of all the flows */
 	bool		took = false;
 	bool		late = false;
+	int64	   *created = palloc(sizeof(int64) * ((te ? te->nstarts : 0) + 1));
+	int			ncreated = 0;
 
+	/*
+	 * A start event creates its flow in its final first state, in one
+	 * write: the unique (choreography, correlation_id) decides a race, and
+	 * the loser records its event on the winner's flow below.
+	 */
 	for (int i = 0; te != NULL && i < te->nstarts; i++)
 	{
 		Choreo	   *c = choreo_load(te->starts[i]);
-		Oid			ftypes[6] = {TEXTOID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID};
-		Datum		fvalues[6];
-		char		fnulls[6] = "      ";
+		Oid			ftypes[10] = {TEXTOID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID,
+		TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, INT8OID, TEXTARRAYOID};
+		Datum		fvalues[10];
+		char		fnulls[10] = "          ";
+		bool	   *seen = palloc0(sizeof(bool) * c->nevents);
+		List	   *waiting;
+		const char *status;
+		Datum		one = CStringGetTextDatum(type);
 
+		seen[c->start] = true;
+		status = derive_flow(c, seen, "running", &waiting);
 		fvalues[0] = CStringGetTextDatum(c->name);
 		fvalues[1] = Int32GetDatum(c->version);
 		fvalues[2] = CStringGetTextDatum(correlation_id);
 		fvalues[3] = TimestampTzGetDatum(now);
 		fvalues[4] = Int32GetDatum(c->id);
 		fvalues[5] = TimestampTzGetDatum(now + c->deadline);
-		fnulls[5] = c->deadline > 0 ? ' ' : 'n';
+		fnulls[5] = (c->deadline > 0 && strcmp(status, "running") == 0) ? ' ' : 'n';
+		fvalues[6] = CStringGetTextDatum(status);
+		fvalues[7] = names_array(flow_finished(status) ? NIL : waiting);
+		fvalues[8] = Int64GetDatum(event_id);
+		fvalues[9] = PointerGetDatum(construct_array(&one, 1, TEXTOID, -1, false, TYPALIGN_INT));
 		SagaExecuteLatest(&plan_flow_new,
-					"INSERT INTO saga.flows (choreography, version, correlation_id, status, started_at, "
-					"waiting_on, choreography_id, seen, last_event_id, deadline_at, updated_at) "
-					"VALUES ($1, $2, $3, 'running', $4, '{}', $5, '{}', 0, $6, $4) "
-					"ON CONFLICT (choreography, correlation_id) DO NOTHING",
-					6, ftypes, fvalues, fnulls, SPI_OK_INSERT, "starting a flow");
-		if (c->deadline > 0 && SPI_processed > 0)
-			SagaWakeAt(now + c->deadline);
+						  "INSERT INTO saga.flows (choreography, version, correlation_id, status, "
+						  "started_at, waiting_on, choreography_id, seen, last_event_id, deadline_at, "
+						  "updated_at, finished_at) "
+						  "VALUES ($1, $2, $3, $7, $4, $8, $5, $10, $9, $6, $4, "
+						  "CASE WHEN $7 IN ('running', 'compensating') THEN NULL ELSE $4 END) "
+						  "ON CONFLICT (choreography, correlation_id) DO NOTHING RETURNING id",
+						  10, ftypes, fvalues, fnulls, SPI_OK_INSERT_RETURNING, "starting a flow");
+		if (SPI_processed > 0)
+		{
+			bool		isnull;
+
+			created[ncreated++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+															  SPI_tuptable->tupdesc, 1, &isnull));
+			took = true;
+			if (fnulls[5] == ' ')
+				SagaWakeAt(now + c->deadline);
+		}
 	}
 
 	SagaExecuteLatest(&plan_flows,
-				"SELECT id, choreography_id, status, seen FROM saga.flows "
-				"WHERE correlation_id = $1 ORDER BY id FOR UPDATE",
-				1, types, values, NULL, SPI_OK_SELECT, "locking the flows of an event");
+					  "SELECT id, choreography_id, status, seen FROM saga.flows "
+					  "WHERE correlation_id = $1 ORDER BY id FOR UPDATE",
+					  1, types, values, NULL, SPI_OK_SELECT, "locking the flows of an event");
 	tt = SPI_tuptable;
 	nflows = SPI_processed;
+
+	/*
+	 * The hop limit: that of the flows whose choreography knows the event's
+	 * type (the smallest, if several), so that no other choreography of the
+	 * same correlation id can cap them; for an event none of them knows, the
+	 * largest of the flows' limits; without a flow, saga.max_hops.
+	 */
 	for (uint64 i = 0; i < nflows; i++)
 	{
 		bool		isnull;
 		Choreo	   *c = choreo_load(DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull)));
 		int			lim = c->max_hops > 0 ? c->max_hops : saga_max_hops;
 
-		if (limit < 0 || lim < limit)
-			limit = lim;
+		if (choreo_event(c, type) >= 0 && (graph_limit < 0 || lim < graph_limit))
+			graph_limit = lim;
+		if (lim > any_limit)
+			any_limit = lim;
 	}
-	if (limit < 0)
-		limit = saga_max_hops;
-	v->hop_limit = limit;
-	v->over_limit = hops > limit;
+	v->hop_limit = graph_limit >= 0 ? graph_limit : any_limit >= 0 ? any_limit : saga_max_hops;
+	v->over_limit = hops > v->hop_limit;
 
 	for (uint64 i = 0; i < nflows; i++)
 	{
@@ -1063,9 +1117,12 @@ SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 		Datum	   *newseen;
 		int			nnew = 0;
 		bool		already = false;
+		bool		just_created = false;
 		List	   *waiting;
 		const char *next;
 
+		for (int k = 0; k < ncreated; k++)
+			just_created |= created[k] == flow_id;
 		if (v->over_limit)
 		{
 			JsonbParseState *ps = NULL;
@@ -1078,13 +1135,13 @@ SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 			jb_pair_int(&ps, "event_id", event_id);
 			jb_pair_str(&ps, "event_type", type);
 			jb_pair_int(&ps, "hops", hops);
-			jb_pair_int(&ps, "max_hops", limit);
+			jb_pair_int(&ps, "max_hops", v->hop_limit);
 			jb_pair_str(&ps, "since", timestamptz_to_str(now));
 			incident = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 			verdict_add(v, flow_id, "looping", PointerGetDatum(seen_arr), NIL, incident, true, false);
 			continue;
 		}
-		if (e < 0)
+		if (just_created || e < 0)
 			continue;
 		if (flow_finished(status))
 		{
@@ -1327,7 +1384,7 @@ saga_define_choreography(PG_FUNCTION_ARGS)
 	nestlevel = NewGUCNestLevel();
 	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	c = parse_choreography(name, doc);
+	c = parse_choreography(name, doc, true);
 	AtEOXact_GUC(false, nestlevel);
 
 	/* one namespace with saga.define, which takes the same lock */
@@ -1381,7 +1438,19 @@ saga_define_choreography(PG_FUNCTION_ARGS)
 					4, itypes, ivalues, NULL, SPI_OK_INSERT, "storing a choreography");
 	}
 
-	/* each participant hears its events */
+	/* each participant hears its events: a bounded number of subscriptions */
+	{
+		int			nsubs = 0;
+
+		for (int p = 0; p < c->nparticipants; p++)
+			nsubs += c->participants[p].non + c->participants[p].ncomp_on;
+		if (nsubs > MAX_CHOREO_SUBSCRIPTIONS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("invalid choreography \"%s\": it would create %d subscriptions", name, nsubs),
+					 errdetail("A choreography subscribes its participants to at most %d events in all.",
+							   MAX_CHOREO_SUBSCRIPTIONS)));
+	}
 	for (int p = 0; p < c->nparticipants; p++)
 	{
 		Participant *pt = &c->participants[p];

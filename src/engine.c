@@ -336,15 +336,7 @@ task_payload(SagaState *st)
 static char *
 clip_text(const char *s)
 {
-	int			len;
-
-	if (s == NULL)
-		return NULL;
-	len = strlen(s);
-	if (len <= MAX_ERROR_TEXT)
-		return (char *) s;
-	return psprintf("%s... [truncated: %d bytes in all]",
-					pnstrdup(s, pg_mbcliplen(s, len, MAX_ERROR_TEXT)), len);
+	return SagaClip(s, MAX_ERROR_TEXT);
 }
 
 /* the error document of a failed SQL step: bounded whatever the guest raised */

@@ -28,12 +28,18 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "postmaster/bgworker.h"
+#include "storage/lock.h"
+#include "utils/guc.h"
+#include "utils/acl.h"
+#include "common/hashfn.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -45,14 +51,17 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "saga.h"
 
 #define SAGA_MAX_FILTER_LEN		4096
+#define SAGA_MAX_FILTER_ERROR	1024	/* bytes of a filter error kept */
 #define REPLAY_CHUNK			1000
 
 int			saga_max_hops = 32;
+int			saga_filter_timeout = 100;	/* milliseconds */
 
 /* one subscription as publish needs it */
 typedef struct SubInfo
@@ -94,6 +103,7 @@ static SPIPlanPtr plan_subscribe = NULL;
 static SPIPlanPtr plan_sub_count = NULL;
 static SPIPlanPtr plan_unsubscribe = NULL;
 static SPIPlanPtr plan_redeliver = NULL;
+static SPIPlanPtr plan_dead_sub = NULL;
 static SPIPlanPtr plan_sub_find = NULL;
 static SPIPlanPtr plan_replay_events = NULL;
 static SPIPlanPtr plan_replay_insert = NULL;
@@ -294,8 +304,14 @@ parse_filter(const char *text, const char *what)
 	return DatumGetJsonPathP(d);
 }
 
+/*
+ * Subscription options.  stored: options as saga.subscribe kept them, read
+ * again by publish and reports: replay_from (normalised at subscribe, and
+ * of no use after it) is not read again, so nothing in the reader's session
+ * (DateStyle, TimeZone) can make what subscribe accepted fail later.
+ */
 static void
-parse_options(Jsonb *doc, SubOptions *o, const char *what)
+parse_options(Jsonb *doc, SubOptions *o, const char *what, bool stored)
 {
 	SagaDocParse p = {what, false, InvalidOid, false};
 	JsonbValue	v;
@@ -313,9 +329,10 @@ parse_options(Jsonb *doc, SubOptions *o, const char *what)
 		if (strlen(o->filter) > SAGA_MAX_FILTER_LEN)
 			SagaDocError(ERRCODE_PROGRAM_LIMIT_EXCEEDED, &p, "$.filter",
 						 psprintf("a filter is at most %d bytes", SAGA_MAX_FILTER_LEN));
-		(void) parse_filter(o->filter, what);
+		if (!stored)
+			(void) parse_filter(o->filter, what);
 	}
-	if (SagaDocGetKey(&doc->root, "replay_from", &v))
+	if (!stored && SagaDocGetKey(&doc->root, "replay_from", &v))
 	{
 		char	   *text = SagaDocString(&p, &v, "$.replay_from");
 		MemoryContext cxt = CurrentMemoryContext;
@@ -340,6 +357,53 @@ parse_options(Jsonb *doc, SubOptions *o, const char *what)
 						 "replay_from must be a finite time");
 		o->has_replay_from = true;
 	}
+}
+
+/*
+ * The lock that orders subscribe and publish of one event type: publish
+ * holds it ROW EXCLUSIVE until it commits, subscribe and unsubscribe SHARE
+ * ROW EXCLUSIVE (which conflicts with both).  An object lock on (class
+ * saga.subscriptions, hash of the type), so that a subscribe waiting for a
+ * long transaction holds up the publishers of its type only.  Taking it
+ * processes the invalidations that subscribe sent, so the cache is fresh
+ * once it is held.  The background worker does not wait for it: a subscribe
+ * left open must not stall its round (55P03, and the work is tried later).
+ */
+static void
+lock_event_type(Oid relid, const char *type, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+	Oid			key = (Oid) hash_bytes((const unsigned char *) type, strlen(type));
+
+	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, relid, key, 0);
+	if (LockAcquire(&tag, mode, false, IsBackgroundWorker) == LOCKACQUIRE_NOT_AVAIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not lock the subscriptions of event type \"%s\"", type),
+				 errdetail("A saga.subscribe or saga.unsubscribe of that type has not committed yet.")));
+	AcceptInvalidationMessages();
+}
+
+/*
+ * A subscription may be changed, removed or replayed into by members of the
+ * role that created it (as saga.define keeps a name to its definer's role).
+ * A subscription whose role is gone is a superuser's to change.
+ */
+static void
+check_subscription_owner(const char *owner, const char *type, const char *topic, Oid caller)
+{
+	Oid			owner_oid = get_role_oid(owner, true);
+
+	if (OidIsValid(owner_oid) ? has_privs_of_role(caller, owner_oid) : superuser_arg(caller))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for the subscription of topic \"%s\" to event type \"%s\"",
+					SagaEcho(topic), SagaEcho(type)),
+			 OidIsValid(owner_oid)
+			 ? errdetail("It belongs to role \"%s\"; only its members may change it.", owner)
+			 : errdetail("Role \"%s\", which created it, no longer exists; only a superuser may change it.",
+						 owner)));
 }
 
 /* ---------- the subscription cache ---------- */
@@ -422,7 +486,7 @@ subscriptions_of(const char *type, Oid relid)
 		strlcpy(s->topic, TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)),
 				SAGA_TOPIC_SIZE);
 		parse_options(DatumGetJsonbP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull)),
-					  &o, "subscription options");
+					  &o, "subscription options", true);
 		s->max_attempts = o.retry.max_attempts;
 		if (o.filter != NULL)
 		{
@@ -471,6 +535,66 @@ filter_match(Jsonb *payload, JsonPath *filter, bool silent, bool *isnull)
 }
 
 /*
+ * A filter's time budget (saga.filter_timeout).  jsonpath can take time
+ * exponential in its length ($[0,0,0,0][0,0,0,0]...): the budget makes that
+ * one skipped delivery with a reason, not a publisher, report or worker
+ * round that never ends.  The timer cancels the statement the way
+ * statement_timeout does; the evaluation's subtransaction takes the cancel
+ * and, seeing that it was the filter's timer, records it as the filter's
+ * error instead of raising it.
+ */
+static TimeoutId filter_timeout_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t filter_timed_out = false;
+
+static void
+filter_timeout_handler(void)
+{
+	filter_timed_out = true;
+	InterruptPending = true;
+	QueryCancelPending = true;
+	SetLatch(MyLatch);
+}
+
+static void
+filter_timer_start(void)
+{
+	if (saga_filter_timeout <= 0)
+		return;
+	if (filter_timeout_id == MAX_TIMEOUTS)
+		filter_timeout_id = RegisterTimeout(USER_TIMEOUT, filter_timeout_handler);
+	filter_timed_out = false;
+	enable_timeout_after(filter_timeout_id, saga_filter_timeout);
+}
+
+static void
+filter_timer_stop(void)
+{
+	if (filter_timeout_id != MAX_TIMEOUTS)
+		disable_timeout(filter_timeout_id, false);
+}
+
+/*
+ * What stopped a filter: its own error, or a cancel that was its timer's.
+ * A cancel or shutdown that is not the filter's is raised again.  The
+ * reason is bounded like every stored error.
+ */
+static char *
+filter_error(ErrorData *e)
+{
+	if (e->sqlerrcode == ERRCODE_QUERY_CANCELED && filter_timed_out)
+	{
+		filter_timed_out = false;
+		return psprintf("filter took longer than saga.filter_timeout (%d ms)", saga_filter_timeout);
+	}
+	if (e->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_OPERATOR_INTERVENTION ||
+		ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_INSUFFICIENT_RESOURCES)
+		ReThrowError(e);
+	return psprintf("%s (SQLSTATE %s)", SagaClip(e->message, SAGA_MAX_FILTER_ERROR),
+					unpack_sql_state(e->sqlerrcode));
+}
+
+/*
  * Evaluate one filter with errors raised, in a subtransaction: false and
  * the error's message when it fails.
  */
@@ -488,23 +612,23 @@ filter_match_guarded(Jsonb *payload, JsonPath *filter, bool *match, char **error
 	{
 		bool		isnull;
 
+		filter_timer_start();
 		m = filter_match(payload, filter, false, &isnull);
+		filter_timer_stop();
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
 	{
 		ErrorData  *e;
 
+		filter_timer_stop();
 		MemoryContextSwitchTo(cxt);
 		e = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		/* a cancel is the caller's, not the filter's */
-		if (e->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_OPERATOR_INTERVENTION ||
-			ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_INSUFFICIENT_RESOURCES)
-			ReThrowError(e);
-		*error = psprintf("%s (SQLSTATE %s)", e->message, unpack_sql_state(e->sqlerrcode));
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		*error = filter_error(e);
 		ok = false;
 	}
 	PG_END_TRY();
@@ -520,7 +644,7 @@ filter_match_guarded(Jsonb *payload, JsonPath *filter, bool *match, char **error
  * silent mode does not suppress); a filter that yields NULL, or a
  * subtransaction that failed, is evaluated again alone with errors raised,
  * to tell a NULL from an error and to say what the error was.  An error
- * skips the delivery and is recorded on the subscription (errors[i]).
+ * skips the delivery and is recorded (errors[i]).
  */
 static void
 match_filters(SubInfo *subs, int n, Jsonb *payload, bool *deliver, char **errors)
@@ -551,7 +675,9 @@ match_filters(SubInfo *subs, int n, Jsonb *payload, bool *deliver, char **errors
 
 			if (subs[i].filter == NULL)
 				continue;
+			filter_timer_start();
 			deliver[i] = filter_match(payload, subs[i].filter, true, &isnull);
+			filter_timer_stop();
 			unsure[i] = isnull;
 		}
 		ReleaseCurrentSubTransaction();
@@ -560,13 +686,14 @@ match_filters(SubInfo *subs, int n, Jsonb *payload, bool *deliver, char **errors
 	{
 		ErrorData  *e;
 
+		filter_timer_stop();
 		MemoryContextSwitchTo(cxt);
 		e = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		if (e->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			ERRCODE_TO_CATEGORY(e->sqlerrcode) == ERRCODE_OPERATOR_INTERVENTION)
-			ReThrowError(e);
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		(void) filter_error(e);	/* raises what is not a filter's own */
 		failed = true;
 	}
 	PG_END_TRY();
@@ -582,6 +709,11 @@ match_filters(SubInfo *subs, int n, Jsonb *payload, bool *deliver, char **errors
 	}
 }
 
+/*
+ * Why a filter skipped a delivery: one row in saga.filter_errors, an
+ * insert that waits for nobody (a counter on the subscription row would
+ * make every publisher whose payload trips the filter wait for the last).
+ */
 static void
 record_filter_error(int64 sub_id, int64 event_id, const char *error)
 {
@@ -590,10 +722,9 @@ record_filter_error(int64 sub_id, int64 event_id, const char *error)
 	CStringGetTextDatum(error)};
 
 	SagaExecute(&plan_filter_error,
-				"UPDATE saga.subscriptions SET filter_errors = filter_errors + 1, "
-				"last_filter_error = pg_catalog.jsonb_build_object('event_id', $2, "
-				"'error', $3, 'at', pg_catalog.clock_timestamp()) WHERE id = $1",
-				3, types, values, NULL, SPI_OK_UPDATE, "recording a filter error");
+				"INSERT INTO saga.filter_errors (subscription_id, event_id, error, at) "
+				"VALUES ($1, $2, $3, pg_catalog.clock_timestamp())",
+				3, types, values, NULL, SPI_OK_INSERT, "recording a filter error");
 }
 
 /* ---------- publish ---------- */
@@ -788,7 +919,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 	}
 
 	/* until we commit, no subscription of this type comes or goes */
-	LockRelationOid(relid, RowExclusiveLock);
+	lock_event_type(relid, type, RowExclusiveLock);
 	entry = subscriptions_of(type, relid);
 	nsubs = entry->nsubs;
 	subs = palloc(sizeof(SubInfo) * (nsubs + 1));
@@ -1033,7 +1164,7 @@ subscription_retry(int64 sub_id, SagaRetry *retry)
 	if (SPI_processed == 0)
 		return;
 	parse_options(DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
-				  &o, "subscription options");
+				  &o, "subscription options", true);
 	*retry = o.retry;
 }
 
@@ -1226,7 +1357,7 @@ SagaDeliveryExisted(int64 task_id)
 	last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 		last--;
-	return task_id < 0 && -task_id <= last;
+	return task_id < 0 && task_id != PG_INT64_MIN && -task_id <= last;
 }
 
 /* ---------- subscriptions ---------- */
@@ -1255,11 +1386,16 @@ replay_into(int64 sub_id, const char *type, const char *topic, const char *filte
 								   "ORDER BY id LIMIT 1000",
 								   4, types);
 
+	MemoryContext chunk_cxt = AllocSetContextCreate(CurrentMemoryContext, "saga replay chunk",
+													ALLOCSET_DEFAULT_SIZES);
+	MemoryContext outer = CurrentMemoryContext;
+
 	sub.id = sub_id;
 	strlcpy(sub.topic, topic, SAGA_TOPIC_SIZE);
 	sub.max_attempts = max_attempts;
 	sub.filter = filter;
 
+	/* memory for one chunk of events at a time, however many are replayed */
 	for (;;)
 	{
 		Datum		values[4] = {CStringGetTextDatum(type), TimestampTzGetDatum(since),
@@ -1278,7 +1414,12 @@ replay_into(int64 sub_id, const char *type, const char *topic, const char *filte
 		tt = SPI_tuptable;
 		n = SPI_processed;
 		if (n == 0)
+		{
+			SPI_freetuptable(tt);
 			break;
+		}
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(chunk_cxt);
 		ev_ids = palloc(sizeof(Datum) * n);
 		payloads = palloc(sizeof(Datum) * n);
 		headers = palloc(sizeof(Datum) * n);
@@ -1348,12 +1489,42 @@ replay_into(int64 sub_id, const char *type, const char *topic, const char *filte
 						7, itypes, ivalues, NULL, SPI_OK_INSERT, "replaying events");
 			written += m;
 		}
+		MemoryContextSwitchTo(outer);
+		SPI_freetuptable(tt);
+		MemoryContextReset(chunk_cxt);
 		if (n < 1000)
 			break;
 	}
+	MemoryContextDelete(chunk_cxt);
 	if (written > 0)
 		SagaAnnounce(topic);
 	return written;
+}
+
+/*
+ * The options with replay_from as ISO 8601 in UTC, whatever the caller's
+ * DateStyle and TimeZone were: what is stored reads the same in any session.
+ */
+static Jsonb *
+normalised_replay_from(Jsonb *options, TimestampTz at)
+{
+	int			nestlevel = NewGUCNestLevel();
+	char	   *text;
+	JsonbParseState *ps = NULL;
+	Jsonb	   *patch;
+
+	(void) set_config_option("datestyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("timezone", "UTC", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	text = DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(at)));
+	AtEOXact_GUC(false, nestlevel);
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	jb_kv_str(&ps, "replay_from", text);
+	patch = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(options),
+											  JsonbPGetDatum(patch)));
 }
 
 /*
@@ -1381,28 +1552,37 @@ SagaSubscribeAs(const char *type, const char *topic, Jsonb *options,
 	if (options != NULL)
 	{
 		SagaCheckPayload(options, "subscription options");
-		parse_options(options, &o, "subscription options");
+		parse_options(options, &o, "subscription options", false);
 	}
 
-	LockRelationOid(relid, ShareRowExclusiveLock);
+	lock_event_type(relid, type, ShareRowExclusiveLock);
 
-	/* every publish of the type writes one row per subscription: bounded */
+	/*
+	 * Every publish of the type writes one row per subscription: bounded.
+	 * An existing subscription is its owner's to change.
+	 */
 	{
 		Oid			ctypes[2] = {TEXTOID, TEXTOID};
 		Datum		cvalues[2] = {CStringGetTextDatum(type), CStringGetTextDatum(topic)};
 		bool		cnull;
+		Datum		owner;
 
 		SagaExecute(&plan_sub_count,
-					"SELECT pg_catalog.count(*), pg_catalog.bool_or(topic = $2) "
+					"SELECT pg_catalog.count(*), "
+					"pg_catalog.max(owner::pg_catalog.text) FILTER (WHERE topic = $2) "
 					"FROM saga.subscriptions WHERE event_type = $1",
 					2, ctypes, cvalues, NULL, SPI_OK_SELECT, "counting subscriptions");
-		if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &cnull)) >= SAGA_MAX_SUBSCRIPTIONS &&
-			!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &cnull)))
+		owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &cnull);
+		if (!cnull)
+			check_subscription_owner(TextDatumGetCString(owner), type, topic, caller);
+		else if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &cnull)) >= SAGA_MAX_SUBSCRIPTIONS)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("too many subscriptions of event type \"%s\"", type),
 					 errdetail("An event type has at most %d subscriptions.", SAGA_MAX_SUBSCRIPTIONS)));
 	}
+	if (options != NULL && o.has_replay_from)
+		options = normalised_replay_from(options, o.replay_from);
 
 	values[0] = CStringGetTextDatum(type);
 	values[1] = CStringGetTextDatum(topic);
@@ -1474,6 +1654,7 @@ saga_unsubscribe(PG_FUNCTION_ARGS)
 	char	   *topic;
 	SagaUserSave save;
 	Oid			relid;
+	Oid			caller;
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 
@@ -1482,14 +1663,22 @@ saga_unsubscribe(PG_FUNCTION_ARGS)
 	type = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_EVENT_TYPE_LEN, "event type");
 	topic = SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_TOPIC_LEN, "topic");
 
-	SagaEnter(&save);
+	caller = SagaEnter(&save);
 	relid = SagaRelid("subscriptions");
-	LockRelationOid(relid, ShareRowExclusiveLock);
+	lock_event_type(relid, type, ShareRowExclusiveLock);
 	values[0] = CStringGetTextDatum(type);
 	values[1] = CStringGetTextDatum(topic);
 	SagaExecute(&plan_unsubscribe,
-				"DELETE FROM saga.subscriptions WHERE event_type = $1 AND topic = $2",
-				2, types, values, NULL, SPI_OK_DELETE, "removing a subscription");
+				"DELETE FROM saga.subscriptions WHERE event_type = $1 AND topic = $2 RETURNING owner::pg_catalog.text",
+				2, types, values, NULL, SPI_OK_DELETE_RETURNING, "removing a subscription");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		check_subscription_owner(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+																	SPI_tuptable->tupdesc, 1, &isnull)),
+								 type, topic, caller);
+	}
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -1507,32 +1696,42 @@ saga_redeliver(PG_FUNCTION_ARGS)
 {
 	SagaUserSave save;
 	int64		task_id;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
+	Oid			types[2] = {INT8OID, INT4OID};
+	Datum		values[2];
 	bool		isnull;
+	SagaRetry	retry;
 
 	SagaRequireArg(fcinfo, 0, "task_id");
 	task_id = PG_GETARG_INT64(0);
 	SagaEnter(&save);
 	SagaNoteWork(0, task_id, NULL);
 	values[0] = Int64GetDatum(task_id);
+	SagaDefaultRetry(&retry);
 
 	/*
 	 * The attempts start again, with the subscription's retry (the default
 	 * if it is gone); the lease numbers go on, so that a report under a
 	 * lease from before is refused.
 	 */
+	SagaExecute(&plan_dead_sub,
+				"SELECT subscription_id FROM saga.dead_letters WHERE id = $1",
+				1, types, values, NULL, SPI_OK_SELECT, "finding a dead letter");
+	if (SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		subscription_retry(isnull ? 0 : DatumGetInt64(d), &retry);
+	}
+	values[1] = Int32GetDatum(retry.max_attempts);
 	SagaExecute(&plan_redeliver,
 				"WITH d AS (DELETE FROM saga.dead_letters WHERE id = $1 RETURNING *) "
 				"INSERT INTO saga.outbox (id, topic, kind, attempt, max_attempts, deliveries, payload, "
 				"headers, visible_at, created_at, event_id, subscription_id) "
-				"SELECT d.id, d.topic, 'event', 1, "
-				"COALESCE((SELECT (s.options #>> '{retry,max_attempts}')::integer "
-				"FROM saga.subscriptions s WHERE s.id = d.subscription_id), 3), "
+				"SELECT d.id, d.topic, 'event', 1, $2, "
 				"d.deliveries, d.payload, d.headers OPERATOR(pg_catalog.||) '{\"attempt\": 1}'::pg_catalog.jsonb, "
 				"pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), d.event_id, d.subscription_id "
 				"FROM d RETURNING topic",
-				1, types, values, NULL, SPI_OK_INSERT_RETURNING, "redelivering a dead letter");
+				2, types, values, NULL, SPI_OK_INSERT_RETURNING, "redelivering a dead letter");
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -1558,6 +1757,7 @@ saga_replay(PG_FUNCTION_ARGS)
 	int64		sub_id;
 	SubOptions	o;
 	int64		n;
+	Oid			caller;
 
 	SagaRequireArg(fcinfo, 0, "event_type");
 	SagaRequireArg(fcinfo, 1, "topic");
@@ -1574,11 +1774,12 @@ saga_replay(PG_FUNCTION_ARGS)
 				 errdetail("since is %s, until is %s.", pstrdup(timestamptz_to_str(since)),
 						   pstrdup(timestamptz_to_str(until)))));
 
-	SagaEnter(&save);
+	caller = SagaEnter(&save);
 	values[0] = CStringGetTextDatum(type);
 	values[1] = CStringGetTextDatum(topic);
 	SagaExecute(&plan_sub_find,
-				"SELECT id, options FROM saga.subscriptions WHERE event_type = $1 AND topic = $2",
+				"SELECT id, options, owner::pg_catalog.text FROM saga.subscriptions "
+				"WHERE event_type = $1 AND topic = $2",
 				2, types, values, NULL, SPI_OK_SELECT, "finding a subscription");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -1586,9 +1787,12 @@ saga_replay(PG_FUNCTION_ARGS)
 				 errmsg("subscription of topic \"%s\" to event type \"%s\" does not exist",
 						SagaEcho(topic), SagaEcho(type)),
 				 errhint("A replay goes to an existing subscription: saga.subscribe first.")));
+	check_subscription_owner(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc, 3, &isnull)),
+							 type, topic, caller);
 	sub_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	parse_options(DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
-				  &o, "subscription options");
+				  &o, "subscription options", true);
 	n = replay_into(sub_id, type, topic, o.filter, o.retry.max_attempts, since, until, true);
 	SagaLeave(&save);
 	PG_RETURN_INT64(n);
@@ -1603,4 +1807,9 @@ SagaEventInit(void)
 							"A choreography's own max_hops applies to the events of its flows.",
 							&saga_max_hops, 32, 0, 10000,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("saga.filter_timeout",
+							"Longest a subscription's filter may take on one event.",
+							"A filter that takes longer skips that delivery and is recorded in saga.filter_errors; 0 means no limit.",
+							&saga_filter_timeout, 100, 0, 60000,
+							PGC_SUSET, GUC_UNIT_MS, NULL, NULL, NULL);
 }

@@ -18,6 +18,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "mb/pg_wchar.h"
 #include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -374,6 +375,25 @@ SagaTryWork(SagaWorkFn fn, int64 id, const char *why)
 		 ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_OPERATOR_INTERVENTION))
 		ReThrowError(edata);
 	return edata;
+}
+
+/*
+ * A stored message, cut at limit bytes (on a character boundary) and marked
+ * with its full length, so that no error a guest or a filter raises makes a
+ * stored row unbounded.
+ */
+char *
+SagaClip(const char *s, int limit)
+{
+	int			len;
+
+	if (s == NULL)
+		return NULL;
+	len = strlen(s);
+	if (len <= limit)
+		return (char *) s;
+	return psprintf("%s... [truncated: %d bytes in all]",
+					pnstrdup(s, pg_mbcliplen(s, len, limit)), len);
 }
 
 /* an argument without a default: NULL is 22004 */

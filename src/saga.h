@@ -156,6 +156,7 @@ extern void SagaNoteWork(int64 saga_id, int64 task_id, const char *step);
 extern void SagaNoteSaga(int64 saga_id);
 extern void SagaCheckPayload(Jsonb *value, const char *what);
 extern char *SagaTextArg(text *t, int limit, const char *argname);
+extern char *SagaClip(const char *s, int limit);
 extern void SagaRequireArg(FunctionCallInfo fcinfo, int argno, const char *name);
 extern char *SagaOptionalText(FunctionCallInfo fcinfo, int argno, const char *name, int limit);
 extern bool SagaIntervalUsecs(const Interval *iv, int64 *usecs);
@@ -281,6 +282,7 @@ typedef struct SagaPublished
 } SagaPublished;
 
 extern int	saga_max_hops;
+extern int	saga_filter_timeout;
 
 extern bool SagaValidEventType(const char *type);
 extern int64 SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,

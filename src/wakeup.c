@@ -31,7 +31,8 @@
 
 #include "saga.h"
 
-#define SAGA_TOPIC_QUEUE	64	/* topics waiting to be announced, per worker */
+#define SAGA_TOPIC_QUEUE	128 /* topics waiting to be announced, per worker */
+#define SAGA_ANNOUNCE_GAP_US 1000	/* see SagaWakeupAnnounceQueued */
 
 bool		saga_notify = true;
 
@@ -53,6 +54,8 @@ typedef struct SagaWorkerSlot
 	slock_t		topic_lock;
 	int			ntopics;
 	bool		topic_overflow;
+	/* the overflowing commits' work became visible no earlier than this */
+	TimestampTz topic_overflow_from;
 	char		topics[SAGA_TOPIC_QUEUE][SAGA_TOPIC_SIZE];
 } SagaWorkerSlot;
 
@@ -123,6 +126,7 @@ saga_shmem_startup(void)
 			SpinLockInit(&shared->slots[i].topic_lock);
 			shared->slots[i].ntopics = 0;
 			shared->slots[i].topic_overflow = false;
+			shared->slots[i].topic_overflow_from = DT_NOEND;
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -213,6 +217,15 @@ saga_xact_callback(XactEvent event, void *arg)
 		}
 		if (overflow)
 			slot->topic_overflow = true;
+
+		/*
+		 * What overflowed is found again by the worker's look at the topics
+		 * whose work became visible since this transaction began (rows it
+		 * wrote are visible from their writing, not before).
+		 */
+		if (slot->topic_overflow &&
+			GetCurrentTransactionStartTimestamp() - 1 < slot->topic_overflow_from)
+			slot->topic_overflow_from = GetCurrentTransactionStartTimestamp() - 1;
 		SpinLockRelease(&slot->topic_lock);
 	}
 
@@ -421,26 +434,41 @@ SagaWakeupNotifyPending(void)
 /*
  * Send the NOTIFYs that backends queued for the worker, in one transaction
  * (the worker's, between rounds).  A queue that overflowed is announced by
- * the next round's look at every topic instead.
+ * the next round's look at the topics whose work became visible since the
+ * overflowing transactions began.
+ *
+ * At most one such transaction per SAGA_ANNOUNCE_GAP_US: the first commit
+ * wakes the worker, and the commits of the next moment join its queue, so
+ * that under load one NOTIFY transaction carries many commits (it costs a
+ * commit, and takes the server's notification lock) for at most that much
+ * more latency.
  */
 void
 SagaWakeupAnnounceQueued(void)
 {
+	static TimestampTz last_announced = 0;
 	char		topics[SAGA_TOPIC_QUEUE][SAGA_TOPIC_SIZE];
 	int			ntopics;
 	bool		overflow;
+	TimestampTz overflow_from;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (now - last_announced < SAGA_ANNOUNCE_GAP_US)
+		pg_usleep(SAGA_ANNOUNCE_GAP_US - (now - last_announced));
 
 	SpinLockAcquire(&my_slot->topic_lock);
 	ntopics = my_slot->ntopics;
 	overflow = my_slot->topic_overflow;
+	overflow_from = my_slot->topic_overflow_from;
 	memcpy(topics, my_slot->topics, sizeof(topics[0]) * ntopics);
 	my_slot->ntopics = 0;
 	my_slot->topic_overflow = false;
+	my_slot->topic_overflow_from = DT_NOEND;
 	SpinLockRelease(&my_slot->topic_lock);
 
-	/* too many to list: announce every topic with visible work */
+	/* too many to list: announce the topics with work visible since then */
 	if (overflow)
-		atomic_lower(&my_slot->notify_from, DT_NOBEGIN);
+		atomic_lower(&my_slot->notify_from, overflow_from);
 	if (ntopics == 0 || !saga_notify)
 		return;
 
@@ -448,4 +476,5 @@ SagaWakeupAnnounceQueued(void)
 	for (int i = 0; i < ntopics; i++)
 		SagaNotifyTopic(topics[i]);
 	CommitTransactionCommand();
+	last_announced = GetCurrentTimestamp();
 }

@@ -78,6 +78,7 @@ static SPIPlanPtr plan_next_flows = NULL;
 static SPIPlanPtr plan_flow_deadlines = NULL;
 static SPIPlanPtr plan_purge_events = NULL;
 static SPIPlanPtr plan_purge_flows = NULL;
+static SPIPlanPtr plan_purge_filter_errors = NULL;
 
 PGDLLEXPORT void saga_launcher_main(Datum main_arg);
 PGDLLEXPORT void saga_worker_main(Datum main_arg);
@@ -306,6 +307,7 @@ unit_purge_events(TimestampTz now)
 {
 	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
 	Datum		values[2];
+	int			n;
 
 	if (saga_retention < 0 || !SagaChoreographyInstalled())
 		return 0;
@@ -320,7 +322,13 @@ unit_purge_events(TimestampTz now)
 				"AND f.finished_at IS NULL) "
 				"ORDER BY e.id LIMIT $2 FOR UPDATE SKIP LOCKED)",
 				2, types, values, NULL, SPI_OK_DELETE, "removing old events");
-	return (int) SPI_processed;
+	n = (int) SPI_processed;
+	/* the filters' reasons go with the events they were about */
+	SagaExecute(&plan_purge_filter_errors,
+				"DELETE FROM saga.filter_errors WHERE ctid = ANY (ARRAY(SELECT ctid FROM saga.filter_errors "
+				"WHERE at < $1 ORDER BY at LIMIT $2))",
+				2, types, values, NULL, SPI_OK_DELETE, "removing old filter errors");
+	return Max(n, (int) SPI_processed);
 }
 
 static int

@@ -81,6 +81,9 @@ SELECT set_eq(
       ('table', 'saga.subscriptions', 'saga_admin', 'SELECT'),
       ('table', 'saga.subscriptions', 'saga_worker', 'SELECT'),
       ('table', 'saga.subscriptions', 'saga_reader', 'SELECT'),
+      ('table', 'saga.filter_errors', 'saga_admin', 'SELECT'),
+      ('table', 'saga.filter_errors', 'saga_worker', 'SELECT'),
+      ('table', 'saga.filter_errors', 'saga_reader', 'SELECT'),
       ('table', 'saga.dead_letters', 'saga_admin', 'SELECT'),
       ('table', 'saga.dead_letters', 'saga_worker', 'SELECT'),
       ('table', 'saga.dead_letters', 'saga_reader', 'SELECT'),
@@ -100,8 +103,8 @@ SELECT set_eq(
         SELECT CASE relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'S' THEN 'sequence'
                             WHEN 'i' THEN 'index' WHEN 'c' THEN 'type' ELSE relkind::text END
           FROM pg_class WHERE relnamespace = 'saga'::regnamespace) o GROUP BY kind$$,
-    $$VALUES ('function', 16), ('table', 9), ('view', 4), ('sequence', 8), ('index', 29), ('type', 1)$$,
-    'the extension has 16 functions, 9 tables, 4 views, 8 sequences, 29 indexes and 1 type');
+    $$VALUES ('function', 16), ('table', 10), ('view', 4), ('sequence', 8), ('index', 31), ('type', 1)$$,
+    'the extension has 16 functions, 10 tables, 4 views, 8 sequences, 31 indexes and 1 type');
 
 -- the trigger function is executable by nobody but its owner
 SELECT is_empty(
