@@ -213,6 +213,21 @@ SELECT kind, correlation_id, detail ->> 'reason' AS reason, detail ->> 'hops' AS
        detail ->> 'max_hops' AS max_hops
   FROM saga.incidents WHERE kind = 'looping_flow';
 
+-- another choreography of the same correlation id cannot lower a flow's
+-- limit for the flow's own events: the limit of the flows that know the
+-- event's type applies (the largest of all flows' for an event none knows)
+SELECT saga.define_choreography('ping_cap', '{"start": "Ping2",
+  "participants": {"capper": {"on": ["Ping2"], "emits": ["Capped"]}}, "completed": ["Capped"], "max_hops": 1}') AS version;
+SELECT saga.define_choreography('ping_long', '{"start": "Ping2",
+  "participants": {"a": {"on": ["Ping2"], "emits": ["Hop1"]}, "b": {"on": ["Hop1"], "emits": ["Hop2"]},
+                   "c": {"on": ["Hop2"], "emits": ["Hop3"]}}, "completed": ["Hop3"], "max_hops": 5}') AS version;
+SELECT saga.publish('Ping2', '{}', correlation_id => 'ping-2') AS q0 \gset
+SELECT saga.publish('Hop1', '{}', causation_id => :q0) AS q1 \gset
+SELECT saga.publish('Hop2', '{}', causation_id => :q1) AS q2 \gset
+SELECT saga.publish('Stray', '{}', causation_id => :q2) AS q3 \gset
+SELECT type, hops, deliveries FROM saga.events WHERE correlation_id = 'ping-2' ORDER BY id;
+SELECT choreography, status FROM saga.flows WHERE correlation_id = 'ping-2' ORDER BY choreography;
+
 -- a choreography version that flows use cannot be deleted; one that none uses can
 SELECT saga_test.err('DELETE FROM saga.choreographies WHERE name = ''ping_flow''');
 SELECT saga.define_choreography('unused_flow', '{"start": "U1",
