@@ -37,6 +37,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -1174,6 +1175,36 @@ SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 					flow_finished(next), strcmp(next, "running") == 0);
 	}
 	v->late = late && !took;
+}
+
+/*
+ * What SagaFlowObserve decided, as the arrays the publish statement writes
+ * in its own CTE (one statement for event, deliveries and flows): ids,
+ * statuses, seen and waiting_on (each as the text of a text[]), incidents,
+ * finished now, still running.
+ */
+void
+SagaFlowWriteArrays(SagaFlowVerdict *v, Datum *out)
+{
+	int			n = v->nflows;
+	Datum	   *seen = palloc(sizeof(Datum) * n);
+	Datum	   *waiting = palloc(sizeof(Datum) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	for (int i = 0; i < n; i++)
+	{
+		seen[i] = CStringGetTextDatum(OidOutputFunctionCall(F_ARRAY_OUT, v->seen[i]));
+		waiting[i] = CStringGetTextDatum(OidOutputFunctionCall(F_ARRAY_OUT, v->waiting_on[i]));
+	}
+	out[0] = PointerGetDatum(construct_array(v->flow_ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	out[1] = PointerGetDatum(construct_array(v->statuses, n, TEXTOID, -1, false, TYPALIGN_INT));
+	out[2] = PointerGetDatum(construct_array(seen, n, TEXTOID, -1, false, TYPALIGN_INT));
+	out[3] = PointerGetDatum(construct_array(waiting, n, TEXTOID, -1, false, TYPALIGN_INT));
+	out[4] = PointerGetDatum(construct_md_array(v->incidents, v->incident_nulls, 1, dims, lbs,
+												JSONBOID, -1, false, TYPALIGN_INT));
+	out[5] = PointerGetDatum(construct_array(v->finished, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	out[6] = PointerGetDatum(construct_array(v->keep_deadline, n, BOOLOID, 1, true, TYPALIGN_CHAR));
 }
 
 /* write what SagaFlowObserve decided, for the event just recorded */

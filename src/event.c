@@ -88,6 +88,7 @@ static SPIPlanPtr plan_subs = NULL;
 static SPIPlanPtr plan_cause = NULL;
 static SPIPlanPtr plan_by_key = NULL;
 static SPIPlanPtr plan_publish = NULL;
+static SPIPlanPtr plan_publish_flows = NULL;
 static SPIPlanPtr plan_event_keyed = NULL;
 static SPIPlanPtr plan_deliver_keyed = NULL;
 static SPIPlanPtr plan_filter_error = NULL;
@@ -967,10 +968,63 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 	}
 	headers = delivery_headers(id, type, corr, trace, causation_id, has_cause, key, false);
 
-	if (verdict.nflows > 0)
+	if (verdict.nflows > 0 && idempotency_key != NULL)
 		SagaFlowWrite(&verdict, id, now);
 
-	if (idempotency_key == NULL)
+	if (idempotency_key == NULL && verdict.nflows > 0)
+	{
+		/*
+		 * The event, its deliveries and its flows in one statement, as of
+		 * the latest snapshot: the flows were locked so (see
+		 * SagaFlowObserve), and the update must find the versions locked.
+		 */
+		Oid			types[EVENT_PARAMS + 14];
+		Datum		values[EVENT_PARAMS + 14];
+		char		nulls[EVENT_PARAMS + 14];
+		const Oid	more[14] = {INT4OID, BOOLOID, JSONBOID, TEXTARRAYOID, INT8ARRAYOID,
+			INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		JSONBARRAYOID, BOOLARRAYOID, BOOLARRAYOID};
+
+		memcpy(types, event_types, sizeof(event_types));
+		memcpy(types + EVENT_PARAMS, more, sizeof(more));
+		memset(nulls, ' ', sizeof(nulls));
+		event_params(values, nulls, id, type, payload, corr, causation_id, has_cause, key,
+					 NULL, trace, now, hops);
+		values[11] = Int32GetDatum(ndeliver);
+		values[12] = BoolGetDatum(verdict.late);
+		values[13] = JsonbPGetDatum(headers);
+		values[14] = text_array(d_topics, ndeliver);
+		values[15] = int8_array(d_subs, ndeliver);
+		values[16] = int4_array(d_max, ndeliver);
+		values[17] = text_array(d_keys, ndeliver);
+		SagaFlowWriteArrays(&verdict, values + 18);
+		SagaExecuteLatest(&plan_publish_flows,
+						  "WITH e AS (INSERT INTO saga.events (id, type, payload, correlation_id, "
+						  "causation_id, key, idempotency_key, traceparent, published_at, publisher, hops, "
+						  "deliveries, late) "
+						  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)), "
+						  "f AS (UPDATE saga.flows fl SET status = d.status, "
+						  "seen = d.seen::pg_catalog.text[], waiting_on = d.waiting::pg_catalog.text[], "
+						  "incident = COALESCE(d.incident, fl.incident), "
+						  "finished_at = CASE WHEN d.finished THEN $9 ELSE fl.finished_at END, "
+						  "deadline_at = CASE WHEN d.running THEN fl.deadline_at END, "
+						  "last_event_id = $1, updated_at = $9 "
+						  "FROM ROWS FROM (pg_catalog.unnest($19), pg_catalog.unnest($20), "
+						  "pg_catalog.unnest($21), pg_catalog.unnest($22), pg_catalog.unnest($23), "
+						  "pg_catalog.unnest($24), pg_catalog.unnest($25)) "
+						  "AS d(id, status, seen, waiting, incident, finished, running) "
+						  "WHERE fl.id = d.id) "
+						  "INSERT INTO saga.outbox (id, topic, kind, attempt, max_attempts, payload, headers, "
+						  "visible_at, created_at, event_id, subscription_id) "
+						  "SELECT -pg_catalog.nextval('saga.deliveries_id_seq'::pg_catalog.regclass), "
+						  "d.topic, 'event', 1, d.max_attempts, $3, "
+						  "$14 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('idempotency_key', d.ikey), "
+						  "$9, $9, $1, d.sub "
+						  "FROM ROWS FROM (pg_catalog.unnest($15), pg_catalog.unnest($16), "
+						  "pg_catalog.unnest($17), pg_catalog.unnest($18)) AS d(topic, sub, max_attempts, ikey)",
+						  EVENT_PARAMS + 14, types, values, nulls, SPI_OK_INSERT, "publishing an event of a flow");
+	}
+	else if (idempotency_key == NULL)
 	{
 		Oid			types[EVENT_PARAMS + 7];
 		Datum		values[EVENT_PARAMS + 7];

@@ -320,6 +320,7 @@ extern void SagaFlowObserve(const char *type, const char *correlation_id, int64 
 							int hops, TimestampTz now, SagaFlowVerdict *v);
 extern bool SagaFlowMayConcern(const char *type, int hops);
 extern void SagaFlowWrite(SagaFlowVerdict *v, int64 event_id, TimestampTz now);
+extern void SagaFlowWriteArrays(SagaFlowVerdict *v, Datum *out);
 extern void SagaFlowDeadlineWork(int64 flow_id, const char *why);
 extern bool SagaFlowIsolated(int64 flow_id);
 extern bool SagaNameIsChoreography(const char *name);
