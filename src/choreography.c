@@ -113,7 +113,9 @@ static int	index_min_hops = 0; /* the smallest max_hops, 0: none set */
 
 static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_all = NULL;
-static SPIPlanPtr plan_flow_new = NULL;
+static SPIPlanPtr plan_flows_read = NULL;
+static SPIPlanPtr plan_event_late = NULL;
+static SPIPlanPtr plan_flow_apply = NULL;
 static SPIPlanPtr plan_flows = NULL;
 static SPIPlanPtr plan_flow_update = NULL;
 static SPIPlanPtr plan_flow_lock = NULL;
@@ -959,55 +961,201 @@ jb_pair_jsonb(JsonbParseState **ps, const char *key, Jsonb *j)
 	jb_pair(ps, key, &v);
 }
 
-/* the flow verdict's arrays, grown one flow at a time */
+/* grow the verdict's arrays by one */
+static void
+verdict_grow(SagaFlowVerdict *v)
+{
+	int			n = v->nflows + v->nnew;
+
+	if (n % 8 != 0)
+		return;
+#define GROW(field, type) \
+	v->field = (n == 0) ? palloc(sizeof(type) * 8) : repalloc(v->field, sizeof(type) * (n + 8))
+	GROW(flow_ids, Datum);
+	GROW(statuses, Datum);
+	GROW(seen, Datum);
+	GROW(waiting_on, Datum);
+	GROW(incidents, Datum);
+	GROW(incident_nulls, bool);
+	GROW(finished, Datum);
+	GROW(keep_deadline, Datum);
+	GROW(old_statuses, Datum);
+	GROW(old_seen, Datum);
+	GROW(new_names, Datum);
+	GROW(new_versions, Datum);
+	GROW(new_choreo_ids, Datum);
+	GROW(new_statuses, Datum);
+	GROW(new_seen, Datum);
+	GROW(new_waiting, Datum);
+	GROW(new_deadlines, Datum);
+	GROW(new_deadline_nulls, bool);
+#undef GROW
+}
+
+static Datum
+array_text(Datum arr)
+{
+	return CStringGetTextDatum(OidOutputFunctionCall(F_ARRAY_OUT, arr));
+}
+
+/* a flow whose row changes, with the status and seen it was read with */
 static void
 verdict_add(SagaFlowVerdict *v, int64 flow_id, const char *status, Datum seen, List *waiting,
-			Jsonb *incident, bool finished_now, bool running)
+			Jsonb *incident, bool finished_now, bool running,
+			const char *old_status, Datum old_seen)
 {
-	int			n = v->nflows;
+	int			n;
 
-	if (n == 0)
-	{
-		v->flow_ids = palloc(sizeof(Datum) * 8);
-		v->statuses = palloc(sizeof(Datum) * 8);
-		v->seen = palloc(sizeof(Datum) * 8);
-		v->waiting_on = palloc(sizeof(Datum) * 8);
-		v->incidents = palloc(sizeof(Datum) * 8);
-		v->incident_nulls = palloc(sizeof(bool) * 8);
-		v->finished = palloc(sizeof(Datum) * 8);
-		v->keep_deadline = palloc(sizeof(Datum) * 8);
-	}
-	else if (n % 8 == 0)
-	{
-		v->flow_ids = repalloc(v->flow_ids, sizeof(Datum) * (n + 8));
-		v->statuses = repalloc(v->statuses, sizeof(Datum) * (n + 8));
-		v->seen = repalloc(v->seen, sizeof(Datum) * (n + 8));
-		v->waiting_on = repalloc(v->waiting_on, sizeof(Datum) * (n + 8));
-		v->incidents = repalloc(v->incidents, sizeof(Datum) * (n + 8));
-		v->incident_nulls = repalloc(v->incident_nulls, sizeof(bool) * (n + 8));
-		v->finished = repalloc(v->finished, sizeof(Datum) * (n + 8));
-		v->keep_deadline = repalloc(v->keep_deadline, sizeof(Datum) * (n + 8));
-	}
+	verdict_grow(v);
+	n = v->nflows++;
 	v->flow_ids[n] = Int64GetDatum(flow_id);
 	v->statuses[n] = CStringGetTextDatum(status);
-	v->seen[n] = seen;
-	v->waiting_on[n] = names_array(waiting);
+	v->seen[n] = array_text(seen);
+	v->waiting_on[n] = array_text(names_array(waiting));
 	v->incidents[n] = incident ? JsonbPGetDatum(incident) : (Datum) 0;
 	v->incident_nulls[n] = incident == NULL;
 	v->finished[n] = BoolGetDatum(finished_now);
 	v->keep_deadline[n] = BoolGetDatum(running);
-	v->nflows++;
+	v->old_statuses[n] = CStringGetTextDatum(old_status);
+	v->old_seen[n] = array_text(old_seen);
 }
 
 /*
- * What an event does to the flows of its correlation id, decided under
- * their row locks: a start event creates its choreography's flow (once:
- * the unique (choreography, correlation_id) decides a race); each running
- * flow whose graph has the event's type records it and derives its status;
- * a finished one makes the event late; past the hop limit (the smallest
- * max_hops of these flows' choreographies, else saga.max_hops) nothing is
- * delivered and the unfinished flows turn looping.  The changes are written
- * by SagaFlowWrite once the event has its id in the table.
+ * What one event does to one flow of its correlation id (the flow's
+ * choreography c, its status and seen as read): past the hop limit an
+ * unfinished flow turns looping; a flow whose graph has the event's type
+ * records it and derives its status (*took), unless it has finished
+ * (*late).
+ */
+static void
+consider_flow(SagaFlowVerdict *v, Choreo *c, int64 flow_id, const char *status,
+			  ArrayType *seen_arr, const char *type, int64 event_id, int hops,
+			  TimestampTz now, bool *took, bool *late)
+{
+	int			e = choreo_event(c, type);
+	bool	   *seen;
+	Datum	   *names;
+	bool	   *nulls;
+	int			nnames;
+	Datum	   *newseen;
+	int			nnew = 0;
+	bool		already = false;
+	List	   *waiting;
+	const char *next;
+
+	if (v->over_limit)
+	{
+		JsonbParseState *ps = NULL;
+		Jsonb	   *incident;
+
+		if (flow_finished(status))
+			return;
+		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+		jb_pair_str(&ps, "reason", "hop limit");
+		jb_pair_int(&ps, "event_id", event_id);
+		jb_pair_str(&ps, "event_type", type);
+		jb_pair_int(&ps, "hops", hops);
+		jb_pair_int(&ps, "max_hops", v->hop_limit);
+		jb_pair_str(&ps, "since", timestamptz_to_str(now));
+		incident = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
+		verdict_add(v, flow_id, "looping", PointerGetDatum(seen_arr), NIL, incident, true, false,
+					status, PointerGetDatum(seen_arr));
+		return;
+	}
+	if (e < 0)
+		return;
+	if (flow_finished(status))
+	{
+		*late = true;
+		return;
+	}
+	*took = true;
+
+	deconstruct_array(seen_arr, TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &nnames);
+	seen = palloc0(sizeof(bool) * c->nevents);
+	newseen = palloc(sizeof(Datum) * (nnames + 1));
+	for (int k = 0; k < nnames; k++)
+	{
+		int			idx = choreo_event(c, TextDatumGetCString(names[k]));
+
+		if (idx >= 0)
+			seen[idx] = true;
+		if (idx == e)
+			already = true;
+		newseen[nnew++] = names[k];
+	}
+	if (!already)
+		newseen[nnew++] = CStringGetTextDatum(type);
+	seen[e] = true;
+	next = derive_flow(c, seen, status, &waiting);
+	verdict_add(v, flow_id, next,
+				PointerGetDatum(construct_array(newseen, nnew, TEXTOID, -1, false, TYPALIGN_INT)),
+				flow_finished(next) ? NIL : waiting, NULL,
+				flow_finished(next), strcmp(next, "running") == 0,
+				status, PointerGetDatum(seen_arr));
+}
+
+/* a flow the event starts, in its first state */
+static void
+verdict_new(SagaFlowVerdict *v, Choreo *c, const char *type, TimestampTz now)
+{
+	bool	   *seen = palloc0(sizeof(bool) * c->nevents);
+	List	   *waiting;
+	const char *status;
+	Datum		one = CStringGetTextDatum(type);
+	int			n;
+
+	seen[c->start] = true;
+	status = derive_flow(c, seen, "running", &waiting);
+	verdict_grow(v);
+	n = v->nnew++;
+	v->new_names[n] = CStringGetTextDatum(c->name);
+	v->new_versions[n] = Int32GetDatum(c->version);
+	v->new_choreo_ids[n] = Int32GetDatum(c->id);
+	v->new_statuses[n] = CStringGetTextDatum(status);
+	v->new_seen[n] = array_text(PointerGetDatum(construct_array(&one, 1, TEXTOID, -1, false,
+																TYPALIGN_INT)));
+	v->new_waiting[n] = array_text(names_array(flow_finished(status) ? NIL : waiting));
+	v->new_deadline_nulls[n] = !(c->deadline > 0 && strcmp(status, "running") == 0);
+	v->new_deadlines[n] = TimestampTzGetDatum(now + c->deadline);
+	if (!v->new_deadline_nulls[n])
+		SagaWakeAt(now + c->deadline);
+}
+
+/*
+ * The hop limit: that of the flows whose choreography knows the event's
+ * type (the smallest, if several), so that no other choreography of the
+ * same correlation id can cap them; for an event none of them knows, the
+ * largest of the flows' limits; without a flow, saga.max_hops.  Flows the
+ * event is about to start count as knowing it.
+ */
+static void
+hop_limit(SagaFlowVerdict *v, Choreo **choreos, int n, const char *type, int hops)
+{
+	int			graph_limit = -1;
+	int			any_limit = -1;
+
+	for (int i = 0; i < n; i++)
+	{
+		int			lim = choreos[i]->max_hops > 0 ? choreos[i]->max_hops : saga_max_hops;
+
+		if (choreo_event(choreos[i], type) >= 0 && (graph_limit < 0 || lim < graph_limit))
+			graph_limit = lim;
+		if (lim > any_limit)
+			any_limit = lim;
+	}
+	v->hop_limit = graph_limit >= 0 ? graph_limit : any_limit >= 0 ? any_limit : saga_max_hops;
+	v->over_limit = hops > v->hop_limit;
+}
+
+/*
+ * What an event does to the flows of its correlation id, read without
+ * locks: the publish statement writes it (SAGA_SQL_FLOW_CTES) only where
+ * each flow still has the status and seen it was read with, and creates
+ * the flows a start event begins only where no one else has; SagaFlowSettle
+ * then does under the flows' locks whatever a concurrent event made stale.
+ * Most events have their flow to themselves, so most publishes of a flow
+ * take one read more than others and no row lock of their own.
  */
 void
 SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
@@ -1018,202 +1166,219 @@ SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 	Datum		values[1] = {CStringGetTextDatum(correlation_id)};
 	SPITupleTable *tt;
 	uint64		nflows;
-	int			graph_limit = -1;	/* smallest of the flows that know the type */
-	int			any_limit = -1;		/* largest of all the flows */
+	Choreo	  **choreos;
+	int			nchoreos = 0;
 	bool		took = false;
 	bool		late = false;
-	int64	   *created = palloc(sizeof(int64) * ((te ? te->nstarts : 0) + 1));
-	int			ncreated = 0;
 
-	/*
-	 * A start event creates its flow in its final first state, in one
-	 * write: the unique (choreography, correlation_id) decides a race, and
-	 * the loser records its event on the winner's flow below.
-	 */
-	for (int i = 0; te != NULL && i < te->nstarts; i++)
-	{
-		Choreo	   *c = choreo_load(te->starts[i]);
-		Oid			ftypes[10] = {TEXTOID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID,
-		TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, INT8OID, TEXTARRAYOID};
-		Datum		fvalues[10];
-		char		fnulls[10] = "          ";
-		bool	   *seen = palloc0(sizeof(bool) * c->nevents);
-		List	   *waiting;
-		const char *status;
-		Datum		one = CStringGetTextDatum(type);
-
-		seen[c->start] = true;
-		status = derive_flow(c, seen, "running", &waiting);
-		fvalues[0] = CStringGetTextDatum(c->name);
-		fvalues[1] = Int32GetDatum(c->version);
-		fvalues[2] = CStringGetTextDatum(correlation_id);
-		fvalues[3] = TimestampTzGetDatum(now);
-		fvalues[4] = Int32GetDatum(c->id);
-		fvalues[5] = TimestampTzGetDatum(now + c->deadline);
-		fnulls[5] = (c->deadline > 0 && strcmp(status, "running") == 0) ? ' ' : 'n';
-		fvalues[6] = CStringGetTextDatum(status);
-		fvalues[7] = names_array(flow_finished(status) ? NIL : waiting);
-		fvalues[8] = Int64GetDatum(event_id);
-		fvalues[9] = PointerGetDatum(construct_array(&one, 1, TEXTOID, -1, false, TYPALIGN_INT));
-		SagaExecuteLatest(&plan_flow_new,
-						  "INSERT INTO saga.flows (choreography, version, correlation_id, status, "
-						  "started_at, waiting_on, choreography_id, seen, last_event_id, deadline_at, "
-						  "updated_at, finished_at) "
-						  "VALUES ($1, $2, $3, $7, $4, $8, $5, $10, $9, $6, $4, "
-						  "CASE WHEN $7 IN ('running', 'compensating') THEN NULL ELSE $4 END) "
-						  "ON CONFLICT (choreography, correlation_id) DO NOTHING RETURNING id",
-						  10, ftypes, fvalues, fnulls, SPI_OK_INSERT_RETURNING, "starting a flow");
-		if (SPI_processed > 0)
-		{
-			bool		isnull;
-
-			created[ncreated++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-															  SPI_tuptable->tupdesc, 1, &isnull));
-			took = true;
-			if (fnulls[5] == ' ')
-				SagaWakeAt(now + c->deadline);
-		}
-	}
-
-	SagaExecuteLatest(&plan_flows,
+	v->type = pstrdup(type);
+	v->correlation_id = pstrdup(correlation_id);
+	v->hops = hops;
+	SagaExecuteLatest(&plan_flows_read,
 					  "SELECT id, choreography_id, status, seen FROM saga.flows "
-					  "WHERE correlation_id = $1 ORDER BY id FOR UPDATE",
-					  1, types, values, NULL, SPI_OK_SELECT, "locking the flows of an event");
+					  "WHERE correlation_id = $1 ORDER BY id",
+					  1, types, values, NULL, SPI_OK_SELECT, "reading the flows of an event");
 	tt = SPI_tuptable;
 	nflows = SPI_processed;
-
-	/*
-	 * The hop limit: that of the flows whose choreography knows the event's
-	 * type (the smallest, if several), so that no other choreography of the
-	 * same correlation id can cap them; for an event none of them knows, the
-	 * largest of the flows' limits; without a flow, saga.max_hops.
-	 */
+	choreos = palloc(sizeof(Choreo *) * (nflows + (te ? te->nstarts : 0) + 1));
 	for (uint64 i = 0; i < nflows; i++)
 	{
 		bool		isnull;
-		Choreo	   *c = choreo_load(DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull)));
-		int			lim = c->max_hops > 0 ? c->max_hops : saga_max_hops;
 
-		if (choreo_event(c, type) >= 0 && (graph_limit < 0 || lim < graph_limit))
-			graph_limit = lim;
-		if (lim > any_limit)
-			any_limit = lim;
+		choreos[nchoreos++] = choreo_load(DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull)));
 	}
-	v->hop_limit = graph_limit >= 0 ? graph_limit : any_limit >= 0 ? any_limit : saga_max_hops;
-	v->over_limit = hops > v->hop_limit;
+	/* a start event begins the flows its choreographies do not have yet */
+	for (int s = 0; te != NULL && s < te->nstarts; s++)
+	{
+		Choreo	   *c = choreo_load(te->starts[s]);
+		bool		exists = false;
+
+		for (uint64 i = 0; i < nflows; i++)
+			exists |= strcmp(choreos[i]->name, c->name) == 0;
+		if (!exists)
+		{
+			choreos[nchoreos++] = c;
+			verdict_new(v, c, type, now);
+			took = true;
+		}
+	}
+	hop_limit(v, choreos, nchoreos, type, hops);
+	if (v->over_limit && v->nnew > 0)
+		v->nnew = 0;			/* a start event past the limit starts nothing */
 
 	for (uint64 i = 0; i < nflows; i++)
 	{
 		HeapTuple	tup = tt->vals[i];
 		bool		isnull;
-		int64		flow_id = DatumGetInt64(SPI_getbinval(tup, tt->tupdesc, 1, &isnull));
-		Choreo	   *c = choreo_load(DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, 2, &isnull)));
-		char	   *status = TextDatumGetCString(SPI_getbinval(tup, tt->tupdesc, 3, &isnull));
-		ArrayType  *seen_arr = DatumGetArrayTypeP(SPI_getbinval(tup, tt->tupdesc, 4, &isnull));
-		int			e = choreo_event(c, type);
-		bool	   *seen;
-		Datum	   *names;
-		bool	   *nulls;
-		int			nnames;
-		Datum	   *newseen;
-		int			nnew = 0;
-		bool		already = false;
-		bool		just_created = false;
-		List	   *waiting;
-		const char *next;
 
-		for (int k = 0; k < ncreated; k++)
-			just_created |= created[k] == flow_id;
-		if (v->over_limit)
-		{
-			JsonbParseState *ps = NULL;
-			Jsonb	   *incident;
-
-			if (flow_finished(status))
-				continue;
-			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-			jb_pair_str(&ps, "reason", "hop limit");
-			jb_pair_int(&ps, "event_id", event_id);
-			jb_pair_str(&ps, "event_type", type);
-			jb_pair_int(&ps, "hops", hops);
-			jb_pair_int(&ps, "max_hops", v->hop_limit);
-			jb_pair_str(&ps, "since", timestamptz_to_str(now));
-			incident = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
-			verdict_add(v, flow_id, "looping", PointerGetDatum(seen_arr), NIL, incident, true, false);
-			continue;
-		}
-		if (just_created || e < 0)
-			continue;
-		if (flow_finished(status))
-		{
-			late = true;
-			continue;
-		}
-		took = true;
-
-		deconstruct_array(seen_arr, TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &nnames);
-		seen = palloc0(sizeof(bool) * c->nevents);
-		newseen = palloc(sizeof(Datum) * (nnames + 1));
-		for (int k = 0; k < nnames; k++)
-		{
-			char	   *s = TextDatumGetCString(names[k]);
-			int			idx = choreo_event(c, s);
-
-			if (idx >= 0)
-				seen[idx] = true;
-			if (idx == e)
-				already = true;
-			newseen[nnew++] = names[k];
-		}
-		if (!already)
-			newseen[nnew++] = CStringGetTextDatum(type);
-		seen[e] = true;
-		next = derive_flow(c, seen, status, &waiting);
-		verdict_add(v, flow_id, next,
-					PointerGetDatum(construct_array(newseen, nnew, TEXTOID, -1, false, TYPALIGN_INT)),
-					flow_finished(next) ? NIL : waiting, NULL,
-					flow_finished(next), strcmp(next, "running") == 0);
+		consider_flow(v, choreos[i], DatumGetInt64(SPI_getbinval(tup, tt->tupdesc, 1, &isnull)),
+					  TextDatumGetCString(SPI_getbinval(tup, tt->tupdesc, 3, &isnull)),
+					  DatumGetArrayTypePCopy(SPI_getbinval(tup, tt->tupdesc, 4, &isnull)),
+					  type, event_id, hops, now, &took, &late);
 	}
+	v->took = took;
 	v->late = late && !took;
+	v->written_late = v->late;
 }
 
-/*
- * What SagaFlowObserve decided, as the arrays the publish statement writes
- * in its own CTE (one statement for event, deliveries and flows): ids,
- * statuses, seen and waiting_on (each as the text of a text[]), incidents,
- * finished now, still running.
- */
+/* the arrays SAGA_SQL_FLOW_CTES takes, $19 to $34, into out[0..15] */
 void
 SagaFlowWriteArrays(SagaFlowVerdict *v, Datum *out)
 {
 	int			n = v->nflows;
-	Datum	   *seen = palloc(sizeof(Datum) * n);
-	Datum	   *waiting = palloc(sizeof(Datum) * n);
-	int			dims[1] = {n};
+	int			dims[1];
 	int			lbs[1] = {1};
 
-	for (int i = 0; i < n; i++)
-	{
-		seen[i] = CStringGetTextDatum(OidOutputFunctionCall(F_ARRAY_OUT, v->seen[i]));
-		waiting[i] = CStringGetTextDatum(OidOutputFunctionCall(F_ARRAY_OUT, v->waiting_on[i]));
-	}
-	out[0] = PointerGetDatum(construct_array(v->flow_ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	out[1] = PointerGetDatum(construct_array(v->statuses, n, TEXTOID, -1, false, TYPALIGN_INT));
-	out[2] = PointerGetDatum(construct_array(seen, n, TEXTOID, -1, false, TYPALIGN_INT));
-	out[3] = PointerGetDatum(construct_array(waiting, n, TEXTOID, -1, false, TYPALIGN_INT));
+#define ARR(d, cnt, type, len, byval, align) \
+	PointerGetDatum(construct_array((d) ? (d) : (Datum *) palloc(sizeof(Datum)), cnt, type, len, byval, align))
+	out[0] = ARR(v->flow_ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE);
+	out[1] = ARR(v->statuses, n, TEXTOID, -1, false, TYPALIGN_INT);
+	out[2] = ARR(v->seen, n, TEXTOID, -1, false, TYPALIGN_INT);
+	out[3] = ARR(v->waiting_on, n, TEXTOID, -1, false, TYPALIGN_INT);
+	dims[0] = n;
 	out[4] = PointerGetDatum(construct_md_array(v->incidents, v->incident_nulls, 1, dims, lbs,
 												JSONBOID, -1, false, TYPALIGN_INT));
-	out[5] = PointerGetDatum(construct_array(v->finished, n, BOOLOID, 1, true, TYPALIGN_CHAR));
-	out[6] = PointerGetDatum(construct_array(v->keep_deadline, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	out[5] = ARR(v->finished, n, BOOLOID, 1, true, TYPALIGN_CHAR);
+	out[6] = ARR(v->keep_deadline, n, BOOLOID, 1, true, TYPALIGN_CHAR);
+	out[7] = ARR(v->old_statuses, n, TEXTOID, -1, false, TYPALIGN_INT);
+	out[8] = ARR(v->old_seen, n, TEXTOID, -1, false, TYPALIGN_INT);
+	n = v->nnew;
+	out[9] = ARR(v->new_names, n, TEXTOID, -1, false, TYPALIGN_INT);
+	out[10] = ARR(v->new_versions, n, INT4OID, 4, true, TYPALIGN_INT);
+	out[11] = ARR(v->new_choreo_ids, n, INT4OID, 4, true, TYPALIGN_INT);
+	out[12] = ARR(v->new_statuses, n, TEXTOID, -1, false, TYPALIGN_INT);
+	out[13] = ARR(v->new_seen, n, TEXTOID, -1, false, TYPALIGN_INT);
+	out[14] = ARR(v->new_waiting, n, TEXTOID, -1, false, TYPALIGN_INT);
+	dims[0] = n;
+	out[15] = PointerGetDatum(construct_md_array(v->new_deadlines, v->new_deadline_nulls, 1, dims, lbs,
+												 TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE));
+#undef ARR
 }
 
-/* write what SagaFlowObserve decided, for the event just recorded */
+/* the parameter types of SAGA_SQL_FLOW_CTES, $19 to $34 */
+const Oid	SagaFlowArrayTypes[SAGA_FLOW_ARRAYS] = {
+	INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, BOOLARRAYOID,
+	BOOLARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID
+};
+
+/*
+ * After the publish statement: updated are the flows it wrote, created the
+ * choreographies whose flow it began.  What it could not write (a
+ * concurrent event changed the flow, or began it first) is done now under
+ * the flows' row locks, as if read then; and the event's late mark is set
+ * again if that changes it.
+ */
+void
+SagaFlowSettle(SagaFlowVerdict *v, ArrayType *updated, ArrayType *created,
+			   int64 event_id, TimestampTz now)
+{
+	Datum	   *ids;
+	Datum	   *cids;
+	int			nids;
+	int			ncids;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	SPITupleTable *tt;
+	SagaFlowVerdict slow = {0};
+	bool		took = false;
+	bool		late = false;
+
+	deconstruct_array(updated, INT8OID, 8, true, TYPALIGN_DOUBLE, &ids, NULL, &nids);
+	deconstruct_array(created, INT4OID, 4, true, TYPALIGN_INT, &cids, NULL, &ncids);
+	if (nids == v->nflows && ncids == v->nnew)
+		return;
+
+	values[0] = CStringGetTextDatum(v->correlation_id);
+	SagaExecuteLatest(&plan_flows,
+					  "SELECT id, choreography_id, status, seen FROM saga.flows "
+					  "WHERE correlation_id = $1 ORDER BY id FOR UPDATE",
+					  1, types, values, NULL, SPI_OK_SELECT, "locking the flows of an event");
+	tt = SPI_tuptable;
+	slow.hop_limit = v->hop_limit;
+	slow.over_limit = v->over_limit;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = tt->vals[i];
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, tt->tupdesc, 1, &isnull));
+		int32		cid = DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, 2, &isnull));
+		bool		written = false;
+
+		for (int k = 0; k < nids && !written; k++)
+			written = DatumGetInt64(ids[k]) == id;
+		for (int k = 0; k < ncids && !written; k++)
+			written = DatumGetInt32(cids[k]) == cid;
+		if (written)
+		{
+			took |= !v->over_limit;
+			continue;
+		}
+		consider_flow(&slow, choreo_load(cid), id,
+					  TextDatumGetCString(SPI_getbinval(tup, tt->tupdesc, 3, &isnull)),
+					  DatumGetArrayTypePCopy(SPI_getbinval(tup, tt->tupdesc, 4, &isnull)),
+					  v->type, event_id, v->hops, now, &took, &late);
+	}
+	if (slow.nflows > 0)
+		SagaFlowWrite(&slow, event_id, now);
+	v->late = late && !took;
+	if (v->late != v->written_late)
+	{
+		Oid			etypes[2] = {INT8OID, BOOLOID};
+		Datum		evalues[2] = {Int64GetDatum(event_id), BoolGetDatum(v->late)};
+
+		SagaExecuteLatest(&plan_event_late,
+						  "UPDATE saga.events SET late = $2 WHERE id = $1",
+						  2, etypes, evalues, NULL, SPI_OK_UPDATE, "marking an event late");
+	}
+}
+
+/*
+ * Write the flows' changes alone (after the event row): for a publish with
+ * an idempotency key, whose event is written first.
+ */
+void
+SagaFlowApply(SagaFlowVerdict *v, int64 event_id, TimestampTz now)
+{
+	Oid			types[SAGA_FLOW_FIRST_PARAM - 1 + SAGA_FLOW_ARRAYS];
+	Datum		values[SAGA_FLOW_FIRST_PARAM - 1 + SAGA_FLOW_ARRAYS];
+	char		nulls[SAGA_FLOW_FIRST_PARAM - 1 + SAGA_FLOW_ARRAYS];
+	bool		isnull;
+
+	for (int i = 0; i < SAGA_FLOW_FIRST_PARAM - 1; i++)
+	{
+		types[i] = TEXTOID;
+		values[i] = (Datum) 0;
+		nulls[i] = 'n';
+	}
+	types[0] = INT8OID;
+	values[0] = Int64GetDatum(event_id);
+	nulls[0] = ' ';
+	values[3] = CStringGetTextDatum(v->correlation_id);
+	nulls[3] = ' ';
+	types[8] = TIMESTAMPTZOID;
+	values[8] = TimestampTzGetDatum(now);
+	nulls[8] = ' ';
+	memcpy(types + SAGA_FLOW_FIRST_PARAM - 1, SagaFlowArrayTypes, sizeof(SagaFlowArrayTypes));
+	memset(nulls + SAGA_FLOW_FIRST_PARAM - 1, ' ', SAGA_FLOW_ARRAYS);
+	SagaFlowWriteArrays(v, values + SAGA_FLOW_FIRST_PARAM - 1);
+	SagaExecuteLatest(&plan_flow_apply,
+					  "WITH " SAGA_SQL_FLOW_CTES " " SAGA_SQL_FLOW_RESULT,
+					  SAGA_FLOW_FIRST_PARAM - 1 + SAGA_FLOW_ARRAYS, types, values, nulls,
+					  SPI_OK_SELECT, "following the flows of an event");
+	SagaFlowSettle(v,
+				   DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+				   DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
+				   event_id, now);
+}
+
+/* write flows' changes one statement each, under the locks the caller holds */
 void
 SagaFlowWrite(SagaFlowVerdict *v, int64 event_id, TimestampTz now)
 {
 	for (int i = 0; i < v->nflows; i++)
 	{
-		Oid			types[9] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, JSONBOID, BOOLOID,
+		Oid			types[9] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, BOOLOID,
 		BOOLOID, INT8OID, TIMESTAMPTZOID};
 		Datum		values[9];
 		char		nulls[9] = "         ";
@@ -1229,12 +1394,12 @@ SagaFlowWrite(SagaFlowVerdict *v, int64 event_id, TimestampTz now)
 		values[7] = Int64GetDatum(event_id);
 		values[8] = TimestampTzGetDatum(now);
 		SagaExecuteLatest(&plan_flow_update,
-					"UPDATE saga.flows SET status = $2, seen = $3, waiting_on = $4, "
-					"incident = COALESCE($5, incident), "
-					"finished_at = CASE WHEN $6 THEN $9 ELSE finished_at END, "
-					"deadline_at = CASE WHEN $7 THEN deadline_at END, "
-					"last_event_id = $8, updated_at = $9 WHERE id = $1",
-					9, types, values, nulls, SPI_OK_UPDATE, "following a flow");
+						  "UPDATE saga.flows SET status = $2, seen = $3::pg_catalog.text[], "
+						  "waiting_on = $4::pg_catalog.text[], incident = COALESCE($5, incident), "
+						  "finished_at = CASE WHEN $6 THEN $9 ELSE finished_at END, "
+						  "deadline_at = CASE WHEN $7 THEN deadline_at END, "
+						  "last_event_id = $8, updated_at = $9 WHERE id = $1",
+						  9, types, values, nulls, SPI_OK_UPDATE, "following a flow");
 	}
 }
 

@@ -968,25 +968,25 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 	}
 	headers = delivery_headers(id, type, corr, trace, causation_id, has_cause, key, false);
 
-	if (verdict.nflows > 0 && idempotency_key != NULL)
-		SagaFlowWrite(&verdict, id, now);
-
-	if (idempotency_key == NULL && verdict.nflows > 0)
+	if (idempotency_key == NULL && (verdict.nflows > 0 || verdict.nnew > 0))
 	{
 		/*
 		 * The event, its deliveries and its flows in one statement, as of
-		 * the latest snapshot: the flows were locked so (see
-		 * SagaFlowObserve), and the update must find the versions locked.
+		 * the latest snapshot (the flows were read so); what it could not
+		 * write is settled under the flows' locks.
 		 */
-		Oid			types[EVENT_PARAMS + 14];
-		Datum		values[EVENT_PARAMS + 14];
-		char		nulls[EVENT_PARAMS + 14];
-		const Oid	more[14] = {INT4OID, BOOLOID, JSONBOID, TEXTARRAYOID, INT8ARRAYOID,
-			INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		JSONBARRAYOID, BOOLARRAYOID, BOOLARRAYOID};
+		Oid			types[SAGA_FLOW_FIRST_PARAM - 1 + SAGA_FLOW_ARRAYS];
+		Datum		values[SAGA_FLOW_FIRST_PARAM - 1 + SAGA_FLOW_ARRAYS];
+		char		nulls[SAGA_FLOW_FIRST_PARAM - 1 + SAGA_FLOW_ARRAYS];
+		const Oid	more[7] = {INT4OID, BOOLOID, JSONBOID, TEXTARRAYOID, INT8ARRAYOID,
+		INT4ARRAYOID, TEXTARRAYOID};
+		bool		isnull;
 
+		StaticAssertStmt(EVENT_PARAMS + 7 + 1 == SAGA_FLOW_FIRST_PARAM,
+						 "the flows' parameters follow the publish statement's");
 		memcpy(types, event_types, sizeof(event_types));
 		memcpy(types + EVENT_PARAMS, more, sizeof(more));
+		memcpy(types + SAGA_FLOW_FIRST_PARAM - 1, SagaFlowArrayTypes, sizeof(SagaFlowArrayTypes));
 		memset(nulls, ' ', sizeof(nulls));
 		event_params(values, nulls, id, type, payload, corr, causation_id, has_cause, key,
 					 NULL, trace, now, hops);
@@ -997,32 +997,27 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 		values[15] = int8_array(d_subs, ndeliver);
 		values[16] = int4_array(d_max, ndeliver);
 		values[17] = text_array(d_keys, ndeliver);
-		SagaFlowWriteArrays(&verdict, values + 18);
+		SagaFlowWriteArrays(&verdict, values + SAGA_FLOW_FIRST_PARAM - 1);
 		SagaExecuteLatest(&plan_publish_flows,
 						  "WITH e AS (INSERT INTO saga.events (id, type, payload, correlation_id, "
 						  "causation_id, key, idempotency_key, traceparent, published_at, publisher, hops, "
 						  "deliveries, late) "
 						  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)), "
-						  "f AS (UPDATE saga.flows fl SET status = d.status, "
-						  "seen = d.seen::pg_catalog.text[], waiting_on = d.waiting::pg_catalog.text[], "
-						  "incident = COALESCE(d.incident, fl.incident), "
-						  "finished_at = CASE WHEN d.finished THEN $9 ELSE fl.finished_at END, "
-						  "deadline_at = CASE WHEN d.running THEN fl.deadline_at END, "
-						  "last_event_id = $1, updated_at = $9 "
-						  "FROM ROWS FROM (pg_catalog.unnest($19), pg_catalog.unnest($20), "
-						  "pg_catalog.unnest($21), pg_catalog.unnest($22), pg_catalog.unnest($23), "
-						  "pg_catalog.unnest($24), pg_catalog.unnest($25)) "
-						  "AS d(id, status, seen, waiting, incident, finished, running) "
-						  "WHERE fl.id = d.id) "
-						  "INSERT INTO saga.outbox (id, topic, kind, attempt, max_attempts, payload, headers, "
-						  "visible_at, created_at, event_id, subscription_id) "
+						  "o AS (INSERT INTO saga.outbox (id, topic, kind, attempt, max_attempts, payload, "
+						  "headers, visible_at, created_at, event_id, subscription_id) "
 						  "SELECT -pg_catalog.nextval('saga.deliveries_id_seq'::pg_catalog.regclass), "
 						  "d.topic, 'event', 1, d.max_attempts, $3, "
 						  "$14 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('idempotency_key', d.ikey), "
 						  "$9, $9, $1, d.sub "
 						  "FROM ROWS FROM (pg_catalog.unnest($15), pg_catalog.unnest($16), "
-						  "pg_catalog.unnest($17), pg_catalog.unnest($18)) AS d(topic, sub, max_attempts, ikey)",
-						  EVENT_PARAMS + 14, types, values, nulls, SPI_OK_INSERT, "publishing an event of a flow");
+						  "pg_catalog.unnest($17), pg_catalog.unnest($18)) AS d(topic, sub, max_attempts, ikey)), "
+						  SAGA_SQL_FLOW_CTES " " SAGA_SQL_FLOW_RESULT,
+						  SAGA_FLOW_FIRST_PARAM - 1 + SAGA_FLOW_ARRAYS, types, values, nulls,
+						  SPI_OK_SELECT, "publishing an event of a flow");
+		SagaFlowSettle(&verdict,
+					   DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+					   DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
+					   id, now);
 	}
 	else if (idempotency_key == NULL)
 	{
@@ -1089,6 +1084,8 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 					"FROM ROWS FROM (pg_catalog.unnest($7), pg_catalog.unnest($8), "
 					"pg_catalog.unnest($9), pg_catalog.unnest($10)) AS d(topic, sub, max_attempts, ikey)",
 					10, types10, values, NULL, SPI_OK_INSERT, "delivering an event");
+		if (verdict.nflows > 0 || verdict.nnew > 0)
+			SagaFlowApply(&verdict, id, now);
 	}
 
 	for (int i = 0; i < ndeliver; i++)

@@ -21,6 +21,7 @@
 #include "fmgr.h"
 #include "executor/spi.h"
 #include "nodes/execnodes.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
 
 /*
@@ -299,28 +300,86 @@ extern void SagaEventInit(void);
 extern Oid	SagaRelid(const char *relname);
 
 /* choreography.c */
+/*
+ * What an event does to the flows of its correlation id (SagaFlowObserve),
+ * for the publish statement to write in the CTEs below.
+ */
 typedef struct SagaFlowVerdict
 {
 	int			hop_limit;		/* the limit that applied */
 	bool		over_limit;		/* deliver nothing */
 	bool		late;			/* after its flow finished */
-	/* flows whose row changes, for the publish statement to write */
+	bool		written_late;	/* what the publish statement wrote as late */
+	bool		took;
+	char	   *type;
+	char	   *correlation_id;
+	int			hops;
+	/* flows whose row changes, with the status and seen they were read with */
 	int			nflows;
 	Datum	   *flow_ids;
 	Datum	   *statuses;
-	Datum	   *seen;			/* text[] each */
-	Datum	   *waiting_on;		/* text[] each */
+	Datum	   *seen;			/* text of a text[] each */
+	Datum	   *waiting_on;		/* text of a text[] each */
 	Datum	   *incidents;		/* jsonb or NULL */
 	bool	   *incident_nulls;
 	Datum	   *finished;		/* bool: finished now */
 	Datum	   *keep_deadline;	/* bool: still running */
+	Datum	   *old_statuses;
+	Datum	   *old_seen;
+	/* flows the event begins */
+	int			nnew;
+	Datum	   *new_names;
+	Datum	   *new_versions;
+	Datum	   *new_choreo_ids;
+	Datum	   *new_statuses;
+	Datum	   *new_seen;
+	Datum	   *new_waiting;
+	Datum	   *new_deadlines;
+	bool	   *new_deadline_nulls;
 } SagaFlowVerdict;
+
+/*
+ * The flows' share of a publish statement: f updates each flow still as it
+ * was read, n begins the new ones where nobody has; the statement returns
+ * what they wrote (SAGA_SQL_FLOW_RESULT) for SagaFlowSettle.  $1 is the
+ * event id, $4 the correlation id, $9 the time, $19 to $34 the arrays of
+ * SagaFlowWriteArrays.
+ */
+#define SAGA_FLOW_FIRST_PARAM	19
+#define SAGA_FLOW_ARRAYS		16
+#define SAGA_SQL_FLOW_CTES \
+	"f AS (UPDATE saga.flows fl SET status = d.status, seen = d.seen::pg_catalog.text[], " \
+	"waiting_on = d.waiting::pg_catalog.text[], incident = COALESCE(d.incident, fl.incident), " \
+	"finished_at = CASE WHEN d.finished THEN $9 ELSE fl.finished_at END, " \
+	"deadline_at = CASE WHEN d.running THEN fl.deadline_at END, last_event_id = $1, updated_at = $9 " \
+	"FROM ROWS FROM (pg_catalog.unnest($19), pg_catalog.unnest($20), pg_catalog.unnest($21), " \
+	"pg_catalog.unnest($22), pg_catalog.unnest($23), pg_catalog.unnest($24), pg_catalog.unnest($25), " \
+	"pg_catalog.unnest($26), pg_catalog.unnest($27)) " \
+	"AS d(id, status, seen, waiting, incident, finished, running, old_status, old_seen) " \
+	"WHERE fl.id = d.id AND fl.status = d.old_status AND fl.seen = d.old_seen::pg_catalog.text[] " \
+	"RETURNING fl.id), " \
+	"n AS (INSERT INTO saga.flows (choreography, version, correlation_id, status, started_at, " \
+	"waiting_on, choreography_id, seen, last_event_id, deadline_at, updated_at, finished_at) " \
+	"SELECT d.name, d.version, $4, d.status, $9, d.waiting::pg_catalog.text[], d.cid, " \
+	"d.seen::pg_catalog.text[], $1, d.deadline, $9, " \
+	"CASE WHEN d.status IN ('running', 'compensating') THEN NULL ELSE $9 END " \
+	"FROM ROWS FROM (pg_catalog.unnest($28), pg_catalog.unnest($29), pg_catalog.unnest($30), " \
+	"pg_catalog.unnest($31), pg_catalog.unnest($32), pg_catalog.unnest($33), pg_catalog.unnest($34)) " \
+	"AS d(name, version, cid, status, seen, waiting, deadline) " \
+	"ON CONFLICT (choreography, correlation_id) DO NOTHING RETURNING choreography_id)"
+#define SAGA_SQL_FLOW_RESULT \
+	"SELECT ARRAY(SELECT id FROM f), ARRAY(SELECT choreography_id FROM n)"
+
+extern const Oid SagaFlowArrayTypes[SAGA_FLOW_ARRAYS];
 
 extern void SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 							int hops, TimestampTz now, SagaFlowVerdict *v);
 extern bool SagaFlowMayConcern(const char *type, int hops);
-extern void SagaFlowWrite(SagaFlowVerdict *v, int64 event_id, TimestampTz now);
 extern void SagaFlowWriteArrays(SagaFlowVerdict *v, Datum *out);
+extern void SagaFlowSettle(SagaFlowVerdict *v, ArrayType *updated, ArrayType *created,
+						   int64 event_id, TimestampTz now);
+extern void SagaFlowApply(SagaFlowVerdict *v, int64 event_id, TimestampTz now);
+extern void SagaFlowWrite(SagaFlowVerdict *v, int64 event_id, TimestampTz now);
 extern void SagaFlowDeadlineWork(int64 flow_id, const char *why);
 extern bool SagaFlowIsolated(int64 flow_id);
 extern bool SagaNameIsChoreography(const char *name);
