@@ -582,11 +582,11 @@ CREATE TABLE saga.flows (
     updated_at       timestamptz NOT NULL,
     incident         jsonb,
     CONSTRAINT flows_pkey PRIMARY KEY (id),
-    CONSTRAINT flows_choreography_correlation_id_key UNIQUE (choreography, correlation_id)
+    -- one flow per (choreography, correlation id); also finds a correlation id's flows
+    CONSTRAINT flows_correlation_id_choreography_key UNIQUE (correlation_id, choreography)
 ) WITH (fillfactor = 80);
 CREATE SEQUENCE saga.flows_id_seq AS bigint OWNED BY saga.flows.id;
 ALTER TABLE saga.flows ALTER COLUMN id SET DEFAULT pg_catalog.nextval('saga.flows_id_seq');
-CREATE INDEX flows_correlation_id ON saga.flows (correlation_id);
 -- deadline_at is cleared when the flow leaves running, finished_at set once
 CREATE INDEX flows_deadline ON saga.flows (deadline_at) WHERE deadline_at IS NOT NULL;
 CREATE INDEX flows_finished ON saga.flows (finished_at) WHERE finished_at IS NOT NULL;
