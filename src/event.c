@@ -298,7 +298,7 @@ parse_filter(const char *text, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
 				 errmsg("invalid %s: the filter is not a jsonpath", what),
-				 errdetail("%s The offending value is at $.filter.", e->message),
+				 errdetail("%s. The offending value is at $.filter.", e->message),
 				 errhint("A filter is a jsonpath predicate on the payload, such as $.amount > 100.")));
 	}
 	PG_END_TRY();
@@ -1755,7 +1755,8 @@ saga_redeliver(PG_FUNCTION_ARGS)
 	SagaRequireArg(fcinfo, 0, "task_id");
 	task_id = PG_GETARG_INT64(0);
 	SagaEnter(&save);
-	SagaNoteWork(0, task_id, NULL);
+	if (task_id < 0)
+		SagaNoteWork(0, task_id, NULL);
 	values[0] = Int64GetDatum(task_id);
 	SagaDefaultRetry(&retry);
 
