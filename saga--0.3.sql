@@ -675,6 +675,14 @@ SET enable_seqscan = off
 SET jit = off
 AS 'MODULE_PATHNAME', 'saga_replay';
 
+CREATE FUNCTION saga.release(task_id bigint, lease integer)
+RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET jit = off
+AS 'MODULE_PATHNAME', 'saga_release';
+
 CREATE FUNCTION saga.define_choreography(name text, definition jsonb)
 RETURNS integer
 LANGUAGE c VOLATILE PARALLEL UNSAFE
@@ -697,11 +705,13 @@ REVOKE ALL ON saga.events, saga.subscriptions, saga.filter_errors, saga.dead_let
 REVOKE ALL ON SEQUENCE saga.events_id_seq, saga.subscriptions_id_seq, saga.deliveries_id_seq,
     saga.choreographies_id_seq, saga.flows_id_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text),
+    saga.release(bigint, integer),
     saga.subscribe(text, text, jsonb), saga.unsubscribe(text, text), saga.redeliver(bigint),
     saga.replay(text, text, timestamptz, timestamptz), saga.define_choreography(text, jsonb)
     FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text) TO saga_worker;
+GRANT EXECUTE ON FUNCTION saga.release(bigint, integer) TO saga_worker;
 GRANT EXECUTE ON FUNCTION saga.subscribe(text, text, jsonb) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.unsubscribe(text, text) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.redeliver(bigint) TO saga_admin;
@@ -733,6 +743,12 @@ COMMENT ON FUNCTION saga.complete(bigint, jsonb, integer) IS
 
 COMMENT ON FUNCTION saga.fail(bigint, jsonb, boolean, integer) IS
 'saga.fail(task_id, error jsonb, retryable, lease) -> boolean: report a task failed; retryable (default true) schedules the next attempt after the step''s (or subscription''s) backoff, otherwise (or with attempts exhausted) the step fails for good and compensation starts in this transaction, or the event delivery becomes a dead letter. Returns false for a repeated identical report. Fencing as for saga.complete. Errors: 22004 null task_id, 42704 unknown task, 55000 lost lease, task leased to another worker or (without lease) not visible, or a conflicting report, 54000 too large. Granted to saga_worker.';
+
+COMMENT ON FUNCTION saga.release(bigint, integer) IS
+'saga.release(task_id, lease) -> boolean: hand a task leased by saga.claim back (a service shutting down): visible again at once, the attempt not counted, the lease numbers going on (a report under the released lease is refused); history records "released". Returns false when the lease had already ended (released, lapsed, or a retryable failure reported). Errors: 22004 null argument, 22023 lease not positive, 42704 unknown task, 55000 the task left the outbox or its current delivery is another. Granted to saga_worker.';
+
+COMMENT ON FUNCTION saga.heartbeat(bigint, integer, interval) IS
+'saga.heartbeat(task_id, lease, extend interval) -> timestamptz: extend a held lease by extend (default: the claim''s lease length, positive and at most 3650 days) from now, capped at the step''s timeout; returns when it now expires. Returns NULL, and does not extend the lease, when the task''s saga stopped running (cancelled, or compensating after another step failed): stop the work, then report it or let the lease lapse. Errors: 22004 null task_id or lease, 22023 bad extend, 22008 extend out of range, 42704 unknown task, 55000 lease no longer held or task not leased. Granted to saga_worker.';
 
 COMMENT ON FUNCTION saga.tick() IS
 'saga.tick() -> jsonb: one round of the time-based work (step timeouts, lapsed leases, deadlines of sagas and flows, wake-ups, retention) in the caller''s transaction; returns counts {"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas", "flow_deadlines", "purged_events", "purged_flows"}. For servers without the background worker (e.g. from pg_cron). Granted to saga_admin.';

@@ -113,3 +113,43 @@ SELECT saga_id = :s1 AS is_s1, saga.complete(id, '{}', lease => deliveries) AS r
   FROM saga.outbox WHERE topic = 'c_b' ORDER BY id;
 SELECT id = :s1 AS is_s1, status FROM saga.instances WHERE name = 'c_flow' ORDER BY id;
 SELECT count(*) AS tasks_left FROM saga.outbox WHERE topic IN ('c_a', 'c_b');
+
+--
+-- saga.release: a service shutting down hands its task back, visible at
+-- once, without spending an attempt; the lease numbers go on
+--
+SELECT saga.define('cl_rel', '{"steps": [{"name": "work", "topic": "cl_rel", "retry": {"max_attempts": 2}}]}');
+SELECT saga.start('cl_rel') AS r1 \gset
+SELECT id AS r1_task, lease AS r1_lease, attempt FROM saga.claim('cl_rel', 'shutting-down', 1, '1 hour') \gset
+SELECT saga.release(:r1_task, :r1_lease) AS released;
+SELECT saga.release(:r1_task, :r1_lease) AS released_again;
+SELECT attempt, lease_owner, visible_at <= now() AS visible FROM saga.outbox WHERE id = :r1_task;
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => %s)', :r1_task, '{}', :r1_lease));
+SELECT saga_test.err(format('SELECT saga.release(%s, %s)', :r1_task, :r1_lease + 1));
+SELECT saga_test.err('SELECT saga.release(1, 1)');
+SELECT saga_test.err(format('SELECT saga.release(%s, 0)', :r1_task));
+SELECT saga_test.err('SELECT saga.release(NULL, 1)');
+SELECT id = :r1_task AS same_task, lease AS r1_lease2, attempt FROM saga.claim('cl_rel', 'next', 1, '1 hour') \gset
+SELECT :'same_task' AS same_task, :r1_lease2 AS lease, :attempt AS attempt_not_spent;
+-- a lease that lapsed and is taken by claim (not by the worker) is in the history too
+UPDATE saga.outbox SET visible_at = now() - interval '1 second' WHERE id = :r1_task;
+SELECT lease AS r1_lease3, attempt FROM saga.claim('cl_rel', 'third', 1, '1 hour') \gset
+SELECT :attempt AS attempt;
+SELECT event, detail - 'lease_seconds' AS detail FROM saga.history WHERE saga_id = :r1 ORDER BY id;
+SELECT saga.complete(:r1_task, '{}', lease => :r1_lease3) AS completed;
+
+--
+-- heartbeat delivers cancellation: NULL, and the lease is not extended,
+-- once the task's saga stopped running
+--
+SELECT saga.define('cl_hb', '{"steps": [{"name": "long", "topic": "cl_hb", "compensate": {"topic": "cl_hb_undo"}}]}');
+SELECT saga.start('cl_hb') AS h1 \gset
+SELECT id AS h1_task, lease AS h1_lease FROM saga.claim('cl_hb', 'w', 1, '1 hour') \gset
+SELECT saga.heartbeat(:h1_task, :h1_lease) IS NOT NULL AS keep_working;
+SELECT saga.cancel(:h1, 'the customer changed their mind');
+SELECT visible_at AS h1_until FROM saga.outbox WHERE id = :h1_task \gset
+SELECT saga.heartbeat(:h1_task, :h1_lease) IS NULL AS stop_working;
+SELECT visible_at = :'h1_until' AS not_extended FROM saga.outbox WHERE id = :h1_task;
+-- the service stops and says so: the step failed, nothing of it to undo
+SELECT saga.fail(:h1_task, '{"stopped": "cancelled"}', false, :h1_lease) AS recorded;
+SELECT step, status FROM saga.step_runs WHERE saga_id = :h1;

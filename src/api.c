@@ -28,6 +28,7 @@ PG_FUNCTION_INFO_V1(saga_cancel);
 PG_FUNCTION_INFO_V1(saga_retry);
 PG_FUNCTION_INFO_V1(saga_claim);
 PG_FUNCTION_INFO_V1(saga_heartbeat);
+PG_FUNCTION_INFO_V1(saga_release);
 
 #define SAGA_MAX_CLAIM 1000
 
@@ -275,13 +276,18 @@ saga_claim(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* saga.heartbeat(task_id, lease, extend): keep a lease; returns its new end */
+/*
+ * saga.heartbeat(task_id, lease, extend): keep a lease; returns its new end,
+ * or NULL when the task's saga stopped running (cancelled, or compensating):
+ * the work is no longer wanted, and the lease is not extended.
+ */
 Datum
 saga_heartbeat(PG_FUNCTION_ARGS)
 {
 	int64		extend_us = -1;
 	SagaUserSave save;
 	TimestampTz until;
+	bool		cancelled;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -291,7 +297,27 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 		extend_us = SagaCheckInterval(PG_GETARG_INTERVAL_P(2), "extend");
 
 	SagaEnter(&save);
-	until = SagaOutboxHeartbeat(PG_GETARG_INT64(0), PG_GETARG_INT32(1), extend_us);
+	until = SagaOutboxHeartbeat(PG_GETARG_INT64(0), PG_GETARG_INT32(1), extend_us, &cancelled);
 	SagaLeave(&save);
+	if (cancelled)
+		PG_RETURN_NULL();
 	PG_RETURN_TIMESTAMPTZ(until);
+}
+
+/* saga.release(task_id, lease): hand a leased task back, visible now, no attempt spent */
+Datum
+saga_release(PG_FUNCTION_ARGS)
+{
+	SagaUserSave save;
+	bool		released;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task_id and lease must not be null")));
+	check_lease(fcinfo, 1);
+	SagaEnter(&save);
+	released = SagaOutboxRelease(PG_GETARG_INT64(0), PG_GETARG_INT32(1));
+	SagaLeave(&save);
+	PG_RETURN_BOOL(released);
 }

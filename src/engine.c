@@ -1624,7 +1624,7 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("lease %d of task %lld has ended", lease, (long long) task_id),
-						 errdetail("The delivery was reported as a retryable failure, or its lease lapsed; the task waits for its next delivery.")));
+						 errdetail("The delivery was reported as a retryable failure, released, or its lease lapsed; the task waits for its next delivery.")));
 		}
 		else if (!has_lease && !success && row.backing_off &&
 				 retryable != row.parked && jsonb_same(last, payload))

@@ -41,6 +41,7 @@ static SPIPlanPtr plan_retry = NULL;
 static SPIPlanPtr plan_candidates = NULL;
 static SPIPlanPtr plan_lease = NULL;
 static SPIPlanPtr plan_heartbeat = NULL;
+static SPIPlanPtr plan_release = NULL;
 
 /*
  * Tasks were written (with their saga, in engine.c): wake LISTEN saga_<topic>
@@ -286,8 +287,8 @@ void
 SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us, TimestampTz now,
 				ReturnSetInfo *rsinfo, MemoryContext result_cxt)
 {
-	Oid			types[4] = {INT8ARRAYOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID};
-	Datum		values[4];
+	Oid			types[5] = {INT8ARRAYOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID, TEXTOID};
+	Datum		values[5];
 	Datum	   *d = palloc(sizeof(Datum) * n);
 
 	for (int i = 0; i < n; i++)
@@ -296,19 +297,42 @@ SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us, Timestamp
 	values[1] = CStringGetTextDatum(worker);
 	values[2] = IntervalPGetDatum(usecs_interval(lease_us));
 	values[3] = TimestampTzGetDatum(now);
+	values[4] = CStringGetTextDatum(SagaActorName());
 
+	/*
+	 * Who had the task when: each lease is a "claimed" event in the saga's
+	 * history, after a "lease_lapsed" when the last lease had lapsed
+	 * unreported (the claim counts that attempt).  Event deliveries have no
+	 * saga and no history.
+	 */
 	SagaExecute(&plan_lease,
-				"UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
+				"WITH p AS (SELECT id, lease_owner AS old_owner, deliveries AS old_lease "
+				"FROM saga.outbox WHERE id = ANY($1)), "
+				"u AS (UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
 				"lease_owner = $2, lease_length = $3, "
 				"visible_at = LEAST($4 + $3, COALESCE(o.timeout_at, 'infinity')), "
 				"attempt = o.attempt + (o.lease_owner IS NOT NULL)::integer, "
 				"headers = CASE WHEN o.lease_owner IS NOT NULL THEN o.headers || "
 				"pg_catalog.jsonb_build_object('attempt', o.attempt + 1) "
 				"ELSE o.headers END "
-				"WHERE o.id = ANY($1) "
+				"FROM p WHERE o.id = p.id "
 				"RETURNING o.id, o.topic, o.kind, o.saga_id, o.step, o.attempt, "
-				"o.deliveries, o.payload, o.headers, o.visible_at",
-				4, types, values, NULL, SPI_OK_UPDATE_RETURNING, "leasing tasks");
+				"o.deliveries, o.payload, o.headers, o.visible_at, p.old_owner, p.old_lease), "
+				"h AS (INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
+				"SELECT u.saga_id, pg_catalog.clock_timestamp(), $5, "
+				"CASE WHEN u.old_owner IS NULL THEN '{claimed}'::pg_catalog.text[] "
+				"ELSE '{lease_lapsed,claimed}'::pg_catalog.text[] END, "
+				"CASE WHEN u.old_owner IS NULL THEN ARRAY[u.step] ELSE ARRAY[u.step, u.step] END, "
+				"CASE WHEN u.old_owner IS NULL THEN ARRAY[c.detail] "
+				"ELSE ARRAY[pg_catalog.jsonb_build_object('kind', u.kind, 'worker', u.old_owner, "
+				"'lease', u.old_lease, 'next_attempt', u.attempt), c.detail] END "
+				"FROM u CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_build_object('kind', u.kind, "
+				"'worker', $2, 'lease', u.deliveries, 'attempt', u.attempt, "
+				"'lease_seconds', pg_catalog.date_part('epoch', $3)) AS detail) c "
+				"WHERE u.saga_id IS NOT NULL) "
+				"SELECT id, topic, kind, saga_id, step, attempt, deliveries, payload, headers, visible_at "
+				"FROM u",
+				5, types, values, NULL, SPI_OK_SELECT, "leasing tasks");
 	if (SPI_processed > 0)
 		SagaWakeAt(now + lease_us);
 
@@ -339,7 +363,7 @@ SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us, Timestamp
  * lease is not the one quoted.
  */
 TimestampTz
-SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us)
+SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us, bool *cancelled)
 {
 	Oid			types[4] = {INT8OID, INT4OID, INTERVALOID, TIMESTAMPTZOID};
 	Datum		values[4];
@@ -352,14 +376,21 @@ SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us)
 	values[2] = extend_us < 0 ? (Datum) 0 : IntervalPGetDatum(usecs_interval(extend_us));
 	nulls[2] = extend_us < 0 ? 'n' : ' ';
 	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
+	/*
+	 * A task withdrawn from a saga that stopped running (cancelled, or
+	 * compensating after another step failed) is not extended: the caller
+	 * hears that its work is no longer wanted (Temporal's heartbeats deliver
+	 * cancellation the same way), and its lease runs out.
+	 */
 	SagaExecute(&plan_heartbeat,
-				"WITH t AS (SELECT id, deliveries, lease_owner IS NOT NULL AS leased "
-				"FROM saga.outbox WHERE id = $1 FOR UPDATE), "
+				"WITH t AS (SELECT o.id, o.deliveries, o.lease_owner IS NOT NULL AS leased, "
+				SAGA_SQL_WITHDRAWN " AS withdrawn "
+				"FROM saga.outbox o WHERE o.id = $1 FOR UPDATE OF o), "
 				"u AS (UPDATE saga.outbox o SET visible_at = LEAST($4 + COALESCE($3, o.lease_length), "
 				"COALESCE(o.timeout_at, 'infinity')) "
-				"FROM t WHERE o.id = t.id AND t.deliveries = $2 AND t.leased "
+				"FROM t WHERE o.id = t.id AND t.deliveries = $2 AND t.leased AND NOT t.withdrawn "
 				"RETURNING o.visible_at) "
-				"SELECT t.deliveries, t.leased, (SELECT visible_at FROM u) FROM t",
+				"SELECT t.deliveries, t.leased, (SELECT visible_at FROM u), t.withdrawn FROM t",
 				4, types, values, nulls, SPI_OK_SELECT, "extending a lease");
 	if (SPI_processed == 0)
 	{
@@ -371,6 +402,15 @@ SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("task %lld is not leased", (long long) task_id),
 				 errdetail("It has left the outbox: it finished, was withdrawn or is a dead letter.")));
+	}
+	*cancelled = false;
+	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	if (isnull && DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)) &&
+		DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) == lease &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+	{
+		*cancelled = true;
+		return 0;
 	}
 	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	if (isnull)
@@ -386,6 +426,61 @@ SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us)
 				 : errdetail("The delivery has ended: it was reported, or its lease lapsed.")));
 	}
 	return until;
+}
+
+/*
+ * Hand a leased task back: visible again at once, the attempt not counted
+ * (the lease did not lapse), the lease numbers going on (a report under the
+ * released lease is refused).  SQS's visibility timeout set to zero.
+ * Returns false when the lease already ended (released before, lapsed, or
+ * reported a retryable failure): releasing twice is harmless.  Raises 42704
+ * for a task that never existed, 55000 for one that left the outbox or
+ * whose current delivery is another.
+ */
+bool
+SagaOutboxRelease(int64 task_id, int32 lease)
+{
+	Oid			types[3] = {INT8OID, INT4OID, TEXTOID};
+	Datum		values[3] = {Int64GetDatum(task_id), Int32GetDatum(lease),
+	CStringGetTextDatum(SagaActorName())};
+	bool		isnull;
+	int32		deliveries;
+	Datum		topic;
+
+	SagaExecute(&plan_release,
+				"WITH t AS (SELECT id, deliveries, lease_owner FROM saga.outbox WHERE id = $1 FOR UPDATE), "
+				"u AS (UPDATE saga.outbox o SET lease_owner = NULL, "
+				"visible_at = pg_catalog.clock_timestamp() "
+				"FROM t WHERE o.id = t.id AND t.deliveries = $2 AND t.lease_owner IS NOT NULL "
+				"RETURNING o.saga_id, o.step, o.kind, o.topic, t.lease_owner), "
+				"h AS (INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
+				"SELECT u.saga_id, pg_catalog.clock_timestamp(), $3, '{released}', ARRAY[u.step], "
+				"ARRAY[pg_catalog.jsonb_build_object('kind', u.kind, 'worker', u.lease_owner, 'lease', $2)] "
+				"FROM u WHERE u.saga_id IS NOT NULL) "
+				"SELECT t.deliveries, (SELECT topic FROM u) FROM t",
+				3, types, values, NULL, SPI_OK_SELECT, "releasing a task");
+	if (SPI_processed == 0)
+	{
+		if (!SagaOutboxTaskExisted(task_id))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("task %lld does not exist", (long long) task_id)));
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("task %lld is not leased", (long long) task_id),
+				 errdetail("It has left the outbox: it finished, was withdrawn or is a dead letter.")));
+	}
+	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	topic = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (deliveries != lease)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lease %d of task %lld is no longer held", lease, (long long) task_id),
+				 errdetail("The task's current delivery is %d.", deliveries)));
+	if (isnull)
+		return false;
+	SagaAnnounce(TextDatumGetCString(topic));
+	return true;
 }
 
 /*

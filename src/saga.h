@@ -265,7 +265,8 @@ extern int	SagaOutboxCandidates(const char *topic, TimestampTz now, int max_task
 								 int64 **ids, SagaTaskFate **fates);
 extern void SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us,
 							TimestampTz now, ReturnSetInfo *rsinfo, MemoryContext result_cxt);
-extern TimestampTz SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us);
+extern TimestampTz SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us, bool *cancelled);
+extern bool SagaOutboxRelease(int64 task_id, int32 lease);
 extern bool SagaOutboxTaskExisted(int64 task_id);
 
 /* api.c */
