@@ -241,6 +241,13 @@ SET enable_seqscan = off
 SET jit = off
 AS 'MODULE_PATHNAME', 'saga_replay';
 
+CREATE FUNCTION saga.worker_status(OUT served boolean, OUT preloaded boolean, OUT listed boolean,
+                                   OUT worker_pid integer)
+RETURNS record
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'saga_worker_status';
+
 CREATE FUNCTION saga.release(task_id bigint, lease integer)
 RETURNS boolean
 LANGUAGE c VOLATILE PARALLEL UNSAFE
@@ -271,6 +278,7 @@ REVOKE ALL ON saga.events, saga.subscriptions, saga.filter_errors, saga.dead_let
 REVOKE ALL ON SEQUENCE saga.events_id_seq, saga.subscriptions_id_seq, saga.deliveries_id_seq,
     saga.choreographies_id_seq, saga.flows_id_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text),
+    saga.worker_status(),
     saga.release(bigint, integer),
     saga.subscribe(text, text, jsonb), saga.unsubscribe(text, text), saga.redeliver(bigint),
     saga.replay(text, text, timestamptz, timestamptz), saga.define_choreography(text, jsonb)
@@ -278,6 +286,7 @@ REVOKE ALL ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text)
 
 GRANT EXECUTE ON FUNCTION saga.publish(text, jsonb, text, bigint, text, text, text) TO saga_worker;
 GRANT EXECUTE ON FUNCTION saga.release(bigint, integer) TO saga_worker;
+GRANT EXECUTE ON FUNCTION saga.worker_status() TO saga_reader, saga_admin, saga_worker;
 GRANT EXECUTE ON FUNCTION saga.subscribe(text, text, jsonb) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.unsubscribe(text, text) TO saga_admin;
 GRANT EXECUTE ON FUNCTION saga.redeliver(bigint) TO saga_admin;
@@ -309,6 +318,9 @@ COMMENT ON FUNCTION saga.complete(bigint, jsonb, integer) IS
 
 COMMENT ON FUNCTION saga.fail(bigint, jsonb, boolean, integer) IS
 'saga.fail(task_id, error jsonb, retryable, lease) -> boolean: report a task failed; retryable (default true) schedules the next attempt after the step''s (or subscription''s) backoff, otherwise (or with attempts exhausted) the step fails for good and compensation starts in this transaction, or the event delivery becomes a dead letter. Returns false for a repeated identical report. Fencing as for saga.complete. Errors: 22004 null task_id, 42704 unknown task, 55000 lost lease, task leased to another worker or (without lease) not visible, or a conflicting report, 54000 too large. Granted to saga_worker.';
+
+COMMENT ON FUNCTION saga.worker_status() IS
+'saga.worker_status() -> (served, preloaded, listed, worker_pid): whether a background worker does this database''s time-based work (step timeouts, deadlines of sagas and flows, lapsed leases, wake-ups of delayed retries, retention): served when the library is in shared_preload_libraries (preloaded) and saga.databases names the database (listed); worker_pid is its process, NULL while none runs. Where not served, call saga.tick() from a scheduler. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.release(bigint, integer) IS
 'saga.release(task_id, lease) -> boolean: hand a task leased by saga.claim back (a service shutting down): visible again at once, the attempt not counted, the lease numbers going on (a report under the released lease is refused); history records "released". Returns false when the lease had already ended (released, lapsed, or a retryable failure reported). Errors: 22004 null argument, 22023 lease not positive, 42704 unknown task, 55000 the task left the outbox or its current delivery is another. Granted to saga_worker.';

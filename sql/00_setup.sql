@@ -173,3 +173,7 @@ NOTIFY saga_test_a, 'x';
 COMMIT;
 SELECT saga_test.notifications();
 SELECT saga_test.notifications();
+
+-- this database has no background worker (saga.databases names postgres):
+-- CREATE EXTENSION said so, and saga.worker_status() tells
+SELECT served, preloaded, listed, worker_pid IS NULL AS no_worker FROM saga.worker_status();

@@ -1582,6 +1582,8 @@ saga_define_choreography(PG_FUNCTION_ARGS)
 							 GUC_ACTION_SAVE, true, 0, false);
 	c = parse_choreography(name, doc, true);
 	AtEOXact_GUC(false, nestlevel);
+	if (c->deadline > 0)
+		SagaWarnUnserved("its flows' deadlines");
 
 	/* one namespace with saga.define, which takes the same lock */
 	LockDatabaseObject(SagaRelid("definitions"),

@@ -861,6 +861,14 @@ saga_define(PG_FUNCTION_ARGS)
 
 	caller = SagaEnter(&save);
 	def = parse_definition(name, doc, true, caller);
+	{
+		bool		timed = def->deadline > 0;
+
+		for (int i = 0; i < def->nsteps && !timed; i++)
+			timed = def->steps[i].timeout > 0;
+		if (timed)
+			SagaWarnUnserved("step timeouts and deadlines");
+	}
 
 	names = palloc(sizeof(Datum) * def->nsteps);
 	for (int i = 0; i < def->nsteps; i++)

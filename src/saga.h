@@ -391,6 +391,8 @@ extern int	saga_incident_after;
 extern int	saga_retention;
 extern int	saga_batch_size;
 
+extern char *saga_databases;
+
 extern void SagaWorkerInit(void);
 
 /* wakeup.c */
@@ -412,5 +414,9 @@ extern void SagaWakeupLowerNext(TimestampTz next);
 extern TimestampTz SagaWakeupTakeNotifyFrom(void);
 extern bool SagaWakeupNotifyPending(void);
 extern void SagaWakeupAnnounceQueued(void);
+extern int	SagaWakeupWorkerPid(void);
+extern bool SagaDatabaseListed(const char *dbname);
+extern bool SagaWorkerServes(int *pid, bool *preloaded, bool *listed);
+extern void SagaWarnUnserved(const char *what);
 
 #endif							/* SAGA_H */

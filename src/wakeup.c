@@ -19,6 +19,12 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "nodes/pg_list.h"
+#include "utils/builtins.h"
+#include "utils/varlena.h"
+#include "commands/dbcommands.h"
+#include "access/htup_details.h"
+#include "funcapi.h"
 #include "commands/async.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
@@ -314,6 +320,104 @@ SagaVisibleAt(TimestampTz visible_at)
 {
 	remember(&pending_wake, visible_at);
 	remember(&pending_visible, visible_at);
+}
+
+/* the pid of the worker attached for this database, or 0; -1 if not preloaded */
+int
+SagaWakeupWorkerPid(void)
+{
+	int			pid = 0;
+
+	if (shared == NULL)
+		return -1;
+	SpinLockAcquire(&shared->mutex);
+	for (int i = 0; i < SAGA_MAX_WORKERS; i++)
+		if (shared->slots[i].dboid == MyDatabaseId && shared->slots[i].pid != 0)
+			pid = (int) shared->slots[i].pid;
+	SpinLockRelease(&shared->mutex);
+	return pid;
+}
+
+/*
+ * Does a background worker do this database's time-based work?  Step
+ * timeouts, deadlines (of sagas and flows), lapsed leases the worker would
+ * settle, wake-ups of delayed retries and retention need it, or saga.tick().
+ * served: the library is preloaded and saga.databases names this database
+ * (its worker runs, or starts within seconds).
+ */
+bool
+SagaWorkerServes(int *pid, bool *preloaded, bool *listed)
+{
+	char	   *dbname = get_database_name(MyDatabaseId);
+
+	*pid = SagaWakeupWorkerPid();
+	*preloaded = *pid >= 0;
+	*listed = dbname != NULL && SagaDatabaseListed(dbname);
+	return *preloaded && *listed;
+}
+
+/*
+ * The WARNING of a database no worker serves, when something that needs
+ * one is created there (the extension, a timeout, a deadline).
+ */
+void
+SagaWarnUnserved(const char *what)
+{
+	int			pid;
+	bool		preloaded;
+	bool		listed;
+
+	if (SagaWorkerServes(&pid, &preloaded, &listed))
+		return;
+	ereport(WARNING,
+			(errmsg("no saga worker serves database \"%s\": %s will wait for saga.tick()",
+					get_database_name(MyDatabaseId), what),
+			 !preloaded
+			 ? errdetail("The saga library is not in shared_preload_libraries, so no background worker runs.")
+			 : errdetail("saga.databases (\"%s\") does not name this database.", saga_databases),
+			 errhint("Add the database to saga.databases (with shared_preload_libraries = 'saga'), or call saga.tick() every few seconds from a scheduler such as pg_cron. saga.worker_status() tells whether a database is served.")));
+}
+
+PG_FUNCTION_INFO_V1(saga_worker_status);
+
+/*
+ * saga.worker_status() -> (served, preloaded, listed, worker_pid): whether
+ * this database's time-based work is done by a background worker.
+ */
+Datum
+saga_worker_status(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	int			pid;
+	bool		preloaded;
+	bool		listed;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "saga.worker_status: return type must be a row type");
+	values[0] = BoolGetDatum(SagaWorkerServes(&pid, &preloaded, &listed));
+	values[1] = BoolGetDatum(preloaded);
+	values[2] = BoolGetDatum(listed);
+	values[3] = Int32GetDatum(pid);
+	nulls[3] = pid <= 0;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/* does saga.databases name this database (a list that does not parse names all) */
+bool
+SagaDatabaseListed(const char *dbname)
+{
+	char	   *raw = pstrdup(saga_databases);
+	List	   *names;
+	ListCell   *lc;
+
+	if (!SplitIdentifierString(raw, ',', &names))
+		return true;			/* a typo in the list must not stop the workers */
+	foreach(lc, names)
+		if (strcmp((char *) lfirst(lc), dbname) == 0)
+			return true;
+	return false;
 }
 
 /* ---------- the worker's side ---------- */

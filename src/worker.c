@@ -28,6 +28,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/atomics.h"
@@ -643,21 +644,6 @@ worker_round(bool recovery)
 	return more ? now : next;
 }
 
-static bool
-database_listed(const char *dbname)
-{
-	char	   *raw = pstrdup(saga_databases);
-	List	   *names;
-	ListCell   *lc;
-
-	if (!SplitIdentifierString(raw, ',', &names))
-		return true;			/* a typo in the list must not stop the workers */
-	foreach(lc, names)
-		if (strcmp((char *) lfirst(lc), dbname) == 0)
-			return true;
-	return false;
-}
-
 void
 saga_worker_main(Datum main_arg)
 {
@@ -721,7 +707,7 @@ saga_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			if (!database_listed(my_dbname))
+			if (!SagaDatabaseListed(my_dbname))
 			{
 				ereport(LOG,
 						(errmsg("saga worker exiting: database no longer in saga.databases")));

@@ -72,6 +72,9 @@ SELECT set_eq(
       ('function', 'saga.publish(text,jsonb,text,bigint,text,text,text)', 'saga_worker', 'EXECUTE'),
       ('function', 'saga.subscribe(text,text,jsonb)', 'saga_admin', 'EXECUTE'),
       ('function', 'saga.release(bigint,integer)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.worker_status()', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.worker_status()', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.worker_status()', 'saga_worker', 'EXECUTE'),
       ('function', 'saga.unsubscribe(text,text)', 'saga_admin', 'EXECUTE'),
       ('function', 'saga.redeliver(bigint)', 'saga_admin', 'EXECUTE'),
       ('function', 'saga.replay(text,text,timestamp with time zone,timestamp with time zone)', 'saga_admin', 'EXECUTE'),
@@ -104,8 +107,8 @@ SELECT set_eq(
         SELECT CASE relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'S' THEN 'sequence'
                             WHEN 'i' THEN 'index' WHEN 'c' THEN 'type' ELSE relkind::text END
           FROM pg_class WHERE relnamespace = 'saga'::regnamespace) o GROUP BY kind$$,
-    $$VALUES ('function', 17), ('table', 10), ('view', 4), ('sequence', 8), ('index', 30), ('type', 1)$$,
-    'the extension has 17 functions, 10 tables, 4 views, 8 sequences, 30 indexes and 1 type');
+    $$VALUES ('function', 18), ('table', 10), ('view', 4), ('sequence', 8), ('index', 30), ('type', 1)$$,
+    'the extension has 18 functions, 10 tables, 4 views, 8 sequences, 30 indexes and 1 type');
 
 -- the trigger function is executable by nobody but its owner
 SELECT is_empty(

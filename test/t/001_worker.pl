@@ -30,6 +30,12 @@ is( sql($node,
 	),
 	'0',
 	'no saga worker in databases saga.databases does not name');
+ok( poll_until(
+		$node,
+		"SELECT served::text || ' ' || (worker_pid = (SELECT pid FROM pg_stat_activity "
+		  . "WHERE backend_type = 'saga worker' AND datname = 'postgres'))::text FROM saga.worker_status()",
+		'true true'),
+	'saga.worker_status(): served, by the worker that runs');
 ok( wait_log(
 		$node,
 		qr/LOG:  saga worker started\n[^\n]*CONTEXT:  saga worker for database "postgres"/
