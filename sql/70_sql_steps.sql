@@ -140,3 +140,9 @@ SELECT status, finished_at IS NOT NULL AS finished FROM saga.instances WHERE id 
 SELECT step, status FROM saga.step_runs WHERE saga_id = :o5 ORDER BY step_index;
 SELECT order_id, refunded FROM shop.payments WHERE order_id = 5;
 SELECT count(*) AS incidents FROM saga.incidents WHERE saga_id = :o5;
+
+-- an SQL step runs once: "retry" on it is refused, not ignored
+SELECT saga_test.err($$SELECT saga.define('sq_retry', '{"steps": [{"name": "a", "sql": "shop.charge", "retry": {"max_attempts": 10}}]}')$$);
+SELECT count(*) AS stored FROM saga.definitions WHERE name = 'sq_retry';
+-- a compensation's SQL function takes none either; a topic step with an SQL compensation may
+SELECT saga.define('sq_retry', '{"steps": [{"name": "a", "topic": "sq_t", "retry": {"max_attempts": 10}, "compensate": {"sql": "shop.refund"}}]}') AS version;

@@ -472,7 +472,21 @@ parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *p
 
 	SagaDefaultRetry(&s->retry);
 	if (get_key(obj, "retry", &v))
+	{
+		/*
+		 * An SQL step runs once, in the transaction that makes it ready: a
+		 * retry it cannot have is refused rather than ignored.  (Stored
+		 * versions from 0.1 and 0.2 may have one; they load as they did.)
+		 */
+		if (s->action.sql != NULL && p->resolve)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid %s: \"retry\" applies to topic steps", p->what),
+					 errdetail("Step \"%s\" is an SQL step: it runs once, in the transaction that makes it ready, and its error fails the step. The offending value is at %s.retry.",
+							   s->name, path),
+					 errhint("Leave \"retry\" out, or make the step a topic step served by a worker, which is retried.")));
 		parse_retry(p, &v, &s->retry, psprintf("%s.retry", path));
+	}
 
 	if (get_key(obj, "timeout", &v))
 		s->timeout = get_interval(p, &v, psprintf("%s.timeout", path));
