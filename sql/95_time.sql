@@ -172,6 +172,7 @@ SELECT saga.start('tm_piv') AS pv \gset
 SELECT id AS pv_b FROM saga.claim('tm_pb2', 'w1', 1, '1 hour') \gset
 SELECT saga.complete(saga_test.task(:pv, 'p'), '{"p": 1}') AS recorded;
 SELECT status FROM saga.instances WHERE id = :pv;
+SELECT kind, step, status FROM saga.incidents WHERE saga_id = :pv;
 UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = :pv_b;
 SELECT saga_test.tick();
 SELECT step, status FROM saga.step_runs WHERE saga_id = :pv ORDER BY step_index;
