@@ -1624,7 +1624,15 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("lease %d of task %lld has ended", lease, (long long) task_id),
-						 errdetail("The delivery was reported as a retryable failure, released, or its lease lapsed; the task waits for its next delivery.")));
+						 row.lapsed
+						 ? errdetail("The lease lapsed without a report; attempt %d waits for its next delivery.",
+									 row.attempt)
+						 : row.backing_off
+						 ? errdetail("A retryable failure was reported under it; attempt %d waits for its retry delay.",
+									 row.attempt)
+						 : errdetail("The delivery was released, or its lease lapsed; attempt %d waits for its next delivery.",
+									 row.attempt),
+						 errhint("Drop this result: the next delivery does the work again.")));
 		}
 		else if (!has_lease && !success && row.backing_off &&
 				 retryable != row.parked && jsonb_same(last, payload))
