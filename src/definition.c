@@ -449,6 +449,7 @@ static void
 parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *path)
 {
 	JsonbValue	v;
+	JsonbValue	cv;
 
 	check_keys(p, obj, step_keys, path);
 
@@ -474,15 +475,16 @@ parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *p
 	if (get_key(obj, "retry", &v))
 	{
 		/*
-		 * An SQL step runs once, in the transaction that makes it ready: a
-		 * retry it cannot have is refused rather than ignored.  (Stored
-		 * versions from 0.1 and 0.2 may have one; they load as they did.)
+		 * An SQL step runs once, in the transaction that makes it ready; its
+		 * "retry" paces the retries of its compensation.  Without one, the
+		 * retry would be silently ignored: refused instead.  (The check needs
+		 * "compensate", parsed below; stored versions load as they were.)
 		 */
-		if (s->action.sql != NULL && p->resolve)
+		if (s->action.sql != NULL && p->resolve && !get_key(obj, "compensate", &cv))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid %s: \"retry\" applies to topic steps", p->what),
-					 errdetail("Step \"%s\" is an SQL step: it runs once, in the transaction that makes it ready, and its error fails the step. The offending value is at %s.retry.",
+					 errmsg("invalid %s: \"retry\" on an SQL step without a compensation has no effect", p->what),
+					 errdetail("Step \"%s\" is an SQL step: it runs once, in the transaction that makes it ready, and its error fails the step; its \"retry\" paces only its compensation's retries. The offending value is at %s.retry.",
 							   s->name, path),
 					 errhint("Leave \"retry\" out, or make the step a topic step served by a worker, which is retried.")));
 		parse_retry(p, &v, &s->retry, psprintf("%s.retry", path));
