@@ -153,3 +153,11 @@ SELECT visible_at = :'h1_until' AS not_extended FROM saga.outbox WHERE id = :h1_
 -- the service stops and says so: the step failed, nothing of it to undo
 SELECT saga.fail(:h1_task, '{"stopped": "cancelled"}', false, :h1_lease) AS recorded;
 SELECT step, status FROM saga.step_runs WHERE saga_id = :h1;
+
+-- a lease that lapsed (even before the lapse is processed) is not released:
+-- its attempt counts
+SELECT saga.start('cl_rel') AS r2 \gset
+SELECT id AS r2_task, lease AS r2_lease FROM saga.claim('cl_rel', 'slow', 1, '1 hour') \gset
+UPDATE saga.outbox SET visible_at = now() - interval '1 second' WHERE id = :r2_task;
+SELECT saga.release(:r2_task, :r2_lease) AS released;
+SELECT attempt FROM saga.claim('cl_rel', 'next', 1, '1 hour');

@@ -228,6 +228,18 @@ SELECT saga.publish('Stray', '{}', causation_id => :q2) AS q3 \gset
 SELECT type, hops, deliveries FROM saga.events WHERE correlation_id = 'ping-2' ORDER BY id;
 SELECT choreography, status FROM saga.flows WHERE correlation_id = 'ping-2' ORDER BY choreography;
 
+-- ... and a choreography whose own limit an event passes loops alone: a flow
+-- of a larger limit sharing the correlation id is not marked looping
+SELECT saga.define_choreography('hop_a', '{"start": "HaStart",
+  "participants": {"ha": {"on": ["HaStart"], "emits": ["HaDone"]}}, "completed": ["HaDone"], "max_hops": 50}') AS version;
+SELECT saga.define_choreography('hop_b', '{"start": "HbStart",
+  "participants": {"hb": {"on": ["HbStart"], "emits": ["HbMid"]}, "hb2": {"on": ["HbMid"], "emits": ["HbDone"]}},
+  "completed": ["HbDone"], "max_hops": 1}') AS version;
+SELECT saga.publish('HaStart', '{}', correlation_id => 'k1') AS k0 \gset
+SELECT saga.publish('HbStart', '{}', causation_id => :k0) AS k1 \gset
+SELECT saga.publish('HbMid', '{}', causation_id => :k1) AS k2 \gset
+SELECT choreography, status FROM saga.flows WHERE correlation_id = 'k1' ORDER BY choreography;
+
 -- a choreography version that flows use cannot be deleted; one that none uses can
 SELECT saga_test.err('DELETE FROM saga.choreographies WHERE name = ''ping_flow''');
 SELECT saga.define_choreography('unused_flow', '{"start": "U1",

@@ -111,6 +111,9 @@ static bool index_stale = true;
 static int	index_nchoreos = 0;
 static int	index_min_hops = 0; /* the smallest max_hops, 0: none set */
 
+/* whether the last SagaFlowDeadlineWork found its flow due and unlocked */
+static bool deadline_fired = false;
+
 static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_all = NULL;
 static SPIPlanPtr plan_flows_read = NULL;
@@ -701,7 +704,7 @@ choreo_load(int32 id)
 	if (entry != NULL)
 		return entry->c;
 
-	SagaExecute(&plan_load,
+	SagaExecuteLatest(&plan_load,
 				"SELECT name, version, definition FROM saga.choreographies WHERE id = $1",
 				1, types, values, NULL, SPI_OK_SELECT, "loading a choreography");
 	if (SPI_processed != 1)
@@ -749,7 +752,8 @@ index_validate(void)
 	type_index = NULL;
 	index_stale = false;
 
-	SagaExecute(&plan_all,
+	/* as of now, not of a REPEATABLE READ caller's snapshot: the index outlives it */
+	SagaExecuteLatest(&plan_all,
 				"SELECT id, version = pg_catalog.max(version) OVER (PARTITION BY name) "
 				"FROM saga.choreographies ORDER BY id",
 				0, NULL, NULL, NULL, SPI_OK_SELECT, "listing choreographies");
@@ -1043,7 +1047,7 @@ consider_flow(SagaFlowVerdict *v, Choreo *c, int64 flow_id, const char *status,
 	List	   *waiting;
 	const char *next;
 
-	if (v->over_limit)
+	if (v->over_limit && hops > (c->max_hops > 0 ? c->max_hops : saga_max_hops))
 	{
 		JsonbParseState *ps = NULL;
 		Jsonb	   *incident;
@@ -1062,7 +1066,8 @@ consider_flow(SagaFlowVerdict *v, Choreo *c, int64 flow_id, const char *status,
 					status, PointerGetDatum(seen_arr));
 		return;
 	}
-	if (e < 0)
+	/* past the limit, but not this flow's own: the event is not its loop */
+	if (e < 0 || v->over_limit)
 		return;
 	if (flow_finished(status))
 	{
@@ -1283,6 +1288,7 @@ SagaFlowSettle(SagaFlowVerdict *v, ArrayType *updated, ArrayType *created,
 	SagaFlowVerdict slow = {0};
 	bool		took = false;
 	bool		late = false;
+	uint64		nlocked;
 
 	deconstruct_array(updated, INT8OID, 8, true, TYPALIGN_DOUBLE, &ids, NULL, &nids);
 	deconstruct_array(created, INT4OID, 4, true, TYPALIGN_INT, &cids, NULL, &ncids);
@@ -1295,9 +1301,10 @@ SagaFlowSettle(SagaFlowVerdict *v, ArrayType *updated, ArrayType *created,
 					  "WHERE correlation_id = $1 ORDER BY id FOR UPDATE",
 					  1, types, values, NULL, SPI_OK_SELECT, "locking the flows of an event");
 	tt = SPI_tuptable;
+	nlocked = SPI_processed;
 	slow.hop_limit = v->hop_limit;
 	slow.over_limit = v->over_limit;
-	for (uint64 i = 0; i < SPI_processed; i++)
+	for (uint64 i = 0; i < nlocked; i++)
 	{
 		HeapTuple	tup = tt->vals[i];
 		bool		isnull;
@@ -1434,10 +1441,11 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
 	values[1] = TimestampTzGetDatum(now);
 	SagaExecuteLatest(&plan_flow_lock,
 				"SELECT choreography_id, correlation_id, status, last_event_id, seen "
-				"FROM saga.flows WHERE id = $1 AND deadline_at <= $2 FOR UPDATE",
+				"FROM saga.flows WHERE id = $1 AND deadline_at <= $2 FOR UPDATE SKIP LOCKED",
 				2, types, values, NULL, SPI_OK_SELECT, "locking a flow past its deadline");
 	if (SPI_processed == 0)
-		return;
+		return;					/* not due, or another sweep holds it */
+	deadline_fired = true;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	c = choreo_load(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)));
@@ -1504,15 +1512,17 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
  * the deadline event's publish) is logged and the deadline is looked at
  * again a minute later, so the sweep neither spins nor stops.
  */
-bool
+int
 SagaFlowIsolated(int64 flow_id)
 {
-	ErrorData  *edata = SagaTryWork(SagaFlowDeadlineWork, flow_id, NULL);
+	ErrorData  *edata;
 	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
 	Datum		values[2];
 
+	deadline_fired = false;
+	edata = SagaTryWork(SagaFlowDeadlineWork, flow_id, NULL);
 	if (edata == NULL)
-		return true;
+		return deadline_fired ? 1 : 0;
 	ereport(LOG,
 			(errcode(edata->sqlerrcode),
 			 errmsg("saga flow %lld: deadline failed, retrying in %d s: %s",
@@ -1523,7 +1533,7 @@ SagaFlowIsolated(int64 flow_id)
 					  "UPDATE saga.flows SET deadline_at = $2 WHERE id = $1 AND deadline_at IS NOT NULL",
 					  2, types, values, NULL, SPI_OK_UPDATE, "postponing a flow's deadline");
 	FreeErrorData(edata);
-	return false;
+	return -1;
 }
 
 /* ---------- saga.define_choreography ---------- */

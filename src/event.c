@@ -12,11 +12,11 @@
  * negative, from a sequence of their own, because a saga task's id encodes
  * its saga.  A delivery that fails for good moves to saga.dead_letters.
  *
- * Subscribe and publish exclude each other through the lock on
- * saga.subscriptions: publish holds ROW EXCLUSIVE (a fast-path lock) for
- * its transaction and reads the subscriptions as of the latest snapshot;
- * subscribe takes SHARE ROW EXCLUSIVE, so it waits for publishers in flight
- * and they wait for it.  An event is therefore delivered to exactly the
+ * Subscribe and publish of one event type exclude each other through a
+ * lock on that type (see lock_event_type): publish holds it ROW EXCLUSIVE
+ * for its transaction and reads the subscriptions as of the latest
+ * snapshot; subscribe takes SHARE ROW EXCLUSIVE, so it waits for the type's
+ * publishers in flight and they wait for it.  An event is therefore delivered to exactly the
  * subscriptions committed before it, whatever the isolation level, and a
  * replay_from read after the lock sees every event committed before it.
  * Backends cache the subscriptions of each event type; a subscribe
@@ -57,6 +57,7 @@
 #include "saga.h"
 
 #define SAGA_MAX_FILTER_LEN		4096
+#define SUB_CACHE_MAX_TYPES		4096	/* event types a backend keeps subscriptions of */
 #define SAGA_MAX_FILTER_ERROR	1024	/* bytes of a filter error kept */
 #define REPLAY_CHUNK			1000
 
@@ -454,6 +455,8 @@ subscriptions_of(const char *type, Oid relid)
 	SPIPlanPtr	plan;
 	int			rc;
 	MemoryContext old;
+	SubInfo    *subs;
+	int			nsubs = 0;
 
 	sub_cache_validate(relid);
 	entry = hash_search(sub_cache, type, HASH_FIND, NULL);
@@ -469,18 +472,24 @@ subscriptions_of(const char *type, Oid relid)
 							  true, false, 0);
 	SagaSpiCheck(rc, SPI_OK_SELECT, "reading subscriptions");
 
-	/* the lookup itself may have processed an invalidation */
+	/*
+	 * The lookup itself may have processed an invalidation; and the cache
+	 * keeps the types a backend publishes, which a service may make many
+	 * (order.42.placed, ...): past a bound it starts over.
+	 */
+	if (sub_cache != NULL && hash_get_num_entries(sub_cache) >= SUB_CACHE_MAX_TYPES)
+		sub_cache_stale = true;
 	sub_cache_validate(relid);
-	entry = hash_search(sub_cache, type, HASH_ENTER, &found);
-	entry->nsubs = 0;
+
+	/* parsed in full before the entry exists: an error leaves no half entry */
 	old = MemoryContextSwitchTo(sub_cxt);
-	entry->subs = palloc0(sizeof(SubInfo) * (SPI_processed + 1));
+	subs = palloc0(sizeof(SubInfo) * (SPI_processed + 1));
 	MemoryContextSwitchTo(old);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		bool		isnull;
-		SubInfo    *s = &entry->subs[entry->nsubs++];
+		SubInfo    *s = &subs[nsubs++];
 		SubOptions	o;
 
 		s->id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
@@ -497,6 +506,9 @@ subscriptions_of(const char *type, Oid relid)
 			memcpy(s->filter, jp, VARSIZE(jp));
 		}
 	}
+	entry = hash_search(sub_cache, type, HASH_ENTER, &found);
+	entry->subs = subs;
+	entry->nsubs = nsubs;
 	return entry;
 }
 
@@ -570,8 +582,20 @@ filter_timer_start(void)
 static void
 filter_timer_stop(void)
 {
-	if (filter_timeout_id != MAX_TIMEOUTS)
-		disable_timeout(filter_timeout_id, false);
+	if (filter_timeout_id == MAX_TIMEOUTS)
+		return;
+	disable_timeout(filter_timeout_id, false);
+
+	/*
+	 * The timer fired after the filter's last interrupt check: the cancel it
+	 * asked for is ours and the filter finished; it must not cancel the
+	 * publish instead.
+	 */
+	if (filter_timed_out && QueryCancelPending)
+	{
+		QueryCancelPending = false;
+		filter_timed_out = false;
+	}
 }
 
 /*
@@ -654,7 +678,8 @@ match_filters(SubInfo *subs, int n, Jsonb *payload, bool *deliver, char **errors
 	bool	   *unsure = palloc0(sizeof(bool) * n);
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool failed = false;
+	int			next = 0;
+	bool		timed_out;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -666,44 +691,61 @@ match_filters(SubInfo *subs, int n, Jsonb *payload, bool *deliver, char **errors
 	if (!any)
 		return;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
+	/*
+	 * Silently, in one subtransaction; a filter that raises anyway ends it,
+	 * and the pass goes on from the next filter in a new one, so that each
+	 * filter runs once here (a filter that timed out is not run again).
+	 */
+	while (next < n)
 	{
-		for (int i = 0; i < n; i++)
-		{
-			bool		isnull;
+		volatile int current = next;
 
-			if (subs[i].filter == NULL)
-				continue;
-			filter_timer_start();
-			deliver[i] = filter_match(payload, subs[i].filter, true, &isnull);
-			filter_timer_stop();
-			unsure[i] = isnull;
-		}
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *e;
-
-		filter_timer_stop();
+		BeginInternalSubTransaction(NULL);
 		MemoryContextSwitchTo(cxt);
-		e = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
+		PG_TRY();
+		{
+			for (; current < n; current++)
+			{
+				bool		isnull;
+
+				if (subs[current].filter == NULL)
+					continue;
+				filter_timer_start();
+				deliver[current] = filter_match(payload, subs[current].filter, true, &isnull);
+				filter_timer_stop();
+				unsure[current] = isnull;
+			}
+			ReleaseCurrentSubTransaction();
+		}
+		PG_CATCH();
+		{
+			ErrorData  *e;
+			char	   *reason;
+
+			filter_timer_stop();
+			MemoryContextSwitchTo(cxt);
+			e = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			timed_out = filter_timed_out && e->sqlerrcode == ERRCODE_QUERY_CANCELED;
+			reason = filter_error(e);	/* raises what is not a filter's own */
+			deliver[current] = false;
+			if (timed_out)
+				errors[current] = reason;
+			else
+				unsure[current] = true; /* run it again alone, for its message */
+		}
+		PG_END_TRY();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		(void) filter_error(e);	/* raises what is not a filter's own */
-		failed = true;
+		next = current + 1;
 	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
 
 	for (int i = 0; i < n; i++)
 	{
-		if (subs[i].filter == NULL || !(failed || unsure[i]))
+		if (subs[i].filter == NULL || !unsure[i])
 			continue;
 		if (!filter_match_guarded(payload, subs[i].filter, &deliver[i], &errors[i]))
 			deliver[i] = false;

@@ -432,8 +432,9 @@ SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us, bool *cancelled
  * Hand a leased task back: visible again at once, the attempt not counted
  * (the lease did not lapse), the lease numbers going on (a report under the
  * released lease is refused).  SQS's visibility timeout set to zero.
- * Returns false when the lease already ended (released before, lapsed, or
- * reported a retryable failure): releasing twice is harmless.  Raises 42704
+ * Returns false when the lease already ended (released before, lapsed even
+ * if the lapse is not processed yet, or reported a retryable failure):
+ * releasing twice is harmless, and a lapse still counts its attempt.  Raises 42704
  * for a task that never existed, 55000 for one that left the outbox or
  * whose current delivery is another.
  */
@@ -448,10 +449,12 @@ SagaOutboxRelease(int64 task_id, int32 lease)
 	Datum		topic;
 
 	SagaExecute(&plan_release,
-				"WITH t AS (SELECT id, deliveries, lease_owner FROM saga.outbox WHERE id = $1 FOR UPDATE), "
+				"WITH t AS (SELECT id, deliveries, lease_owner, visible_at FROM saga.outbox "
+				"WHERE id = $1 FOR UPDATE), "
 				"u AS (UPDATE saga.outbox o SET lease_owner = NULL, "
 				"visible_at = pg_catalog.clock_timestamp() "
 				"FROM t WHERE o.id = t.id AND t.deliveries = $2 AND t.lease_owner IS NOT NULL "
+				"AND t.visible_at > pg_catalog.clock_timestamp() "
 				"RETURNING o.saga_id, o.step, o.kind, o.topic, t.lease_owner), "
 				"h AS (INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
 				"SELECT u.saga_id, pg_catalog.clock_timestamp(), $3, '{released}', ARRAY[u.step], "

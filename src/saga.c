@@ -672,7 +672,9 @@ SagaExecute(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
  * SagaExecute as of the latest snapshot rather than the transaction's: for
  * the engine's own rows that must be read as they are now whatever the
  * caller's isolation level (a flow under REPEATABLE READ would otherwise
- * fail with 40001 when another transaction had moved it).
+ * fail with 40001 when another transaction had moved it and committed; one
+ * still in flight that changes the same row makes it fail all the same, as
+ * any REPEATABLE READ update of a row changed concurrently does).
  */
 void
 SagaExecuteLatest(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,

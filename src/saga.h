@@ -382,7 +382,7 @@ extern void SagaFlowSettle(SagaFlowVerdict *v, ArrayType *updated, ArrayType *cr
 extern void SagaFlowApply(SagaFlowVerdict *v, int64 event_id, TimestampTz now);
 extern void SagaFlowWrite(SagaFlowVerdict *v, int64 event_id, TimestampTz now);
 extern void SagaFlowDeadlineWork(int64 flow_id, const char *why);
-extern bool SagaFlowIsolated(int64 flow_id);
+extern int	SagaFlowIsolated(int64 flow_id);
 extern bool SagaNameIsChoreography(const char *name);
 extern void SagaChoreographyInit(void);
 

@@ -52,6 +52,7 @@
 #include "saga.h"
 
 #define SAGA_RESTART_SECS	5
+#define SAGA_LOCKED_RETRY_MS 250	/* see worker_round */
 
 
 /* GUCs */
@@ -276,7 +277,13 @@ unit_purge(TimestampTz now)
 	return n;
 }
 
-/* flows past their deadline: the declared event is published, or they turn stuck */
+/*
+ * Flows past their deadline: the declared event is published, or they turn
+ * stuck.  The batch is read without locks: each flow is locked (SKIP
+ * LOCKED) only while its own deadline is handled, so that a sweep holds up
+ * no publisher of the other flows, and a flow held by a publisher (or by
+ * another sweep) waits for the next round.  Returns how many fired.
+ */
 static int
 unit_flow_deadlines(TimestampTz now)
 {
@@ -284,17 +291,19 @@ unit_flow_deadlines(TimestampTz now)
 	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(saga_batch_size)};
 	int64	   *ids;
 	int			n;
+	int			fired = 0;
 
 	if (!SagaChoreographyInstalled())
 		return 0;
 	SagaExecuteLatest(&plan_flow_deadlines,
-				"SELECT id FROM saga.flows WHERE deadline_at <= $1 "
-				"ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-				2, types, values, NULL, SPI_OK_SELECT, "finding flows past their deadline");
+					  "SELECT id FROM saga.flows WHERE deadline_at <= $1 "
+					  "ORDER BY deadline_at LIMIT $2",
+					  2, types, values, NULL, SPI_OK_SELECT, "finding flows past their deadline");
 	ids = collect_ids(&n);
 	for (int i = 0; i < n; i++)
-		(void) SagaFlowIsolated(ids[i]);
-	return n;
+		if (SagaFlowIsolated(ids[i]) > 0)
+			fired++;
+	return fired;
 }
 
 /*
@@ -641,7 +650,17 @@ worker_round(bool recovery)
 		CHECK_FOR_INTERRUPTS();
 	}
 	(void) run_unit("saga: wake-ups", NULL, &next);
-	return more ? now : next;
+	if (more)
+		return now;
+
+	/*
+	 * Work still due after a round that took everything it could is held by
+	 * a transaction (a flow or saga row a client keeps locked, skipped by
+	 * SKIP LOCKED): look again shortly, not at once, or the worker spins.
+	 */
+	if (next <= GetCurrentTimestamp())
+		next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), SAGA_LOCKED_RETRY_MS);
+	return next;
 }
 
 void
