@@ -918,53 +918,6 @@ names_jsonb(List *names)
 	return JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_ARRAY, NULL));
 }
 
-static void
-jb_pair(JsonbParseState **ps, const char *key, JsonbValue *v)
-{
-	JsonbValue	k;
-
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	pushJsonbValue(ps, WJB_KEY, &k);
-	if (v->type == jbvBinary)
-		pushJsonbValue(ps, WJB_VALUE, v);
-	else
-		pushJsonbValue(ps, WJB_VALUE, v);
-}
-
-static void
-jb_pair_str(JsonbParseState **ps, const char *key, const char *s)
-{
-	JsonbValue	v;
-
-	v.type = jbvString;
-	v.val.string.val = (char *) s;
-	v.val.string.len = strlen(s);
-	jb_pair(ps, key, &v);
-}
-
-static void
-jb_pair_int(JsonbParseState **ps, const char *key, int64 i)
-{
-	JsonbValue	v;
-
-	v.type = jbvNumeric;
-	v.val.numeric = int64_to_numeric(i);
-	jb_pair(ps, key, &v);
-}
-
-static void
-jb_pair_jsonb(JsonbParseState **ps, const char *key, Jsonb *j)
-{
-	JsonbValue	v;
-
-	v.type = jbvBinary;
-	v.val.binary.data = &j->root;
-	v.val.binary.len = VARSIZE(j) - VARHDRSZ;
-	jb_pair(ps, key, &v);
-}
-
 /* grow the verdict's arrays by one */
 static void
 verdict_grow(SagaFlowVerdict *v)
@@ -1055,12 +1008,12 @@ consider_flow(SagaFlowVerdict *v, Choreo *c, int64 flow_id, const char *status,
 		if (flow_finished(status))
 			return;
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-		jb_pair_str(&ps, "reason", "hop limit");
-		jb_pair_int(&ps, "event_id", event_id);
-		jb_pair_str(&ps, "event_type", type);
-		jb_pair_int(&ps, "hops", hops);
-		jb_pair_int(&ps, "max_hops", v->hop_limit);
-		jb_pair_str(&ps, "since", timestamptz_to_str(now));
+		SagaJbStr(&ps, "reason", "hop limit");
+		SagaJbInt(&ps, "event_id", event_id);
+		SagaJbStr(&ps, "event_type", type);
+		SagaJbInt(&ps, "hops", hops);
+		SagaJbInt(&ps, "max_hops", v->hop_limit);
+		SagaJbStr(&ps, "since", timestamptz_to_str(now));
 		incident = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 		verdict_add(v, flow_id, "looping", PointerGetDatum(seen_arr), NIL, incident, true, false,
 					status, PointerGetDatum(seen_arr));
@@ -1473,8 +1426,8 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
 			Jsonb	   *payload;
 
 			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-			jb_pair_str(&ps, "deadline", c->deadline_text);
-			jb_pair_jsonb(&ps, "waiting_on", names_jsonb(waiting));
+			SagaJbStr(&ps, "deadline", c->deadline_text);
+			SagaJbJsonb(&ps, "waiting_on", names_jsonb(waiting));
 			payload = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 			(void) SagaPublish(c->events[c->deadline_event], payload, corr,
 							   last_event, last_event > 0, NULL, NULL, NULL);
@@ -1487,10 +1440,10 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
 			Jsonb	   *incident;
 
 			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-			jb_pair_str(&ps, "reason", "deadline passed");
-			jb_pair_str(&ps, "deadline", c->deadline_text);
-			jb_pair_jsonb(&ps, "waiting_on", names_jsonb(waiting));
-			jb_pair_str(&ps, "since", timestamptz_to_str(now));
+			SagaJbStr(&ps, "reason", "deadline passed");
+			SagaJbStr(&ps, "deadline", c->deadline_text);
+			SagaJbJsonb(&ps, "waiting_on", names_jsonb(waiting));
+			SagaJbStr(&ps, "since", timestamptz_to_str(now));
 			incident = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 			svalues[0] = Int64GetDatum(flow_id);
 			svalues[1] = JsonbPGetDatum(incident);

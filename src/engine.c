@@ -106,58 +106,7 @@ static void clear_incident(SagaState *st, int step);
  */
 #define DELIVERY(st, step, comp)	((st)->deliveries[(comp) ? (st)->def->nsteps + (step) : (step)])
 
-/* ---------- small jsonb builders ---------- */
-
-static void
-jb_key(JsonbParseState **ps, const char *key)
-{
-	JsonbValue	k;
-
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	pushJsonbValue(ps, WJB_KEY, &k);
-}
-
-static void
-jb_str(JsonbParseState **ps, const char *key, const char *value)
-{
-	JsonbValue	v;
-
-	jb_key(ps, key);
-	if (value == NULL)
-		v.type = jbvNull;
-	else
-	{
-		v.type = jbvString;
-		v.val.string.val = (char *) value;
-		v.val.string.len = strlen(value);
-	}
-	pushJsonbValue(ps, WJB_VALUE, &v);
-}
-
-static void
-jb_int(JsonbParseState **ps, const char *key, int64 value)
-{
-	JsonbValue	v;
-
-	jb_key(ps, key);
-	v.type = jbvNumeric;
-	v.val.numeric = int64_to_numeric(value);
-	pushJsonbValue(ps, WJB_VALUE, &v);
-}
-
-static void
-jb_jsonb(JsonbParseState **ps, const char *key, Jsonb *value)
-{
-	JsonbValue	v;
-
-	jb_key(ps, key);
-	v.type = jbvBinary;
-	v.val.binary.data = &value->root;
-	v.val.binary.len = VARSIZE(value) - VARHDRSZ;
-	pushJsonbValue(ps, WJB_VALUE, &v);
-}
+/* ---------- small jsonb builders: see saga.c ---------- */
 
 static Jsonb *
 jb_finish(JsonbParseState **ps)
@@ -173,7 +122,7 @@ jsonb_put(Jsonb *obj, const char *key, Jsonb *value)
 	Jsonb	   *single;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_jsonb(&ps, key, value);
+	SagaJbJsonb(&ps, key, value);
 	single = jb_finish(&ps);
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(obj),
 											  JsonbPGetDatum(single)));
@@ -213,7 +162,7 @@ jsonb_reason(const char *reason)
 	JsonbParseState *ps = NULL;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "reason", reason);
+	SagaJbStr(&ps, "reason", reason);
 	return jb_finish(&ps);
 }
 
@@ -325,8 +274,8 @@ task_payload(SagaState *st)
 	JsonbParseState *ps = NULL;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_jsonb(&ps, "input", st->input);
-	jb_jsonb(&ps, "results", st->results);
+	SagaJbJsonb(&ps, "input", st->input);
+	SagaJbJsonb(&ps, "results", st->results);
 	return jb_finish(&ps);
 }
 
@@ -346,10 +295,10 @@ error_to_jsonb(ErrorData *edata)
 	JsonbParseState *ps = NULL;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "message", clip_text(edata->message));
-	jb_str(&ps, "sqlstate", unpack_sql_state(edata->sqlerrcode));
+	SagaJbStr(&ps, "message", clip_text(edata->message));
+	SagaJbStr(&ps, "sqlstate", unpack_sql_state(edata->sqlerrcode));
 	if (edata->detail)
-		jb_str(&ps, "detail", clip_text(edata->detail));
+		SagaJbStr(&ps, "detail", clip_text(edata->detail));
 	return jb_finish(&ps);
 }
 
@@ -503,11 +452,11 @@ incident_doc(SagaState *st, int step, int attempts, Jsonb *error)
 	JsonbParseState *ps = NULL;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "step", st->def->steps[step].name);
+	SagaJbStr(&ps, "step", st->def->steps[step].name);
 	if (attempts > 0)
-		jb_int(&ps, "attempts", attempts);
-	jb_jsonb(&ps, "error", error);
-	jb_str(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
+		SagaJbInt(&ps, "attempts", attempts);
+	SagaJbJsonb(&ps, "error", error);
+	SagaJbStr(&ps, "since", timestamptz_to_str(GetCurrentTimestamp()));
 	return jb_finish(&ps);
 }
 
@@ -524,7 +473,7 @@ mark_in_doubt(SagaState *st, int step, Jsonb *error, int32 lease)
 
 	/* the error, marked: {"reason": "timeout", "in_doubt": true} */
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_key(&ps, "in_doubt");
+	SagaJbKey(&ps, "in_doubt");
 	pushJsonbValue(&ps, WJB_VALUE, &yes);
 	error = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(error),
 											   JsonbPGetDatum(jb_finish(&ps))));
@@ -543,8 +492,8 @@ step_in_doubt(SagaState *st, int step, Jsonb *error, int32 lease)
 
 	error = mark_in_doubt(st, step, error, lease);
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "outcome", "unknown: compensated in doubt");
-	jb_int(&ps, "lease", lease);
+	SagaJbStr(&ps, "outcome", "unknown: compensated in doubt");
+	SagaJbInt(&ps, "lease", lease);
 	flag = jb_finish(&ps);
 	add_event(st, "failed", step, DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
 																	 JsonbPGetDatum(error),
@@ -566,9 +515,9 @@ late_report(SagaState *st, int step, bool success, Jsonb *payload, int32 lease)
 	Jsonb	   *error = jsonb_get(st->errors, name);
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "outcome", success ? "succeeded" : "failed");
-	jb_int(&ps, "lease", lease);
-	jb_jsonb(&ps, success ? "result" : "error", payload);
+	SagaJbStr(&ps, "outcome", success ? "succeeded" : "failed");
+	SagaJbInt(&ps, "lease", lease);
+	SagaJbJsonb(&ps, success ? "result" : "error", payload);
 	add_event(st, "late_report", step, jb_finish(&ps));
 
 	/* no longer in doubt: a repeat of this report is a repeat */
@@ -614,7 +563,7 @@ withdrawn(SagaState *st, int step, SagaStepStatus status)
 
 	st->step_status[step] = status;
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "outcome", status == STEP_SKIPPED ? "skipped" : "awaiting report");
+	SagaJbStr(&ps, "outcome", status == STEP_SKIPPED ? "skipped" : "awaiting report");
 	add_event(st, "withdrawn", step, jb_finish(&ps));
 }
 
@@ -684,10 +633,10 @@ retry_forward(SagaState *st, int step, int attempt, Jsonb *error, bool reported)
 	st->attempts[step] = attempt;
 	SagaOutboxRetryLater(task, attempt + 1, delay, st->pivoted);
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_int(&ps, "attempt", attempt);
-	jb_int(&ps, "next_attempt", attempt + 1);
-	jb_int(&ps, "delay_ms", delay / 1000);
-	jb_jsonb(&ps, "error", error);
+	SagaJbInt(&ps, "attempt", attempt);
+	SagaJbInt(&ps, "next_attempt", attempt + 1);
+	SagaJbInt(&ps, "delay_ms", delay / 1000);
+	SagaJbJsonb(&ps, "error", error);
 	add_event(st, reported ? "retry_scheduled" : "redelivery_scheduled", step, jb_finish(&ps));
 	if (st->pivoted)
 		raise_incident(st, step, attempt, error);
@@ -1402,9 +1351,9 @@ report_compensation(SagaState *st, int step, bool success, Jsonb *payload,
 		st->errors = jsonb_put(st->errors, st->def->steps[step].name, payload);
 		SagaOutboxRetryLater(task, attempt + 1, delay, false);
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-		jb_int(&ps, "attempt", attempt);
-		jb_int(&ps, "delay_ms", delay / 1000);
-		jb_jsonb(&ps, "error", payload);
+		SagaJbInt(&ps, "attempt", attempt);
+		SagaJbInt(&ps, "delay_ms", delay / 1000);
+		SagaJbJsonb(&ps, "error", payload);
 		add_event(st, "compensation_retry_scheduled", step, jb_finish(&ps));
 		raise_incident(st, step, attempt, payload);
 	}
@@ -1693,14 +1642,14 @@ SagaSettleWithdrawn(int64 task_id)
 	if (row.deliveries == 0)
 	{
 		st->step_status[step] = STEP_SKIPPED;
-		jb_str(&ps, "outcome", "skipped");
+		SagaJbStr(&ps, "outcome", "skipped");
 	}
 	else
 	{
 		(void) mark_in_doubt(st, step,
 							 jsonb_reason("withdrawn: lease lapsed without a report"),
 							 row.deliveries);
-		jb_str(&ps, "outcome", "lease lapsed without a report: compensated in doubt");
+		SagaJbStr(&ps, "outcome", "lease lapsed without a report: compensated in doubt");
 	}
 	add_event(st, "withdrawn", step, jb_finish(&ps));
 	compensate(st);
@@ -1719,11 +1668,11 @@ SagaDeadlinePassed(int64 saga_id)
 	st->deadline_done = true;
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 	if (strcmp(st->status, SAGA_RUNNING) != 0)
-		jb_str(&ps, "outcome", "already stopped running");
+		SagaJbStr(&ps, "outcome", "already stopped running");
 	else if (st->pivoted)
-		jb_str(&ps, "outcome", "past the pivot: moving forward");
+		SagaJbStr(&ps, "outcome", "past the pivot: moving forward");
 	else
-		jb_str(&ps, "outcome", "compensating");
+		SagaJbStr(&ps, "outcome", "compensating");
 	add_event(st, "deadline_passed", -1, jb_finish(&ps));
 	if (strcmp(st->status, SAGA_RUNNING) == 0 && !st->pivoted)
 		begin_compensation(st);
@@ -1765,7 +1714,7 @@ SagaCancel(int64 saga_id, const char *reason)
 	st->cancel_requested = true;
 	st->cancel_reason = reason ? pstrdup(reason) : NULL;
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_str(&ps, "reason", reason);
+	SagaJbStr(&ps, "reason", reason);
 	add_event(st, "cancel_requested", -1, jb_finish(&ps));
 	begin_compensation(st);
 	save_saga(st);
@@ -1875,11 +1824,11 @@ quarantine(int64 id, bool is_task, ErrorData *edata)
 		static SPIPlanPtr plan_quarantine = NULL;
 
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-		jb_str(&ps, "message", clip_text(edata->message));
-		jb_str(&ps, "sqlstate", unpack_sql_state(edata->sqlerrcode));
+		SagaJbStr(&ps, "message", clip_text(edata->message));
+		SagaJbStr(&ps, "sqlstate", unpack_sql_state(edata->sqlerrcode));
 		if (is_task)
-			jb_int(&ps, "task", id);
-		jb_int(&ps, "retry_in_s", QUARANTINE_SECS);
+			SagaJbInt(&ps, "task", id);
+		SagaJbInt(&ps, "retry_in_s", QUARANTINE_SECS);
 		detail = jb_finish(&ps);
 
 		values[0] = Int64GetDatum(saga_id);

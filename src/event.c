@@ -192,69 +192,13 @@ int4_array(Datum *d, int n)
 	return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT));
 }
 
-static void
-jb_kv_str(JsonbParseState **ps, const char *key, const char *value)
-{
-	JsonbValue	k,
-				v;
-
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	pushJsonbValue(ps, WJB_KEY, &k);
-	if (value == NULL)
-		v.type = jbvNull;
-	else
-	{
-		v.type = jbvString;
-		v.val.string.val = (char *) value;
-		v.val.string.len = strlen(value);
-	}
-	pushJsonbValue(ps, WJB_VALUE, &v);
-}
-
-static void
-jb_kv_int(JsonbParseState **ps, const char *key, int64 value, bool isnull)
-{
-	JsonbValue	k,
-				v;
-
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	pushJsonbValue(ps, WJB_KEY, &k);
-	if (isnull)
-		v.type = jbvNull;
-	else
-	{
-		v.type = jbvNumeric;
-		v.val.numeric = int64_to_numeric(value);
-	}
-	pushJsonbValue(ps, WJB_VALUE, &v);
-}
-
-static void
-jb_kv_bool(JsonbParseState **ps, const char *key, bool value)
-{
-	JsonbValue	k,
-				v;
-
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	pushJsonbValue(ps, WJB_KEY, &k);
-	v.type = jbvBool;
-	v.val.boolean = value;
-	pushJsonbValue(ps, WJB_VALUE, &v);
-}
-
 static Jsonb *
 reason_doc(const char *reason)
 {
 	JsonbParseState *ps = NULL;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_kv_str(&ps, "reason", reason);
+	SagaJbStr(&ps, "reason", reason);
 	return JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 }
 
@@ -781,15 +725,18 @@ delivery_headers(int64 event_id, const char *type, const char *correlation_id,
 	JsonbParseState *ps = NULL;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_kv_str(&ps, "kind", "event");
-	jb_kv_int(&ps, "attempt", 1, false);
-	jb_kv_str(&ps, "correlation_id", correlation_id);
-	jb_kv_str(&ps, "traceparent", traceparent);
-	jb_kv_int(&ps, "event_id", event_id, false);
-	jb_kv_str(&ps, "event_type", type);
-	jb_kv_int(&ps, "causation_id", causation_id, !has_cause);
-	jb_kv_str(&ps, "key", key);
-	jb_kv_bool(&ps, "replay", replay);
+	SagaJbStr(&ps, "kind", "event");
+	SagaJbInt(&ps, "attempt", 1);
+	SagaJbStr(&ps, "correlation_id", correlation_id);
+	SagaJbStr(&ps, "traceparent", traceparent);
+	SagaJbInt(&ps, "event_id", event_id);
+	SagaJbStr(&ps, "event_type", type);
+	if (has_cause)
+		SagaJbInt(&ps, "causation_id", causation_id);
+	else
+		SagaJbStr(&ps, "causation_id", NULL);
+	SagaJbStr(&ps, "key", key);
+	SagaJbBool(&ps, "replay", replay);
 	return JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 }
 
@@ -1614,7 +1561,7 @@ normalised_replay_from(Jsonb *options, TimestampTz at)
 	AtEOXact_GUC(false, nestlevel);
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	jb_kv_str(&ps, "replay_from", text);
+	SagaJbStr(&ps, "replay_from", text);
 	patch = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(options),
 											  JsonbPGetDatum(patch)));

@@ -396,6 +396,73 @@ SagaClip(const char *s, int limit)
 					pnstrdup(s, pg_mbcliplen(s, len, limit)), len);
 }
 
+/*
+ * Small jsonb builders: a key and its value into an object being built
+ * (a NULL string is JSON null).
+ */
+
+void
+SagaJbKey(JsonbParseState **ps, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(ps, WJB_KEY, &k);
+}
+
+void
+SagaJbStr(JsonbParseState **ps, const char *key, const char *value)
+{
+	JsonbValue	v;
+
+	SagaJbKey(ps, key);
+	if (value == NULL)
+		v.type = jbvNull;
+	else
+	{
+		v.type = jbvString;
+		v.val.string.val = (char *) value;
+		v.val.string.len = strlen(value);
+	}
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
+void
+SagaJbInt(JsonbParseState **ps, const char *key, int64 value)
+{
+	JsonbValue	v;
+
+	SagaJbKey(ps, key);
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(value);
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
+void
+SagaJbJsonb(JsonbParseState **ps, const char *key, Jsonb *value)
+{
+	JsonbValue	v;
+
+	SagaJbKey(ps, key);
+	v.type = jbvBinary;
+	v.val.binary.data = &value->root;
+	v.val.binary.len = VARSIZE(value) - VARHDRSZ;
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
+void
+SagaJbBool(JsonbParseState **ps, const char *key, bool value)
+{
+	JsonbValue	v;
+
+	SagaJbKey(ps, key);
+	v.type = jbvBool;
+	v.val.boolean = value;
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
 /* an argument without a default: NULL is 22004 */
 void
 SagaRequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
