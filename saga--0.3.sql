@@ -763,7 +763,7 @@ COMMENT ON FUNCTION saga.heartbeat(bigint, integer, interval) IS
 'saga.heartbeat(task_id, lease, extend interval) -> timestamptz: extend a held lease by extend (default: the claim''s lease length, positive and at most 3650 days) from now, capped at the step''s timeout; returns when it now expires. Returns NULL, and does not extend the lease, when the task''s saga stopped running (cancelled, or compensating after another step failed): stop the work, then report it or let the lease lapse. Errors: 22004 null task_id or lease, 22023 bad extend, 22008 extend out of range, 42704 unknown task, 55000 lease no longer held or task not leased. Granted to saga_worker.';
 
 COMMENT ON FUNCTION saga.tick() IS
-'saga.tick() -> jsonb: one round of the time-based work (step timeouts, lapsed leases, deadlines of sagas and flows, wake-ups, retention) in the caller''s transaction; returns counts {"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas", "flow_deadlines", "purged_events", "purged_flows"}. For servers without the background worker (e.g. from pg_cron). Granted to saga_admin.';
+'saga.tick() -> jsonb: one round of the time-based work (step timeouts, lapsed leases, deadlines of sagas and flows, retries of SQL steps past the pivot, wake-ups, retention) in the caller''s transaction; returns counts {"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas", "flow_deadlines", "purged_events", "purged_flows", "sql_retries"}. For servers without the background worker (e.g. from pg_cron). Granted to saga_admin.';
 
 /*
  * Installed where no background worker will serve it (the library not

@@ -147,9 +147,10 @@ SELECT step, status, error FROM saga.step_runs WHERE saga_id = :t24 ORDER BY ste
 SELECT saga_test.outcome(format('SELECT saga.fail(%s, %L, lease => %s)', :t24_b, '{"why": "busy"}', :t24_lease)) AS repeated;
 SELECT saga_test.err(format('SELECT saga.complete(%s, %L, lease => 0)', :t24_b, '{}'));
 
--- past the pivot nothing is in doubt or withdrawn: a saga that failed there
--- (its SQL step) keeps its leased sibling, which times out as a plain failure,
--- and saga.retry runs both forward again
+-- past the pivot nothing is in doubt or withdrawn, and a step is retried
+-- until it succeeds: an SQL step too, by the background worker (or
+-- saga.tick()), from a task no service can claim, after the step's backoff;
+-- its leased sibling times out as a plain failure and is retried forward
 CREATE TABLE saga_test.flag (ok boolean);
 INSERT INTO saga_test.flag VALUES (false);
 CREATE FUNCTION saga_test.flaky(p jsonb) RETURNS jsonb LANGUAGE plpgsql
@@ -165,23 +166,37 @@ SELECT saga.define('tm_piv', $${"steps": [
   {"name": "p", "topic": "tm_pp", "pivot": true, "after": []},
   {"name": "b", "topic": "tm_pb2", "after": [], "timeout": "1 hour", "retry": {"max_attempts": 1},
    "compensate": {"topic": "tm_pundo"}},
-  {"name": "a", "sql": "saga_test.flaky", "after": ["p"]},
+  {"name": "a", "sql": "saga_test.flaky", "after": ["p"],
+   "retry": {"initial_delay": "1 hour", "jitter": false}, "compensate": {"sql": "saga_test.flaky"}},
   {"name": "c", "topic": "tm_pc", "after": ["b", "a"]}
 ]}$$);
 SELECT saga.start('tm_piv') AS pv \gset
 SELECT id AS pv_b FROM saga.claim('tm_pb2', 'w1', 1, '1 hour') \gset
 SELECT saga.complete(saga_test.task(:pv, 'p'), '{"p": 1}') AS recorded;
 SELECT status FROM saga.instances WHERE id = :pv;
-SELECT kind, step, status FROM saga.incidents WHERE saga_id = :pv;
+SELECT step, status, attempts, error ->> 'message' AS error FROM saga.step_runs WHERE saga_id = :pv ORDER BY step_index;
+SELECT topic, attempt, visible_at > now() + interval '59 minutes' AS after_its_backoff
+  FROM saga.outbox WHERE id = saga_test.task(:pv, 'a');
+SELECT event, step, detail - 'error' AS detail FROM saga.history WHERE saga_id = :pv AND event = 'retry_scheduled';
+-- no service can claim or report it
+SELECT saga_test.err('SELECT saga.claim(''saga sql'', ''w1'')');
+SELECT saga_test.err(format('SELECT saga.complete(%s, %L)', saga_test.task(:pv, 'a'), '{"faked": true}'));
 UPDATE saga.outbox SET timeout_at = now() - interval '1 second' WHERE id = :pv_b;
 SELECT saga_test.tick();
-SELECT step, status FROM saga.step_runs WHERE saga_id = :pv ORDER BY step_index;
+-- due, still failing: the next retry waits again
+UPDATE saga.outbox SET visible_at = now() WHERE id = saga_test.task(:pv, 'a');
+SELECT saga.tick() -> 'sql_retries' AS sql_retries;
+SELECT step, status, attempts FROM saga.step_runs WHERE saga_id = :pv ORDER BY step_index;
+-- the cause is fixed: the next retry goes through and the saga goes on
 UPDATE saga_test.flag SET ok = true;
-SELECT saga.retry(:pv);
+UPDATE saga.outbox SET visible_at = now() WHERE id = saga_test.task(:pv, 'a');
+SELECT saga.tick() -> 'sql_retries' AS sql_retries;
 SELECT step, status FROM saga.step_runs WHERE saga_id = :pv ORDER BY step_index;
+UPDATE saga.outbox SET visible_at = now() WHERE id = :pv_b;
 SELECT count(saga.complete(id, '{"b": 1}', lease => lease)) AS b_done FROM saga.claim('tm_pb2', 'w1', 1, '1 hour');
 SELECT count(saga.complete(id, '{"c": 1}', lease => lease)) AS c_done FROM saga.claim('tm_pc', 'w1', 1, '1 hour');
 SELECT status FROM saga.instances WHERE id = :pv;
+SELECT count(*) AS incidents FROM saga.incidents WHERE saga_id = :pv;
 
 -- a lease never outlasts the step's timeout: claim and heartbeat cap it
 SELECT saga.start('tm_flow', '{"n": 23}') AS t23 \gset

@@ -72,6 +72,10 @@ struct SagaState
 	int			ntasks;
 	int64	   *deletes;
 	int			ndeletes;
+	/* SQL steps past the pivot whose new retry task waits for its delay */
+	int			nsqlretries;
+	int		   *sqlretry_step;
+	int64	   *sqlretry_delay;
 	Datum	   *ev_event;
 	Datum	   *ev_step;
 	Datum	   *ev_detail;
@@ -643,6 +647,57 @@ retry_forward(SagaState *st, int step, int attempt, Jsonb *error, bool reported)
 }
 
 /* dispatch every pending step whose predecessors have all succeeded */
+/*
+ * An SQL step past the pivot failed: like a topic step there, it is
+ * retried until it succeeds, after its backoff.  It runs in the caller's
+ * transaction, so nobody else can retry it: the background worker does
+ * (SagaRetrySqlStep), from a task on SAGA_SQL_RETRY_TOPIC, which no service
+ * can claim.  task_exists: the retry task is already in the outbox (the
+ * worker's own retry); else it is written with the saga and delayed after.
+ */
+static void
+sql_retry_later(SagaState *st, int step, Jsonb *error, bool task_exists)
+{
+	SagaStepDef *s = &st->def->steps[step];
+	int			attempt = st->attempts[step];
+	int64		delay = SagaBackoffDelay(&s->retry, attempt);
+	int64		task = SAGA_TASK_ID(st->id, step, false);
+	JsonbParseState *ps = NULL;
+
+	st->step_status[step] = STEP_READY;
+	st->errors = jsonb_put(st->errors, s->name, error);
+	if (task_exists)
+		SagaOutboxRetryLater(task, attempt + 1, delay, true);
+	else
+	{
+		SagaNewTask *t;
+
+		if (st->tasks == NULL)
+			st->tasks = palloc(sizeof(SagaNewTask) * st->def->nsteps * 2);
+		t = &st->tasks[st->ntasks++];
+		t->id = task;
+		t->topic = SAGA_SQL_RETRY_TOPIC;
+		t->kind = "action";
+		t->step = s->name;
+		t->max_attempts = 0;
+		t->timeout = 0;
+		if (st->sqlretry_step == NULL)
+		{
+			st->sqlretry_step = palloc(sizeof(int) * st->def->nsteps);
+			st->sqlretry_delay = palloc(sizeof(int64) * st->def->nsteps);
+		}
+		st->sqlretry_step[st->nsqlretries] = step;
+		st->sqlretry_delay[st->nsqlretries++] = delay;
+	}
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbInt(&ps, "attempt", attempt);
+	SagaJbInt(&ps, "next_attempt", attempt + 1);
+	SagaJbInt(&ps, "delay_ms", delay / 1000);
+	SagaJbJsonb(&ps, "error", error);
+	add_event(st, "retry_scheduled", step, jb_finish(&ps));
+	raise_incident(st, step, attempt, error);
+}
+
 static void
 advance(SagaState *st)
 {
@@ -682,11 +737,9 @@ advance(SagaState *st)
 				}
 				else if (st->pivoted)
 				{
-					/* no worker to retry a synchronous step: a person must */
-					step_failed(st, i, out);
-					st->incident = out;
-					set_saga_status(st, SAGA_FAILED);
-					return;
+					/* past the pivot a step is retried until it succeeds */
+					sql_retry_later(st, i, out, false);
+					continue;
 				}
 				else
 				{
@@ -1117,6 +1170,10 @@ save_saga(SagaState *st)
 	SagaTransitionEnd(st->id);
 
 	SagaOutboxEnqueued(st->tasks, st->ntasks, now);
+	for (int i = 0; i < st->nsqlretries; i++)
+		SagaOutboxRetryLater(SAGA_TASK_ID(st->id, st->sqlretry_step[i], false),
+							 st->attempts[st->sqlretry_step[i]] + 1, st->sqlretry_delay[i], true);
+	st->nsqlretries = 0;
 	st->ntasks = 0;
 	st->ndeletes = 0;
 	st->nevents = 0;
@@ -1544,6 +1601,12 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 	if (st == NULL || step >= st->def->nsteps)
 		task_not_found(task_id);
 	SagaNoteWork(st->id, task_id, st->def->steps[step].name);
+	if (!comp && st->def->steps[step].action.sql != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("task %lld is an SQL step's", (long long) task_id),
+				 errdetail("Step \"%s\" of saga %lld runs in the database; only the engine reports it.",
+						   st->def->steps[step].name, (long long) st->id)));
 
 	if (have_row)
 	{
@@ -1897,6 +1960,45 @@ SagaIsolated(SagaWorkFn fn, int64 id, const char *why, bool id_is_task)
 	quarantine(id, id_is_task, edata);
 	FreeErrorData(edata);
 	return false;
+}
+
+/*
+ * The background worker runs an SQL step past the pivot again (see
+ * sql_retry_later): on success the saga goes on, on failure the next retry
+ * waits for the step's backoff, and after saga.compensation_incident_after
+ * attempts the saga is listed in saga.incidents, still running.  A task whose
+ * step no longer waits for it is dropped.
+ */
+void
+SagaRetrySqlStep(int64 task_id, const char *why)
+{
+	int			step = SAGA_TASK_STEP(task_id);
+	SagaState  *st = load_saga(SAGA_TASK_SAGA(task_id));
+	Jsonb	   *out;
+
+	if (st == NULL)
+		return;
+	if (step >= st->def->nsteps || SAGA_TASK_IS_COMP(task_id) ||
+		st->def->steps[step].action.sql == NULL || st->step_status[step] != STEP_READY ||
+		!st->pivoted || strcmp(st->status, SAGA_RUNNING) != 0)
+	{
+		delete_task(st, task_id);
+		save_saga(st);
+		return;
+	}
+	SagaNoteWork(st->id, task_id, st->def->steps[step].name);
+	st->attempts[step]++;
+	add_event(st, "dispatched", step, NULL);
+	if (run_sql(st, st->def->steps[step].action.sql, &out))
+	{
+		delete_task(st, task_id);
+		clear_incident(st, step);
+		step_succeeded(st, step, out);
+		advance(st);
+	}
+	else
+		sql_retry_later(st, step, out, true);
+	save_saga(st);
 }
 
 /* SagaWorkFn adapters for the work that needs no reason */

@@ -52,7 +52,8 @@ SagaOutboxEnqueued(SagaNewTask *tasks, int ntasks, TimestampTz written_at)
 {
 	for (int i = 0; i < ntasks; i++)
 	{
-		SagaAnnounce(tasks[i].topic);
+		if (strcmp(tasks[i].topic, SAGA_SQL_RETRY_TOPIC) != 0)
+			SagaAnnounce(tasks[i].topic);
 		if (tasks[i].timeout > 0)
 			SagaWakeAt(written_at + tasks[i].timeout);
 	}

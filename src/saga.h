@@ -235,6 +235,14 @@ extern bool SagaIsolated(SagaWorkFn fn, int64 id, const char *why, bool id_is_ta
 extern ErrorData *SagaTryWork(SagaWorkFn fn, int64 id, const char *why);
 extern void SagaSettleWithdrawnWork(int64 task_id, const char *why);
 extern void SagaDeadlineWork(int64 saga_id, const char *why);
+extern void SagaRetrySqlStep(int64 task_id, const char *why);
+
+/*
+ * The outbox topic of SQL steps past the pivot that wait to be retried by
+ * the background worker: not a valid topic name, so saga.claim cannot take
+ * it and no LISTEN channel is woken for it.
+ */
+#define SAGA_SQL_RETRY_TOPIC	"saga sql"
 
 /* outbox.c */
 typedef struct SagaNewTask

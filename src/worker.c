@@ -76,6 +76,7 @@ static SPIPlanPtr plan_purge = NULL;
 static SPIPlanPtr plan_purge_history = NULL;
 static SPIPlanPtr plan_withdrawn = NULL;
 static SPIPlanPtr plan_next = NULL;
+static SPIPlanPtr plan_sql_retries = NULL;
 static SPIPlanPtr plan_next_flows = NULL;
 static SPIPlanPtr plan_flow_deadlines = NULL;
 static SPIPlanPtr plan_purge_events = NULL;
@@ -165,6 +166,26 @@ unit_lapsed(TimestampTz now)
 	return (int) n;
 }
 
+/* SQL steps past the pivot whose retry is due run again */
+static int
+unit_sql_retries(TimestampTz now)
+{
+	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[3] = {CStringGetTextDatum(SAGA_SQL_RETRY_TOPIC), TimestampTzGetDatum(now),
+	Int32GetDatum(saga_batch_size)};
+	int64	   *ids;
+	int			n;
+
+	SagaExecute(&plan_sql_retries,
+				"SELECT id FROM saga.outbox WHERE topic = $1 AND visible_at <= $2 "
+				"ORDER BY visible_at, id LIMIT $3 FOR UPDATE SKIP LOCKED",
+				3, types, values, NULL, SPI_OK_SELECT, "finding SQL steps to retry");
+	ids = collect_ids(&n);
+	for (int i = 0; i < n; i++)
+		(void) SagaIsolated(SagaRetrySqlStep, ids[i], NULL, true);
+	return n;
+}
+
 /* sagas past their deadline compensate */
 static int
 unit_deadlines(TimestampTz now)
@@ -219,7 +240,7 @@ unit_notify(TimestampTz now, TimestampTz *next)
 				" AND o.visible_at > $1 AND o.visible_at <= $2), "
 				" (SELECT pg_catalog.min(o.visible_at) FROM saga.outbox o WHERE o.topic = t.topic "
 				" AND o.visible_at > $2) "
-				"FROM t WHERE t.topic IS NOT NULL",
+				"FROM t WHERE t.topic IS NOT NULL AND t.topic <> '" SAGA_SQL_RETRY_TOPIC "'",
 				2, types, values, NULL, SPI_OK_SELECT, "finding topics to wake");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -395,9 +416,10 @@ next_due(TimestampTz next)
 				"(SELECT pg_catalog.min(visible_at) FROM saga.outbox WHERE lease_owner IS NOT NULL), "
 				"(SELECT pg_catalog.min(deadline_at) FROM saga.sagas WHERE deadline_at IS NOT NULL), "
 				"(SELECT pg_catalog.min(finished_at) FROM saga.sagas "
-				"WHERE finished_at IS NOT NULL AND status <> 'failed')",
+				"WHERE finished_at IS NOT NULL AND status <> 'failed'), "
+				"(SELECT pg_catalog.min(visible_at) FROM saga.outbox WHERE topic = '" SAGA_SQL_RETRY_TOPIC "')",
 				0, NULL, NULL, NULL, SPI_OK_SELECT, "computing the next due time");
-	for (int c = 0; c < 4; c++)
+	for (int c = 0; c < 5; c++)
 	{
 		bool		isnull;
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, c + 1, &isnull);
@@ -472,13 +494,13 @@ saga_tick(PG_FUNCTION_ARGS)
 {
 	static const char *const keys[] = {
 		"timeouts", "lapsed_leases", "deadlines", "notified_topics", "purged_sagas",
-		"flow_deadlines", "purged_events", "purged_flows"
+		"flow_deadlines", "purged_events", "purged_flows", "sql_retries"
 	};
 	SagaUserSave save;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = DT_NOEND;
 	JsonbParseState *ps = NULL;
-	int			counts[8];
+	int			counts[9];
 	const char *volatile prev_actor;
 
 	SagaEnter(&save);
@@ -496,6 +518,7 @@ saga_tick(PG_FUNCTION_ARGS)
 		counts[5] = unit_flow_deadlines(now);
 		counts[6] = unit_purge_events(now);
 		counts[7] = unit_purge_flows(now);
+		counts[8] = unit_sql_retries(now);
 	}
 	PG_FINALLY();
 	{
@@ -623,6 +646,7 @@ worker_round(bool recovery)
 		{"saga: step timeouts", unit_timeouts},
 		{"saga: lapsed leases", unit_lapsed},
 		{"saga: deadlines", unit_deadlines},
+		{"saga: SQL step retries", unit_sql_retries},
 		{"saga: retention", unit_purge},
 		{"saga: flow deadlines", unit_flow_deadlines},
 		{"saga: event retention", unit_purge_events},
