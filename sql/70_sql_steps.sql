@@ -141,8 +141,11 @@ SELECT step, status FROM saga.step_runs WHERE saga_id = :o5 ORDER BY step_index;
 SELECT order_id, refunded FROM shop.payments WHERE order_id = 5;
 SELECT count(*) AS incidents FROM saga.incidents WHERE saga_id = :o5;
 
--- an SQL step runs once: its "retry" paces only its compensation's retries,
--- so on an SQL step without a compensation it is refused, not ignored
+-- an SQL step runs once before the pivot: its "retry" paces its
+-- compensation's retries, or its own past a pivot; where it would do
+-- neither it is refused, not ignored
 SELECT saga_test.err($$SELECT saga.define('sq_retry', '{"steps": [{"name": "a", "sql": "shop.charge", "retry": {"max_attempts": 10}}]}')$$);
 SELECT count(*) AS stored FROM saga.definitions WHERE name = 'sq_retry';
 SELECT saga.define('sq_retry', '{"steps": [{"name": "a", "sql": "shop.charge", "retry": {"initial_delay": "10 seconds"}, "compensate": {"sql": "shop.refund"}}]}') AS version;
+SELECT saga.define('sq_retry_past', '{"steps": [{"name": "p", "topic": "sq_t", "pivot": true},
+  {"name": "a", "sql": "shop.charge", "retry": {"initial_delay": "10 seconds"}}]}') AS version;

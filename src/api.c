@@ -293,6 +293,7 @@ saga_heartbeat(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("task_id and lease must not be null")));
+	check_lease(fcinfo, 1);
 	if (!PG_ARGISNULL(2))
 		extend_us = SagaCheckInterval(PG_GETARG_INTERVAL_P(2), "extend");
 

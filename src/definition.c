@@ -449,7 +449,6 @@ static void
 parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *path)
 {
 	JsonbValue	v;
-	JsonbValue	cv;
 
 	check_keys(p, obj, step_keys, path);
 
@@ -474,19 +473,8 @@ parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *p
 	SagaDefaultRetry(&s->retry);
 	if (get_key(obj, "retry", &v))
 	{
-		/*
-		 * An SQL step runs once, in the transaction that makes it ready; its
-		 * "retry" paces the retries of its compensation.  Without one, the
-		 * retry would be silently ignored: refused instead.  (The check needs
-		 * "compensate", parsed below; stored versions load as they were.)
-		 */
-		if (s->action.sql != NULL && p->resolve && !get_key(obj, "compensate", &cv))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid %s: \"retry\" on an SQL step without a compensation has no effect", p->what),
-					 errdetail("Step \"%s\" is an SQL step: it runs once, in the transaction that makes it ready, and its error fails the step; its \"retry\" paces only its compensation's retries. The offending value is at %s.retry.",
-							   s->name, path),
-					 errhint("Leave \"retry\" out, or make the step a topic step served by a worker, which is retried.")));
+		/* whether it has any effect is known once the graph is (link_steps) */
+		s->retry_given = true;
 		parse_retry(p, &v, &s->retry, psprintf("%s.retry", path));
 	}
 
@@ -603,6 +591,51 @@ link_steps(const DefParse *p, SagaDef *def, JsonbContainer **step_objs)
 }
 
 /*
+ * An SQL step runs once, in the transaction that makes it ready, before the
+ * pivot; its "retry" paces its compensation's retries, and past a pivot its
+ * own retries (the worker runs it again until it succeeds).  On an SQL step
+ * with neither it would be silently ignored: refused at define instead.
+ * (Stored versions load as they were.)
+ */
+static void
+check_sql_retries(const DefParse *p, SagaDef *def)
+{
+	bool	   *past = palloc0(sizeof(bool) * def->nsteps);
+	bool		changed = true;
+
+	/* past a pivot: a pivot's dependents, and theirs, transitively */
+	while (changed)
+	{
+		changed = false;
+		for (int i = 0; i < def->nsteps; i++)
+			for (int k = 0; k < def->steps[i].nafter && !past[i]; k++)
+			{
+				int			a = def->steps[i].after[k];
+
+				if (def->steps[a].pivot || past[a])
+				{
+					past[i] = true;
+					changed = true;
+				}
+			}
+	}
+	for (int i = 0; i < def->nsteps; i++)
+	{
+		SagaStepDef *s = &def->steps[i];
+
+		if (s->retry_given && s->action.sql != NULL && !past[i] &&
+			s->compensate.topic == NULL && s->compensate.sql == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid %s: \"retry\" on an SQL step before the pivot without a compensation has no effect",
+							p->what),
+					 errdetail("Step \"%s\" is an SQL step: it runs once, in the transaction that makes it ready, and its error fails the step; its \"retry\" paces only its compensation's retries, or its own past a pivot. The offending value is at $.steps[%d].retry.",
+							   s->name, i),
+					 errhint("Leave \"retry\" out, or make the step a topic step served by a worker, which is retried.")));
+	}
+}
+
+/*
  * Parse and validate a definition document; allocates in CurrentMemoryContext.
  * A stored document is parsed again in every backend that loads it, so its
  * intervals must not depend on the session: IntervalStyle sql_standard reads
@@ -667,6 +700,8 @@ parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller)
 						 errdetail("The offending value is at %s.name.", path)));
 	}
 	link_steps(&p, def, step_objs);
+	if (resolve)
+		check_sql_retries(&p, def);
 
 	if (get_key(&doc->root, "deadline", &v))
 		def->deadline = get_interval(&p, &v, "$.deadline");

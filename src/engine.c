@@ -1709,10 +1709,16 @@ SagaSettleWithdrawn(int64 task_id)
 	}
 	else
 	{
-		(void) mark_in_doubt(st, step,
-							 jsonb_reason("withdrawn: lease lapsed without a report"),
+		/*
+		 * Not leased, yet its lease did not lapse (a lapse drops the lease
+		 * length): it was given back with saga.release.
+		 */
+		const char *how = (!row.leased && !row.lapsed) ? "released without a report"
+			: "lease lapsed without a report";
+
+		(void) mark_in_doubt(st, step, jsonb_reason(psprintf("withdrawn: %s", how)),
 							 row.deliveries);
-		SagaJbStr(&ps, "outcome", "lease lapsed without a report: compensated in doubt");
+		SagaJbStr(&ps, "outcome", psprintf("%s: compensated in doubt", how));
 	}
 	add_event(st, "withdrawn", step, jb_finish(&ps));
 	compensate(st);

@@ -107,6 +107,7 @@ typedef struct SagaStepDef
 	SagaRetry	retry;
 	int64		timeout;		/* microseconds, 0 = none */
 	bool		pivot;
+	bool		retry_given;	/* the document had "retry" (define-time checks) */
 } SagaStepDef;
 
 typedef struct SagaDef
