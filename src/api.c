@@ -98,16 +98,7 @@ saga_start(PG_FUNCTION_ARGS)
 
 	SagaRequireArg(fcinfo, 0, "name");
 	SagaRequireArg(fcinfo, 1, "input");
-	/* too long is malformed: a traceparent has exactly 55 bytes */
-	if (!PG_ARGISNULL(4) &&
-		VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(4)) > SAGA_TRACEPARENT_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid traceparent"),
-				 errdetail("It is %zu bytes long; a W3C traceparent has %d.",
-						   (Size) VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(4)), SAGA_TRACEPARENT_LEN),
-				 errhint("A W3C traceparent looks like 00-<32 hex digits>-<16 hex digits>-<2 hex digits>, in lower case.")));
-	traceparent = SagaOptionalText(fcinfo, 4, "traceparent", SAGA_TRACEPARENT_LEN);
+	traceparent = SagaTraceparentArg(fcinfo, 4);
 	name = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_NAME_LEN, "saga name");
 	input = PG_GETARG_JSONB_P(1);
 	SagaCheckPayload(input, "saga input");
@@ -227,11 +218,7 @@ saga_claim(PG_FUNCTION_ARGS)
 	worker = SagaTextArg(PG_GETARG_TEXT_PP(1), SAGA_MAX_ID_LEN, "worker name");
 	max_tasks = PG_GETARG_INT32(2);
 
-	if (!SagaValidTopic(topic))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_NAME),
-				 errmsg("invalid topic \"%s\"", topic),
-				 errhint("A topic matches ^[a-z][a-z0-9_]{0,47}$.")));
+	SagaCheckTopic(topic);
 	if (worker[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -1174,7 +1174,6 @@ SagaFlowObserve(const char *type, const char *correlation_id, int64 event_id,
 					  DatumGetArrayTypePCopy(SPI_getbinval(tup, tt->tupdesc, 4, &isnull)),
 					  type, event_id, hops, now, &took, &late);
 	}
-	v->took = took;
 	v->late = late && !took;
 	v->written_late = v->late;
 }

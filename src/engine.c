@@ -1211,12 +1211,7 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 {
 	SagaState  *st;
 
-	if (traceparent != NULL && !SagaValidTraceparent(traceparent))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid traceparent \"%s\"", traceparent),
-				 errhint("A W3C traceparent looks like 00-<32 hex digits>-<16 hex digits>-<2 hex digits>, in lower case.")));
-
+	/* the caller checked traceparent (SagaTraceparentArg) */
 	if (idempotency_key != NULL)
 	{
 		int64		existing = find_by_key(def->name, idempotency_key);

@@ -164,16 +164,6 @@ check_event_type(const char *type)
 				 errhint("An event type matches ^[A-Za-z][A-Za-z0-9_.]{0,62}$, such as OrderPlaced or order.placed.")));
 }
 
-static void
-check_topic(const char *topic)
-{
-	if (!SagaValidTopic(topic))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_NAME),
-				 errmsg("invalid topic \"%s\"", SagaEcho(topic)),
-				 errhint("A topic matches ^[a-z][a-z0-9_]{0,47}$.")));
-}
-
 static Datum
 int8_array(Datum *d, int n)
 {
@@ -819,11 +809,6 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("saga events need extension version 0.3"),
 				 errhint("Run ALTER EXTENSION saga UPDATE.")));
-	if (traceparent != NULL && !SagaValidTraceparent(traceparent))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid traceparent \"%s\"", traceparent),
-				 errhint("A W3C traceparent looks like 00-<32 hex digits>-<16 hex digits>-<2 hex digits>, in lower case.")));
 
 	/* the cause gives the correlation, the trace and the hop count */
 	if (has_cause)
@@ -1097,14 +1082,7 @@ saga_publish(PG_FUNCTION_ARGS)
 
 	SagaRequireArg(fcinfo, 0, "event_type");
 	SagaRequireArg(fcinfo, 1, "payload");
-	if (!PG_ARGISNULL(6) &&
-		VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(6)) > SAGA_TRACEPARENT_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid traceparent"),
-				 errdetail("It is %zu bytes long; a W3C traceparent has %d.",
-						   (Size) VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(6)), SAGA_TRACEPARENT_LEN)));
-	traceparent = SagaOptionalText(fcinfo, 6, "traceparent", SAGA_TRACEPARENT_LEN);
+	traceparent = SagaTraceparentArg(fcinfo, 6);
 	type = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_EVENT_TYPE_LEN, "event type");
 	check_event_type(type);
 	payload = PG_GETARG_JSONB_P(1);
@@ -1588,7 +1566,7 @@ SagaSubscribeAs(const char *type, const char *topic, Jsonb *options,
 	bool		isnull;
 
 	check_event_type(type);
-	check_topic(topic);
+	SagaCheckTopic(topic);
 	if (options != NULL)
 	{
 		SagaCheckPayload(options, "subscription options");

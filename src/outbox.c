@@ -357,6 +357,20 @@ SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us, Timestamp
 		}
 }
 
+/* a heartbeat or release for a task no longer in the outbox: 42704 if it never was */
+static void pg_attribute_noreturn()
+task_left_outbox(int64 task_id)
+{
+	if (!SagaOutboxTaskExisted(task_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("task %lld does not exist", (long long) task_id)));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("task %lld is not leased", (long long) task_id),
+			 errdetail("It has left the outbox: it finished, was withdrawn or is a dead letter.")));
+}
+
 /*
  * Extend a held lease by extend_us from now (or, when extend_us < 0, by the
  * claim's lease length); returns when it now expires.  Raises 42704 for a
@@ -371,6 +385,11 @@ SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us, bool *cancelled
 	char		nulls[4] = "    ";
 	bool		isnull;
 	TimestampTz until;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	int32		deliveries;
+	bool		leased;
+	bool		withdrawn;
 
 	values[0] = Int64GetDatum(task_id);
 	values[1] = Int32GetDatum(lease);
@@ -394,31 +413,18 @@ SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us, bool *cancelled
 				"SELECT t.deliveries, t.leased, (SELECT visible_at FROM u), t.withdrawn FROM t",
 				4, types, values, nulls, SPI_OK_SELECT, "extending a lease");
 	if (SPI_processed == 0)
-	{
-		if (!SagaOutboxTaskExisted(task_id))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("task %lld does not exist", (long long) task_id)));
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("task %lld is not leased", (long long) task_id),
-				 errdetail("It has left the outbox: it finished, was withdrawn or is a dead letter.")));
-	}
-	*cancelled = false;
-	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-	if (isnull && DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)) &&
-		DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) == lease &&
-		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-	{
-		*cancelled = true;
+		task_left_outbox(task_id);
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	deliveries = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	leased = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+	withdrawn = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+	until = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+	*cancelled = isnull && withdrawn && leased && deliveries == lease;
+	if (*cancelled)
 		return 0;
-	}
-	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	if (isnull)
 	{
-		int32		deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-															 SPI_tuptable->tupdesc, 1, &isnull));
-
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("lease %d of task %lld is no longer held", lease, (long long) task_id),
@@ -464,16 +470,7 @@ SagaOutboxRelease(int64 task_id, int32 lease)
 				"SELECT t.deliveries, (SELECT topic FROM u) FROM t",
 				3, types, values, NULL, SPI_OK_SELECT, "releasing a task");
 	if (SPI_processed == 0)
-	{
-		if (!SagaOutboxTaskExisted(task_id))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("task %lld does not exist", (long long) task_id)));
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("task %lld is not leased", (long long) task_id),
-				 errdetail("It has left the outbox: it finished, was withdrawn or is a dead letter.")));
-	}
+		task_left_outbox(task_id);
 	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	topic = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	if (deliveries != lease)

@@ -463,6 +463,44 @@ SagaJbBool(JsonbParseState **ps, const char *key, bool value)
 	pushJsonbValue(ps, WJB_VALUE, &v);
 }
 
+/*
+ * An optional W3C traceparent argument (saga.start, saga.publish): NULL when
+ * not given, else exactly 55 bytes of the W3C format (22023 otherwise; too
+ * long is malformed, not 22001).
+ */
+char *
+SagaTraceparentArg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *tp;
+
+	if (!PG_ARGISNULL(argno) &&
+		VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(argno)) > SAGA_TRACEPARENT_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid traceparent"),
+				 errdetail("It is %zu bytes long; a W3C traceparent has %d.",
+						   (Size) VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(argno)), SAGA_TRACEPARENT_LEN),
+				 errhint("A W3C traceparent looks like 00-<32 hex digits>-<16 hex digits>-<2 hex digits>, in lower case.")));
+	tp = SagaOptionalText(fcinfo, argno, "traceparent", SAGA_TRACEPARENT_LEN);
+	if (tp != NULL && !SagaValidTraceparent(tp))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid traceparent \"%s\"", tp),
+				 errhint("A W3C traceparent looks like 00-<32 hex digits>-<16 hex digits>-<2 hex digits>, in lower case.")));
+	return tp;
+}
+
+/* a topic argument: ^[a-z][a-z0-9_]{0,47}$ (42602 otherwise) */
+void
+SagaCheckTopic(const char *topic)
+{
+	if (!SagaValidTopic(topic))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid topic \"%s\"", SagaEcho(topic)),
+				 errhint("A topic matches ^[a-z][a-z0-9_]{0,47}$.")));
+}
+
 /* an argument without a default: NULL is 22004 */
 void
 SagaRequireArg(FunctionCallInfo fcinfo, int argno, const char *name)

@@ -164,6 +164,8 @@ extern void SagaJbStr(JsonbParseState **ps, const char *key, const char *value);
 extern void SagaJbInt(JsonbParseState **ps, const char *key, int64 value);
 extern void SagaJbBool(JsonbParseState **ps, const char *key, bool value);
 extern void SagaJbJsonb(JsonbParseState **ps, const char *key, Jsonb *value);
+extern char *SagaTraceparentArg(FunctionCallInfo fcinfo, int argno);
+extern void SagaCheckTopic(const char *topic);
 extern void SagaRequireArg(FunctionCallInfo fcinfo, int argno, const char *name);
 extern char *SagaOptionalText(FunctionCallInfo fcinfo, int argno, const char *name, int limit);
 extern bool SagaIntervalUsecs(const Interval *iv, int64 *usecs);
@@ -325,7 +327,6 @@ typedef struct SagaFlowVerdict
 	bool		over_limit;		/* deliver nothing */
 	bool		late;			/* after its flow finished */
 	bool		written_late;	/* what the publish statement wrote as late */
-	bool		took;
 	char	   *type;
 	char	   *correlation_id;
 	int			hops;
