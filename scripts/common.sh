@@ -7,7 +7,7 @@
 # shared_preload_libraries = 'saga'.  Works as root or as a user with sudo, without stdin.
 
 PG_MAJOR=15
-PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_BIN=${SAGA_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}   # SAGA_PG_BIN: another installation (a private copy)
 PG_CONFIG=$PG_BIN/pg_config
 SAGA_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
 	libtap-parser-sourcehandler-pgtap-perl libipc-run-perl make gcc)

@@ -1,6 +1,6 @@
 --
--- 01_upgrade: 0.1 as it landed, updated to 0.2 and then 0.3 with its data,
--- is the same extension as a fresh 0.3: same objects, columns, grants,
+-- 01_upgrade: 0.1 as it landed, updated to 0.2, 0.3 and 0.4 with its data,
+-- is the same extension as a fresh 0.4: same objects, columns, grants,
 -- options, comments.
 --
 DROP EXTENSION saga;
@@ -43,6 +43,10 @@ SELECT name, status FROM saga.instances ORDER BY name;
 SELECT saga.subscribe('UpgradeDone', 'u_t') > 0 AS subscribed;
 SELECT saga.publish('UpgradeDone', '{"ok": true}') > 0 AS published;
 SELECT topic, kind, payload FROM saga.outbox WHERE kind = 'event';
+
+-- 0.3 to 0.4: bridges, diagrams and topics
+ALTER EXTENSION saga UPDATE TO '0.4';
+SELECT extversion FROM pg_extension WHERE extname = 'saga';
 
 -- a catalogue of everything the extension owns, to compare both ways (by
 -- name, so that the view outlives the extension)
