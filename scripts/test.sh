@@ -6,7 +6,8 @@
 # 3. as postgres, in a copy of the tree: `make installcheck` for the pg_regress suite (sql/,
 #    expected/), then for the isolation specs (test/isolation/), then for the TAP tests
 #    (test/t/*.pl, PostgreSQL::Test::Cluster) -- each brings its own temporary server;
-# 4. starts a throwaway cluster and runs the pgTAP files test/pgtap/*.sql with pg_prove.
+# 4. starts a throwaway cluster and runs the pgTAP files test/pgtap/*.sql with pg_prove;
+# 5. runs each test/scripts/*.sh (tests that need more than a server; see stage_scripts).
 # Every suite runs even when an earlier one failed; the exit status is non-zero if anything
 # failed, and the last line is "N passed, N failed".
 # SAGA_KEEP=1 keeps the scratch directory (test output, server logs) for inspection.
@@ -200,6 +201,33 @@ stage_pgtap() {
 	fi
 }
 
+# test/scripts/*.sh: tests that need more than a server (a browser, graphviz, an exporter,
+# the demo).  Each runs as `bash test/scripts/NAME.sh` from the repository root, after the build
+# and install above (SAGA_SKIP_BUILD=1 tells it so), brings what it needs (packages, its own
+# throwaway cluster through scripts/common.sh) and ends its output with "N passed, N failed".
+stage_scripts() {
+	local t name out p f rc
+	for t in "$SAGA_ROOT"/test/scripts/*.sh; do
+		[ -e "$t" ] || continue
+		name=${t##*/}
+		out=$SAGA_WORK/${name%.sh}.out
+		saga_stage_begin "script $name"
+		set +e
+		(cd "$SAGA_ROOT" && SAGA_SKIP_BUILD=1 timeout "$STAGE_TIMEOUT" bash "$t" </dev/null) 2>&1 | tee "$out"
+		rc=${PIPESTATUS[0]}
+		set -e
+		p=0 f=0
+		if read -r p f < <(grep -oE '^[0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1 | tr -d ',' |
+			awk '{ print $1, $3 }') && [ -n "$p" ]; then :; else p=0 f=0; fi
+		count "$p" "$f"
+		if [ "$rc" -ne 0 ] || [ "$f" -ne 0 ]; then
+			suite_failed "$name" "$p" "$f"
+		else
+			saga_stage_end "$p passed"
+		fi
+	done
+}
+
 SUMMARY_PRINTED=
 print_summary() {
 	saga_print_timings
@@ -237,6 +265,7 @@ main() {
 	stage_isolation
 	stage_tap
 	stage_pgtap
+	stage_scripts
 
 	print_summary
 	[ ${#FAILED_SUITES[@]} -eq 0 ]
