@@ -110,7 +110,7 @@ saga_start(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("saga definition \"%s\" does not exist", name),
 				 errhint("Define it first with saga.define().")));
-	id = SagaStart(def, input, correlation_id, idempotency_key, traceparent);
+	id = SagaStart(def, input, correlation_id, idempotency_key, traceparent, 0);
 	SagaLeave(&save);
 	PG_RETURN_INT64(id);
 }

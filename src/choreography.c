@@ -1429,7 +1429,8 @@ SagaFlowDeadlineWork(int64 flow_id, const char *why)
 			SagaJbJsonb(&ps, "waiting_on", names_jsonb(waiting));
 			payload = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 			(void) SagaPublish(c->events[c->deadline_event], payload, corr,
-							   last_event, last_event > 0, NULL, NULL, NULL);
+							   last_event, last_event > 0 ? SAGA_CAUSE_IF_RETAINED : SAGA_NO_CAUSE,
+							   NULL, NULL, NULL);
 		}
 		else
 		{

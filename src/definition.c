@@ -36,6 +36,7 @@
 #include "storage/lmgr.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "saga.h"
@@ -79,9 +80,10 @@ static SPIPlanPtr plan_insert_01 = NULL;
 
 typedef SagaDocParse DefParse;
 
-static const char *const top_keys[] = {"steps", "deadline", "description", NULL};
+static const char *const top_keys[] = {"steps", "deadline", "description", "publish", NULL};
 static const char *const step_keys[] = {"name", "topic", "sql", "after", "compensate",
-"retry", "timeout", "pivot", "async", "description", NULL};
+"retry", "timeout", "pivot", "async", "description", "await", "publish", NULL};
+static const char *const publish_keys[] = {"completed", "compensated", "cancelled", NULL};
 static const char *const compensate_keys[] = {"topic", "sql", NULL};
 static const char *const retry_keys[] = {"max_attempts", "initial_delay", "backoff",
 "max_delay", "jitter", NULL};
@@ -445,6 +447,41 @@ parse_retry(const DefParse *p, JsonbValue *rv, SagaRetry *r, const char *path)
 		r->max_delay = r->initial_delay;	/* the default cap gives way */
 }
 
+/* an event type the saga publishes or awaits */
+static char *
+get_event_type(const DefParse *p, JsonbValue *v, const char *path)
+{
+	char	   *type = get_string(p, v, path);
+
+	if (!SagaValidEventType(type))
+		def_error(ERRCODE_INVALID_NAME, p, path,
+				  psprintf("event type \"%s\" must match ^[A-Za-z][A-Za-z0-9_.]{0,62}$", echo(type)));
+	return type;
+}
+
+/*
+ * {"await": "EventType"}: the step succeeds when an event of that type with
+ * the saga's correlation id is published; nothing is dispatched, so it has
+ * no topic or function, and nothing is retried (a timeout fails it).
+ */
+static void
+parse_await(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *path)
+{
+	JsonbValue	v;
+
+	(void) get_key(obj, "await", &v);
+	s->await = get_event_type(p, &v, psprintf("%s.await", path));
+	if (get_key(obj, "topic", &v) || get_key(obj, "sql", &v))
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, path,
+				  "an await step has no \"topic\" or \"sql\": the event it awaits is its result");
+	if (get_key(obj, "retry", &v))
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, psprintf("%s.retry", path),
+				  "an await step is not retried: it waits until its event is published or its \"timeout\" passes");
+	if (get_key(obj, "async", &v))
+		def_error(ERRCODE_INVALID_PARAMETER_VALUE, p, psprintf("%s.async", path),
+				  "\"async\" is for SQL steps");
+}
+
 static void
 parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *path)
 {
@@ -459,7 +496,12 @@ parse_step(const DefParse *p, JsonbContainer *obj, SagaStepDef *s, const char *p
 		def_error(ERRCODE_INVALID_NAME, p, psprintf("%s.name", path),
 				  psprintf("step name \"%s\" must match ^[a-z][a-z0-9_]{0,62}$", echo(s->name)));
 
-	parse_action(p, obj, &s->action, path, true);
+	if (get_key(obj, "await", &v))
+		parse_await(p, obj, s, path);
+	else
+		parse_action(p, obj, &s->action, path, true);
+	if (get_key(obj, "publish", &v))
+		s->publish = get_event_type(p, &v, psprintf("%s.publish", path));
 
 	if (get_key(obj, "compensate", &v))
 	{
@@ -703,10 +745,36 @@ parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller)
 	if (resolve)
 		check_sql_retries(&p, def);
 
+	for (int i = 0; i < def->nsteps; i++)
+		if (def->steps[i].await != NULL)
+			def->has_awaits = true;
+	if (resolve && (def->has_awaits || get_key(&doc->root, "publish", &v)))
+		SagaRequireBridges("await steps and \"publish\"");
+	for (int i = 0; resolve && i < def->nsteps; i++)
+		if (def->steps[i].publish != NULL)
+			SagaRequireBridges("await steps and \"publish\"");
+
 	if (get_key(&doc->root, "deadline", &v))
 		def->deadline = get_interval(&p, &v, "$.deadline");
 	if (get_key(&doc->root, "description", &v))
 		(void) get_string(&p, &v, "$.description");
+	if (get_key(&doc->root, "publish", &v))
+	{
+		JsonbContainer *obj;
+
+		expect_type(&p, &v, "object", "$.publish");
+		obj = v.val.binary.data;
+		check_keys(&p, obj, publish_keys, "$.publish");
+		if (JsonContainerSize(obj) == 0)
+			def_error(ERRCODE_INVALID_PARAMETER_VALUE, &p, "$.publish",
+					  "\"publish\" names no event: give \"completed\", \"compensated\" or \"cancelled\"");
+		if (get_key(obj, "completed", &v))
+			def->publish_completed = get_event_type(&p, &v, "$.publish.completed");
+		if (get_key(obj, "compensated", &v))
+			def->publish_compensated = get_event_type(&p, &v, "$.publish.compensated");
+		if (get_key(obj, "cancelled", &v))
+			def->publish_cancelled = get_event_type(&p, &v, "$.publish.cancelled");
+	}
 	return def;
 }
 
@@ -827,12 +895,68 @@ latest_id(const char *name)
 	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/*
+ * The event types some definition awaits, so that saga.publish looks for
+ * waiting await steps only for those.  Definitions are never deleted, so
+ * the set only grows; a define invalidates it with the latest versions.
+ * Publish reads it after taking its event type's lock (which processes
+ * invalidations): an await step that became ready before has a committed
+ * definition, so the set is fresh enough to find it (SagaAwaitEvent).
+ */
+static char **awaited_types = NULL;
+static int	nawaited_types = -1;	/* -1: not loaded */
+static SPIPlanPtr plan_awaited = NULL;
+
+bool
+SagaTypeAwaited(const char *type)
+{
+	if (nawaited_types < 0)
+	{
+		SPIPlanPtr	plan = SagaPrepare(&plan_awaited,
+									   "SELECT DISTINCT s.value OPERATOR(pg_catalog.->>) 'await' "
+									   "FROM saga.definitions d, "
+									   "pg_catalog.jsonb_array_elements(d.definition OPERATOR(pg_catalog.->) 'steps') s "
+									   "WHERE s.value OPERATOR(pg_catalog.?) 'await'",
+									   0, NULL);
+		int			rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
+											  InvalidSnapshot, true, false, 0);
+		MemoryContext old;
+		int			n;
+
+		SagaSpiCheck(rc, SPI_OK_SELECT, "reading awaited event types");
+		old = MemoryContextSwitchTo(CacheMemoryContext);
+		if (awaited_types != NULL)
+		{
+			for (int i = 0; i < nawaited_types; i++)
+				pfree(awaited_types[i]);
+			pfree(awaited_types);
+		}
+		awaited_types = palloc(sizeof(char *) * (SPI_processed + 1));
+		n = 0;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				awaited_types[n++] = TextDatumGetCString(d);
+		}
+		MemoryContextSwitchTo(old);
+		nawaited_types = n;
+	}
+	for (int i = 0; i < nawaited_types; i++)
+		if (strcmp(awaited_types[i], type) == 0)
+			return true;
+	return false;
+}
+
 static void
 latest_cache_flush(Datum arg, Oid relid)
 {
 	if (relid != InvalidOid && relid != definitions_relid)
 		return;
 	def_cache_stale = true;
+	nawaited_types = -1;
 	if (latest_cache != NULL)
 	{
 		hash_destroy(latest_cache);

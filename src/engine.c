@@ -66,6 +66,13 @@ struct SagaState
 	char	   *traceparent;
 	bool		is_new;			/* not yet in saga.sagas */
 	bool		deadline_done;	/* the deadline no longer applies */
+	TimestampTz started_at;
+	int64		event_id;		/* the event that started it (start_saga), or 0 */
+
+	/* events to publish once the transition is written ("publish") */
+	int			npublish;
+	const char **publish_types;
+	Jsonb	  **publish_payloads;
 
 	/* changes to write with the row */
 	SagaNewTask *tasks;
@@ -89,6 +96,10 @@ static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_update = NULL;
 static SPIPlanPtr plan_insert = NULL;
 static SPIPlanPtr plan_insert_keyed = NULL;
+static SPIPlanPtr plan_insert_03 = NULL;
+static SPIPlanPtr plan_insert_keyed_03 = NULL;
+static SPIPlanPtr plan_update_03 = NULL;
+static SPIPlanPtr plan_load_03 = NULL;
 static SPIPlanPtr plan_task = NULL;
 static SPIPlanPtr plan_take = NULL;
 static SPIPlanPtr plan_find_key = NULL;
@@ -212,11 +223,59 @@ add_event(SagaState *st, const char *event, int step, Jsonb *detail)
 	st->nevents++;
 }
 
+/* an event the definition publishes ("publish"), sent once the transition is written */
+static void
+queue_publish(SagaState *st, const char *type, Jsonb *payload)
+{
+	if (st->publish_types == NULL)
+	{
+		/* each step publishes at most once, and the saga once as it ends */
+		st->publish_types = palloc(sizeof(char *) * (st->def->nsteps + 1));
+		st->publish_payloads = palloc(sizeof(Jsonb *) * (st->def->nsteps + 1));
+	}
+	Assert(st->npublish <= st->def->nsteps);
+	st->publish_types[st->npublish] = type;
+	st->publish_payloads[st->npublish++] = payload;
+}
+
+/*
+ * The payload of the event a saga publishes as it ends:
+ * {"saga_id", "saga", "status", "input", "results", and "errors" unless it
+ * completed}.
+ */
+static Jsonb *
+outcome_payload(SagaState *st)
+{
+	JsonbParseState *ps = NULL;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbInt(&ps, "saga_id", st->id);
+	SagaJbStr(&ps, "saga", st->def->name);
+	SagaJbStr(&ps, "status", st->status);
+	SagaJbJsonb(&ps, "input", st->input);
+	SagaJbJsonb(&ps, "results", st->results);
+	if (strcmp(st->status, SAGA_COMPLETED) != 0)
+		SagaJbJsonb(&ps, "errors", st->errors);
+	if (st->cancel_reason != NULL)
+		SagaJbStr(&ps, "reason", st->cancel_reason);
+	return jb_finish(&ps);
+}
+
 static void
 set_saga_status(SagaState *st, const char *status)
 {
+	const char *type = NULL;
+
 	st->status = status;
 	add_event(st, status, -1, NULL);
+	if (strcmp(status, SAGA_COMPLETED) == 0)
+		type = st->def->publish_completed;
+	else if (strcmp(status, SAGA_COMPENSATED) == 0)
+		type = st->def->publish_compensated;
+	else if (strcmp(status, SAGA_CANCELLED) == 0)
+		type = st->def->publish_cancelled;
+	if (type != NULL)
+		queue_publish(st, type, outcome_payload(st));
 }
 
 static bool
@@ -237,7 +296,8 @@ enqueue(SagaState *st, int step, bool comp)
 		st->tasks = palloc(sizeof(SagaNewTask) * st->def->nsteps * 2);
 	t = &st->tasks[st->ntasks++];
 	t->id = SAGA_TASK_ID(st->id, step, comp);
-	t->topic = comp ? s->compensate.topic : s->action.topic;
+	t->awaits = comp ? NULL : s->await;
+	t->topic = comp ? s->compensate.topic : s->await != NULL ? SAGA_AWAIT_TOPIC : s->action.topic;
 	t->kind = comp ? "compensate" : "action";
 	t->step = s->name;
 	/* compensations, and everything after a pivot, retry until they succeed */
@@ -424,17 +484,36 @@ run_sql(SagaState *st, const char *fname, Jsonb **out)
 /* ---------- forward ---------- */
 
 static void
-step_succeeded(SagaState *st, int step, Jsonb *result)
+step_succeeded_by(SagaState *st, int step, Jsonb *result, Jsonb *detail)
 {
 	clear_incident(st, step);
 	st->step_status[step] = STEP_SUCCEEDED;
 	st->results = jsonb_put(st->results, st->def->steps[step].name, result);
-	add_event(st, "succeeded", step, NULL);
+	add_event(st, "succeeded", step, detail);
+	if (st->def->steps[step].publish != NULL)
+		queue_publish(st, st->def->steps[step].publish, result);
 	if (st->def->steps[step].pivot && !st->pivoted)
 	{
 		st->pivoted = true;
 		add_event(st, "pivoted", step, NULL);
 	}
+}
+
+static void
+step_succeeded(SagaState *st, int step, Jsonb *result)
+{
+	step_succeeded_by(st, step, result, NULL);
+}
+
+/* an await step's event arrived: its payload is the step's result */
+static void
+await_succeeded(SagaState *st, int step, int64 event_id, Jsonb *payload)
+{
+	JsonbParseState *ps = NULL;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbInt(&ps, "event_id", event_id);
+	step_succeeded_by(st, step, payload, jb_finish(&ps));
 }
 
 /* a step failed for good: the saga starts compensating in this transaction */
@@ -677,6 +756,7 @@ sql_retry_later(SagaState *st, int step, Jsonb *error, bool task_exists)
 		t = &st->tasks[st->ntasks++];
 		t->id = task;
 		t->topic = SAGA_SQL_RETRY_TOPIC;
+		t->awaits = NULL;
 		t->kind = "action";
 		t->step = s->name;
 		t->max_attempts = 0;
@@ -718,6 +798,29 @@ advance(SagaState *st)
 				continue;
 
 			st->attempts[i] = 1;
+			if (s->await != NULL)
+			{
+				JsonbParseState *ps = NULL;
+				int64		event_id;
+				Jsonb	   *payload;
+
+				pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+				SagaJbStr(&ps, "await", s->await);
+				add_event(st, "dispatched", i, jb_finish(&ps));
+				/* the event may be out already: published since the saga started */
+				if (SagaAwaitedEvent(s->await, st->correlation_id, st->started_at,
+									 &event_id, &payload))
+				{
+					await_succeeded(st, i, event_id, payload);
+					progress = true;
+				}
+				else
+				{
+					st->step_status[i] = STEP_READY;
+					enqueue(st, i, false);
+				}
+				continue;
+			}
 			if (s->action.topic != NULL)
 			{
 				st->step_status[i] = STEP_READY;
@@ -899,12 +1002,17 @@ load_saga(int64 saga_id)
 	SagaState  *st;
 	Datum		d;
 
-	SagaExecute(&plan_load,
-				"SELECT definition_id, status, pivoted, cancel_requested, "
-				"cancel_reason, step_status, attempts, input, results, errors, "
-				"incident, correlation_id, traceparent, deliveries "
-				"FROM saga.sagas WHERE id = $1 FOR UPDATE",
-				1, argtypes, values, NULL, SPI_OK_SELECT, "locking a saga");
+#define LOAD_SAGA(event_id) \
+	"SELECT definition_id, status, pivoted, cancel_requested, " \
+	"cancel_reason, step_status, attempts, input, results, errors, " \
+	"incident, correlation_id, traceparent, deliveries, started_at, " \
+	event_id " FROM saga.sagas WHERE id = $1 FOR UPDATE"
+	if (SagaBridgesInstalled())
+		SagaExecute(&plan_load, LOAD_SAGA("COALESCE(event_id, 0)"),
+					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a saga");
+	else
+		SagaExecute(&plan_load_03, LOAD_SAGA("0::pg_catalog.int8"),
+					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a saga");
 	if (SPI_processed == 0)
 		return NULL;
 	SagaTransitionBegin(saga_id);
@@ -935,6 +1043,8 @@ load_saga(int64 saga_id)
 	st->incident = isnull ? NULL : DatumGetJsonbPCopy(d);
 	st->correlation_id = getcstring(tup, desc, 12);
 	st->traceparent = getcstring(tup, desc, 13);
+	st->started_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 15, &isnull));
+	st->event_id = DatumGetInt64(SPI_getbinval(tup, desc, 16, &isnull));
 	return st;
 }
 
@@ -972,10 +1082,10 @@ text_or_null(const char *s, char *nulls, int i)
  * history; empty arrays simply write nothing.
  */
 #define SAVE_NPARAMS_COMMON 24
-#define SAVE_CTES \
+#define SAVE_CTES(awcol, awvisible, awval, awunnest, awname) \
 	"d AS (DELETE FROM saga.outbox WHERE id = ANY($19)), " \
 	"o AS (INSERT INTO saga.outbox (id, topic, kind, saga_id, step, attempt, max_attempts, " \
-	"payload, headers, visible_at, created_at, timeout_at) " \
+	"payload, headers, visible_at, created_at, timeout_at" awcol ") " \
 	"SELECT t.id, t.topic, t.kind, $1, t.step, 1, NULLIF(t.max_attempts, 0), " \
 	"pg_catalog.jsonb_build_object('input', $9, 'results', $7), " \
 	"pg_catalog.jsonb_build_object('saga_id', $1, 'step', t.step, 'kind', t.kind, 'attempt', 1, " \
@@ -983,23 +1093,30 @@ text_or_null(const char *s, char *nulls, int i)
 	"'correlation_id', $10, " \
 	"'traceparent', pg_catalog.substr($11, 1, 36) " \
 	"|| pg_catalog.lpad(pg_catalog.to_hex(t.id), 16, '0') || '-01'), " \
-	"$12, $12, CASE WHEN t.timeout > interval '0' THEN $12 + t.timeout END " \
+	awvisible ", " \
+	"$12, CASE WHEN t.timeout > interval '0' THEN $12 + t.timeout END" awval " " \
 	"FROM ROWS FROM (pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]), " \
 	"pg_catalog.unnest($15::text[]), pg_catalog.unnest($16::text[]), " \
-	"pg_catalog.unnest($17::integer[]), pg_catalog.unnest($18::interval[])) " \
-	"AS t(id, topic, kind, step, max_attempts, timeout)), " \
+	"pg_catalog.unnest($17::integer[]), pg_catalog.unnest($18::interval[])" awunnest ") " \
+	"AS t(id, topic, kind, step, max_attempts, timeout" awname ")), " \
 	"h AS (INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) " \
 	"SELECT $1, pg_catalog.clock_timestamp(), $23, $20, $21, $22 " \
 	"WHERE pg_catalog.cardinality($20) > 0) "
 
-#define SAVE_INSERT \
+/* 0.4 writes await steps' rows, and the event that started a saga; 0.3 had neither */
+#define SAVE_CTES_04(awaits) \
+	SAVE_CTES(", awaits", "CASE WHEN t.awaits IS NULL THEN $12 ELSE 'infinity' END", ", t.awaits", \
+			  ", pg_catalog.unnest(" awaits "::text[])", ", awaits")
+#define SAVE_CTES_03 SAVE_CTES("", "$12", "", "", "")
+
+#define SAVE_INSERT(evcol, evval) \
 	"WITH s AS (INSERT INTO saga.sagas (id, definition_id, name, version, " \
 	"status, pivoted, step_status, attempts, deliveries, input, results, " \
 	"errors, correlation_id, idempotency_key, traceparent, started_at, " \
-	"updated_at, finished_at, deadline_at) " \
+	"updated_at, finished_at, deadline_at" evcol ") " \
 	"VALUES ($1, $25, $26, $27, $2, $3, $4, $5, $6, $9, $7, $8, $10, $28, $11, " \
 	"$12, $12, CASE WHEN $24 THEN $12 END, " \
-	"$29) "
+	"$29" evval ") "
 
 static Datum
 datum_array(Datum *d, int n, Oid type, int len, bool byval, char align)
@@ -1077,6 +1194,26 @@ save_params(SagaState *st, Oid *types, Datum *values, char *nulls, TimestampTz n
 }
 
 /*
+ * Publish what the transition queued ("publish"), now that the saga row is
+ * written and its transition over: a publish may end await steps and start
+ * sagas, this one's included.  The events carry the saga's correlation id
+ * and trace; a saga started by an event (start_saga) gives that event as
+ * their cause, so hops count on and the hop limit stops an event loop
+ * through sagas.  A cause purged since (saga.retention) is left out.
+ */
+static void
+flush_publish(SagaState *st)
+{
+	int			n = st->npublish;
+
+	st->npublish = 0;
+	for (int i = 0; i < n; i++)
+		(void) SagaPublish(st->publish_types[i], st->publish_payloads[i], st->correlation_id,
+						   st->event_id, st->event_id != 0 ? SAGA_CAUSE_IF_RETAINED : SAGA_NO_CAUSE,
+						   NULL, NULL, st->traceparent);
+}
+
+/*
  * Write the saga row, the outbox changes and the history in one statement.
  * A new saga whose idempotency key is already taken is not written: returns
  * false.
@@ -1084,18 +1221,32 @@ save_params(SagaState *st, Oid *types, Datum *values, char *nulls, TimestampTz n
 static bool
 save_saga(SagaState *st)
 {
-	Oid			types[SAVE_NPARAMS_COMMON + 5];
-	Datum		values[SAVE_NPARAMS_COMMON + 5];
-	char		nulls[SAVE_NPARAMS_COMMON + 6];
+	Oid			types[SAVE_NPARAMS_COMMON + 7];
+	Datum		values[SAVE_NPARAMS_COMMON + 7];
+	char		nulls[SAVE_NPARAMS_COMMON + 8];
 	TimestampTz now = GetCurrentTimestamp();
 	int			rc;
 	bool		isnull;
+	Datum	   *awaits = palloc(sizeof(Datum) * (st->ntasks + 1));
+	bool	   *awaits_null = palloc(sizeof(bool) * (st->ntasks + 1));
+	int			dims[1] = {st->ntasks};
+	int			lbs[1] = {1};
+	Datum		awaits_array;
+	bool		schema_04 = SagaBridgesInstalled();
 
 	/* a transition went through: an incident of failed time-based work is over */
 	if (st->incident != NULL && jsonb_get(st->incident, "work_failed") != NULL)
 		st->incident = NULL;
 	save_params(st, types, values, nulls, now);
-	nulls[SAVE_NPARAMS_COMMON + 5] = '\0';
+	for (int i = 0; i < st->ntasks; i++)
+	{
+		if (st->tasks[i].awaits != NULL && !schema_04)
+			SagaRequireBridges("await steps");
+		awaits_null[i] = st->tasks[i].awaits == NULL;
+		awaits[i] = awaits_null[i] ? (Datum) 0 : CStringGetTextDatum(st->tasks[i].awaits);
+	}
+	awaits_array = PointerGetDatum(construct_md_array(awaits, awaits_null, 1, dims, lbs, TEXTOID,
+													  -1, false, TYPALIGN_INT));
 	if (st->is_new)
 	{
 		types[24] = INT4OID;
@@ -1110,23 +1261,45 @@ save_saga(SagaState *st)
 		types[28] = TIMESTAMPTZOID;
 		values[28] = TimestampTzGetDatum(now + st->def->deadline);
 		nulls[28] = st->def->deadline > 0 ? ' ' : 'n';
-		nulls[24] = nulls[25] = nulls[26] = ' ';
+		types[29] = TEXTARRAYOID;
+		values[29] = awaits_array;
+		types[30] = INT8OID;
+		values[30] = Int64GetDatum(st->event_id);
+		nulls[24] = nulls[25] = nulls[26] = nulls[29] = nulls[30] = ' ';
+		nulls[31] = '\0';
 		/* ON CONFLICT makes the insert speculative: only when a key can clash */
-		if (st->idempotency_key != NULL)
+		if (st->idempotency_key != NULL && schema_04)
 			rc = SPI_execute_plan(SagaPrepare(&plan_insert_keyed,
-											  SAVE_INSERT
+											  SAVE_INSERT(", event_id", ", NULLIF($31, 0)")
 											  "ON CONFLICT (name, idempotency_key) "
 											  "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1), "
-											  SAVE_CTES
+											  SAVE_CTES_04("$30")
 											  "SELECT pg_catalog.count(*) FROM s",
-											  SAVE_NPARAMS_COMMON + 5, types),
+											  SAVE_NPARAMS_COMMON + 7, types),
+								  values, nulls, false, 0);
+		else if (schema_04)
+			rc = SPI_execute_plan(SagaPrepare(&plan_insert,
+											  SAVE_INSERT(", event_id", ", NULLIF($31, 0)")
+											  "RETURNING 1), "
+											  SAVE_CTES_04("$30")
+											  "SELECT pg_catalog.count(*) FROM s",
+											  SAVE_NPARAMS_COMMON + 7, types),
+								  values, nulls, false, 0);
+		else if (st->idempotency_key != NULL)
+			rc = SPI_execute_plan(SagaPrepare(&plan_insert_keyed_03,
+											  SAVE_INSERT("", "")
+											  "ON CONFLICT (name, idempotency_key) "
+											  "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1), "
+											  SAVE_CTES_03
+											  "SELECT pg_catalog.count(*) FROM s",
+											  SAVE_NPARAMS_COMMON + 7, types),
 								  values, nulls, false, 0);
 		else
-			rc = SPI_execute_plan(SagaPrepare(&plan_insert,
-											  SAVE_INSERT "RETURNING 1), "
-											  SAVE_CTES
+			rc = SPI_execute_plan(SagaPrepare(&plan_insert_03,
+											  SAVE_INSERT("", "") "RETURNING 1), "
+											  SAVE_CTES_03
 											  "SELECT pg_catalog.count(*) FROM s",
-											  SAVE_NPARAMS_COMMON + 5, types),
+											  SAVE_NPARAMS_COMMON + 7, types),
 								  values, nulls, false, 0);
 	}
 	else
@@ -1140,20 +1313,31 @@ save_saga(SagaState *st)
 		values[26] = st->incident == NULL ? (Datum) 0 : JsonbPGetDatum(st->incident);
 		types[27] = BOOLOID;
 		values[27] = BoolGetDatum(st->deadline_done);
-		nulls[24] = nulls[27] = ' ';
-		rc = SPI_execute_plan(SagaPrepare(&plan_update,
-										  "WITH s AS (UPDATE saga.sagas SET status = $2, pivoted = $3, "
-										  "step_status = $4, attempts = $5, deliveries = $6, results = $7, "
-										  "errors = $8, cancel_requested = $25, cancel_reason = $26, "
-										  "incident = $27, updated_at = pg_catalog.clock_timestamp(), "
-										  "finished_at = CASE WHEN $24 THEN COALESCE(finished_at, "
-										  "pg_catalog.clock_timestamp()) END, "
-										  "deadline_at = CASE WHEN $24 OR $28 THEN NULL ELSE deadline_at END "
-										  "WHERE id = $1 RETURNING 1), "
-										  SAVE_CTES
-										  "SELECT pg_catalog.count(*) FROM s",
-										  SAVE_NPARAMS_COMMON + 4, types),
-							  values, nulls, false, 0);
+		types[28] = TEXTARRAYOID;
+		values[28] = awaits_array;
+		nulls[24] = nulls[27] = nulls[28] = ' ';
+		nulls[29] = '\0';
+#define SAVE_UPDATE \
+	"WITH s AS (UPDATE saga.sagas SET status = $2, pivoted = $3, " \
+	"step_status = $4, attempts = $5, deliveries = $6, results = $7, " \
+	"errors = $8, cancel_requested = $25, cancel_reason = $26, " \
+	"incident = $27, updated_at = pg_catalog.clock_timestamp(), " \
+	"finished_at = CASE WHEN $24 THEN COALESCE(finished_at, " \
+	"pg_catalog.clock_timestamp()) END, " \
+	"deadline_at = CASE WHEN $24 OR $28 THEN NULL ELSE deadline_at END " \
+	"WHERE id = $1 RETURNING 1), "
+		if (schema_04)
+			rc = SPI_execute_plan(SagaPrepare(&plan_update,
+											  SAVE_UPDATE SAVE_CTES_04("$29")
+											  "SELECT pg_catalog.count(*) FROM s",
+											  SAVE_NPARAMS_COMMON + 5, types),
+								  values, nulls, false, 0);
+		else
+			rc = SPI_execute_plan(SagaPrepare(&plan_update_03,
+											  SAVE_UPDATE SAVE_CTES_03
+											  "SELECT pg_catalog.count(*) FROM s",
+											  SAVE_NPARAMS_COMMON + 5, types),
+								  values, nulls, false, 0);
 	}
 	SagaSpiCheck(rc, SPI_OK_SELECT, "writing a saga");
 	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) == 0)
@@ -1177,6 +1361,7 @@ save_saga(SagaState *st)
 	st->ntasks = 0;
 	st->ndeletes = 0;
 	st->nevents = 0;
+	flush_publish(st);
 	return true;
 }
 
@@ -1207,9 +1392,17 @@ find_by_key(const char *name, const char *key)
 
 int64
 SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
-		  const char *idempotency_key, const char *traceparent)
+		  const char *idempotency_key, const char *traceparent, int64 event_id)
 {
 	SagaState  *st;
+
+	/* an await step matches events by the saga's correlation id */
+	if (def->has_awaits && correlation_id == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("saga \"%s\" needs a correlation_id", def->name),
+				 errdetail("It has await steps, which succeed when an event with the saga's correlation id is published."),
+				 errhint("Pass correlation_id => the id its events will carry.")));
 
 	/* the caller checked traceparent (SagaTraceparentArg) */
 	if (idempotency_key != NULL)
@@ -1236,6 +1429,8 @@ SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 	st->correlation_id = correlation_id ? pstrdup(correlation_id) : NULL;
 	st->idempotency_key = idempotency_key ? pstrdup(idempotency_key) : NULL;
 	st->traceparent = traceparent ? pstrdup(traceparent) : SagaNewTraceparent();
+	st->event_id = event_id;
+	st->started_at = GetCurrentTimestamp();
 	st->is_new = true;
 	SagaTransitionBegin(st->id);
 	SagaNoteWork(st->id, 0, NULL);
@@ -1602,6 +1797,13 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 				 errmsg("task %lld is an SQL step's", (long long) task_id),
 				 errdetail("Step \"%s\" of saga %lld runs in the database; only the engine reports it.",
 						   st->def->steps[step].name, (long long) st->id)));
+	if (!comp && st->def->steps[step].await != NULL && fence != FENCE_ENGINE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("task %lld is an await step's", (long long) task_id),
+				 errdetail("Step \"%s\" of saga %lld succeeds when an event of type \"%s\" with its correlation id is published.",
+						   st->def->steps[step].name, (long long) st->id, st->def->steps[step].await),
+				 errhint("Publish the event with saga.publish.")));
 
 	if (have_row)
 	{
@@ -1666,6 +1868,68 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 	else
 		SagaTransitionEnd(st->id);
 	return recorded;
+}
+
+/*
+ * An event of an awaited type was published (saga.publish, after writing
+ * it, holding the type's lock): every await step waiting for that type with
+ * the event's correlation id succeeds, its result the payload.  The waiting
+ * tasks are found as of the latest snapshot; an await step that became
+ * ready in a transaction still open is not among them, but that transaction
+ * waits for the type's lock and then finds this event (SagaAwaitedEvent).
+ * A REPEATABLE READ publisher cannot lock a task committed after its
+ * snapshot: it gets 40001, to retry, rather than miss it.
+ */
+void
+SagaAwaitEvent(const char *type, const char *correlation_id, int64 event_id, Jsonb *payload)
+{
+	static SPIPlanPtr plan_waiting = NULL;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(type), CStringGetTextDatum(correlation_id)};
+	int64	   *ids;
+	int			n;
+
+	SagaExecuteLatest(&plan_waiting,
+					  "SELECT id FROM saga.outbox WHERE awaits = $1 "
+					  "AND headers OPERATOR(pg_catalog.->>) 'correlation_id' = $2 ORDER BY id",
+					  2, types, values, NULL, SPI_OK_SELECT, "finding await steps");
+	n = (int) SPI_processed;
+	ids = palloc(sizeof(int64) * (n + 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	for (int i = 0; i < n; i++)
+	{
+		int			step = SAGA_TASK_STEP(ids[i]);
+		TaskRow		row = {0};
+		SagaState  *st;
+
+		if (!lock_task(ids[i], &row, true))
+		{
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to an await step that became ready concurrently"),
+						 errdetail("Task %lld awaits event type \"%s\" and was written after this transaction's snapshot.",
+								   (long long) ids[i], type)));
+			continue;			/* its timeout or its saga's end took it first */
+		}
+		st = load_saga(SAGA_TASK_SAGA(ids[i]));
+		if (st == NULL || step >= st->def->nsteps || st->def->steps[step].await == NULL ||
+			st->step_status[step] != STEP_READY)
+			elog(ERROR, "saga: await task %lld does not match its saga", (long long) ids[i]);
+		SagaNoteWork(st->id, ids[i], st->def->steps[step].name);
+		DELIVERY(st, step, false) = settled_by(&row, FENCE_ENGINE);
+		await_succeeded(st, step, event_id, payload);
+		if (strcmp(st->status, SAGA_RUNNING) == 0)
+			advance(st);
+		else
+			compensate(st);
+		save_saga(st);
+	}
 }
 
 /*

@@ -71,6 +71,7 @@ typedef struct SubInfo
 	char		topic[SAGA_TOPIC_SIZE];
 	int32		max_attempts;
 	JsonPath   *filter;			/* NULL: every event */
+	char		start_saga[NAMEDATALEN];	/* "": a delivery; else the saga each event starts */
 } SubInfo;
 
 typedef struct SubCacheEntry
@@ -132,6 +133,29 @@ bool
 SagaChoreographyInstalled(void)
 {
 	return OidIsValid(SagaRelid("flows"));
+}
+
+/*
+ * Whether the installed extension is 0.4 or later (the bridges' columns
+ * exist): the library may be newer than the extension until ALTER
+ * EXTENSION saga UPDATE runs.
+ */
+bool
+SagaBridgesInstalled(void)
+{
+	Oid			relid = SagaRelid("sagas");
+
+	return OidIsValid(relid) && get_attnum(relid, "event_id") != InvalidAttrNumber;
+}
+
+void
+SagaRequireBridges(const char *what)
+{
+	if (!SagaBridgesInstalled())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s need extension version 0.4", what),
+				 errhint("Run ALTER EXTENSION saga UPDATE.")));
 }
 
 /* ^[A-Za-z][A-Za-z0-9_.]{0,62}$ */
@@ -202,12 +226,13 @@ jsonb_equal(Jsonb *a, Jsonb *b)
 
 /* ---------- subscription options ---------- */
 
-static const char *const option_keys[] = {"retry", "filter", "replay_from", NULL};
+static const char *const option_keys[] = {"retry", "filter", "replay_from", "start_saga", NULL};
 
 typedef struct SubOptions
 {
 	SagaRetry	retry;
 	char	   *filter;			/* NULL: none */
+	char	   *start_saga;		/* NULL: none */
 	bool		has_replay_from;
 	TimestampTz replay_from;
 } SubOptions;
@@ -267,6 +292,31 @@ parse_options(Jsonb *doc, SubOptions *o, const char *what, bool stored)
 						 psprintf("a filter is at most %d bytes", SAGA_MAX_FILTER_LEN));
 		if (!stored)
 			(void) parse_filter(o->filter, what);
+	}
+	if (SagaDocGetKey(&doc->root, "start_saga", &v))
+	{
+		o->start_saga = SagaDocString(&p, &v, "$.start_saga");
+		if (!stored)
+			SagaRequireBridges("start_saga subscriptions");
+		if (SagaDocGetKey(&doc->root, "retry", &v))
+			SagaDocError(ERRCODE_INVALID_PARAMETER_VALUE, &p, "$.retry",
+						 "a start_saga subscription writes no delivery to retry: it starts the saga in the publishing transaction");
+		if (!stored && SagaDefinitionLatest(o->start_saga) == NULL)
+		{
+			if (SagaNameIsChoreography(o->start_saga))
+				ereport(ERROR,
+						(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+						 errmsg("invalid %s: \"%s\" is a choreography, not a saga definition",
+								what, o->start_saga),
+						 errdetail("The offending value is at $.start_saga."),
+						 errhint("start_saga names a definition stored by saga.define.")));
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("invalid %s: saga definition \"%s\" does not exist",
+							what, SagaEcho(o->start_saga)),
+					 errdetail("The offending value is at $.start_saga."),
+					 errhint("Define it with saga.define first.")));
+		}
 	}
 	if (!stored && SagaDocGetKey(&doc->root, "replay_from", &v))
 	{
@@ -432,6 +482,8 @@ subscriptions_of(const char *type, Oid relid)
 		parse_options(DatumGetJsonbP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull)),
 					  &o, "subscription options", true);
 		s->max_attempts = o.retry.max_attempts;
+		if (o.start_saga != NULL)
+			strlcpy(s->start_saga, o.start_saga, NAMEDATALEN);
 		if (o.filter != NULL)
 		{
 			JsonPath   *jp = parse_filter(o.filter, "subscription options");
@@ -774,16 +826,73 @@ event_params(Datum *values, char *nulls, int64 id, const char *type, Jsonb *payl
 }
 
 /*
+ * A start_saga subscription's delivery: the saga starts in the publishing
+ * transaction, its input the payload, its correlation id the event's, its
+ * trace a span in the event's, its cause the event (see flush_publish).  The
+ * idempotency key "event:<id>" makes a replay of the event find the saga it
+ * started rather than start another; the prefix keeps the keys clear of
+ * those callers choose.
+ */
+static int64
+start_from_event(const char *name, int64 event_id, Jsonb *payload, const char *correlation_id,
+				 const char *traceparent)
+{
+	SagaDef    *def = SagaDefinitionLatest(name);
+
+	if (def == NULL)
+		elog(ERROR, "saga: the definition \"%s\" of a start_saga subscription is gone", name);
+	return SagaStart(def, payload, correlation_id, psprintf("event:%lld", (long long) event_id),
+					 SagaChildTraceparent(traceparent), event_id);
+}
+
+/*
+ * An event a saga awaits, published since it started: the first of that
+ * type with that correlation id, as of the latest snapshot.  Taking the
+ * type's lock in SHARE mode waits for its publishers in flight (which hold
+ * it ROW EXCLUSIVE) and holds off new ones until we commit; they then find
+ * our await step (SagaAwaitEvent), or we find their event here.
+ */
+bool
+SagaAwaitedEvent(const char *type, const char *correlation_id, TimestampTz since,
+				 int64 *event_id, Jsonb **payload)
+{
+	static SPIPlanPtr plan_awaited_event = NULL;
+	Oid			types[3] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[3];
+	bool		isnull;
+
+	if (correlation_id == NULL)
+		return false;
+	lock_event_type(SagaRelid("subscriptions"), type, ShareLock);
+	values[0] = CStringGetTextDatum(type);
+	values[1] = CStringGetTextDatum(correlation_id);
+	values[2] = TimestampTzGetDatum(since);
+	SagaExecuteLatest(&plan_awaited_event,
+					  "SELECT id, payload FROM saga.events WHERE correlation_id = $2 AND type = $1 "
+					  "AND published_at >= $3 ORDER BY published_at, id LIMIT 1",
+					  3, types, values, NULL, SPI_OK_SELECT, "finding an awaited event");
+	if (SPI_processed == 0)
+		return false;
+	*event_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*payload = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return true;
+}
+
+/*
  * Record an event and deliver it to every subscription of its type whose
  * filter takes it, in the current transaction.  Returns the event's id (an
  * earlier event's, for a repeated idempotency key).  The caller checked the
- * arguments' bounds and runs as the engine.
+ * arguments' bounds and runs as the engine.  A start_saga subscription starts its
+ * saga, and await steps waiting for the event succeed, before it returns.
  */
 int64
 SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
-			int64 causation_id, bool has_cause, const char *key,
+			int64 causation_id, SagaCause cause, const char *key,
 			const char *idempotency_key, const char *traceparent)
 {
+	bool		has_cause = (cause != SAGA_NO_CAUSE);
+	int			nstart = 0;
+	char	  **starts;
 	Oid			relid = SagaRelid("subscriptions");
 	SubCacheEntry *entry;
 	int			nsubs;
@@ -815,17 +924,23 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 	{
 		Oid			types[1] = {INT8OID};
 		Datum		values[1] = {Int64GetDatum(causation_id)};
-		bool		isnull;
-		char	   *cause_corr;
 
 		SagaExecute(&plan_cause,
 					"SELECT correlation_id, traceparent, hops FROM saga.events WHERE id = $1",
 					1, types, values, NULL, SPI_OK_SELECT, "finding the cause of an event");
-		if (SPI_processed == 0)
+		if (SPI_processed == 0 && cause == SAGA_CAUSE_IF_RETAINED)
+			has_cause = false;
+		else if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("event %lld does not exist", (long long) causation_id),
 					 errdetail("causation_id names the event being handled; it may have been purged (saga.retention).")));
+	}
+	if (has_cause)
+	{
+		char	   *cause_corr;
+		bool		isnull;
+
 		cause_corr = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		cause_trace = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 		hops = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
@@ -927,12 +1042,18 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 	d_subs = palloc(sizeof(Datum) * (nsubs + 1));
 	d_max = palloc(sizeof(Datum) * (nsubs + 1));
 	d_keys = palloc(sizeof(Datum) * (nsubs + 1));
+	starts = palloc(sizeof(char *) * (nsubs + 1));
 	for (int i = 0; i < nsubs; i++)
 	{
 		if (!verdict.over_limit && errors[i] != NULL)
 			record_filter_error(subs[i].id, id, errors[i]);
 		if (!deliver[i])
 			continue;
+		if (subs[i].start_saga[0] != '\0')
+		{
+			starts[nstart++] = subs[i].start_saga;
+			continue;
+		}
 		d_topics[ndeliver] = CStringGetTextDatum(subs[i].topic);
 		d_subs[ndeliver] = Int64GetDatum(subs[i].id);
 		d_max[ndeliver] = Int32GetDatum(subs[i].max_attempts);
@@ -964,7 +1085,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 		memset(nulls, ' ', sizeof(nulls));
 		event_params(values, nulls, id, type, payload, corr, causation_id, has_cause, key,
 					 NULL, trace, now, hops);
-		values[11] = Int32GetDatum(ndeliver);
+		values[11] = Int32GetDatum(ndeliver + nstart);
 		values[12] = BoolGetDatum(verdict.late);
 		values[13] = JsonbPGetDatum(headers);
 		values[14] = text_array(d_topics, ndeliver);
@@ -1006,7 +1127,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 		memset(nulls, ' ', sizeof(nulls));
 		event_params(values, nulls, id, type, payload, corr, causation_id, has_cause, key,
 					 NULL, trace, now, hops);
-		values[11] = Int32GetDatum(ndeliver);
+		values[11] = Int32GetDatum(ndeliver + nstart);
 		values[12] = BoolGetDatum(verdict.late);
 		values[13] = JsonbPGetDatum(headers);
 		values[14] = text_array(d_topics, ndeliver);
@@ -1040,7 +1161,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 		values[0] = Int64GetDatum(id);
 		values[1] = JsonbPGetDatum(payload);
 		values[2] = TimestampTzGetDatum(now);
-		values[3] = Int32GetDatum(ndeliver);
+		values[3] = Int32GetDatum(ndeliver + nstart);
 		values[4] = BoolGetDatum(verdict.late);
 		values[5] = JsonbPGetDatum(headers);
 		values[6] = text_array(d_topics, ndeliver);
@@ -1064,6 +1185,12 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 
 	for (int i = 0; i < ndeliver; i++)
 		SagaAnnounce(TextDatumGetCString(d_topics[i]));
+
+	/* the bridges to sagas: those it starts, and the await steps it ends */
+	for (int i = 0; i < nstart; i++)
+		(void) start_from_event(starts[i], id, payload, corr, trace);
+	if (!verdict.over_limit && SagaTypeAwaited(type))
+		SagaAwaitEvent(type, corr, id, payload);
 	return id;
 }
 
@@ -1090,7 +1217,8 @@ saga_publish(PG_FUNCTION_ARGS)
 
 	SagaEnter(&save);
 	id = SagaPublish(type, payload, correlation_id,
-					 PG_ARGISNULL(3) ? 0 : PG_GETARG_INT64(3), !PG_ARGISNULL(3),
+					 PG_ARGISNULL(3) ? 0 : PG_GETARG_INT64(3),
+					 PG_ARGISNULL(3) ? SAGA_NO_CAUSE : SAGA_CAUSE,
 					 key, idempotency_key, traceparent);
 	SagaLeave(&save);
 	PG_RETURN_INT64(id);
@@ -1390,7 +1518,8 @@ SagaDeliveryExisted(int64 task_id)
  */
 static int64
 replay_into(int64 sub_id, const char *type, const char *topic, const char *filter_text,
-			int32 max_attempts, TimestampTz since, TimestampTz until, bool replay)
+			int32 max_attempts, const char *start_saga, TimestampTz since, TimestampTz until,
+			bool replay)
 {
 	JsonPath   *filter = filter_text ? parse_filter(filter_text, "subscription options") : NULL;
 	SubInfo		sub = {0};
@@ -1469,6 +1598,13 @@ replay_into(int64 sub_id, const char *type, const char *topic, const char *filte
 						 errmsg("too many events to replay"),
 						 errdetail("One replay writes at most %d deliveries.", SAGA_MAX_REPLAY),
 						 errhint("Replay a shorter interval at a time.")));
+			if (start_saga != NULL)
+			{
+				/* the event's saga, started now unless it was before */
+				(void) start_from_event(start_saga, eid, payload, corr, trace);
+				written++;
+				continue;
+			}
 			ev_ids[m] = Int64GetDatum(eid);
 			payloads[m] = JsonbPGetDatum(payload);
 			headers[m] = JsonbPGetDatum(delivery_headers(eid, type, corr, trace,
@@ -1630,7 +1766,7 @@ SagaSubscribeAs(const char *type, const char *topic, Jsonb *options,
 	sub_cache_stale = true;
 
 	if (inserted && options != NULL && o.has_replay_from)
-		(void) replay_into(id, type, topic, o.filter, o.retry.max_attempts,
+		(void) replay_into(id, type, topic, o.filter, o.retry.max_attempts, o.start_saga,
 						   o.replay_from, GetCurrentTimestamp(), false);
 	return id;
 }
@@ -1812,7 +1948,8 @@ saga_replay(PG_FUNCTION_ARGS)
 	sub_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	parse_options(DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
 				  &o, "subscription options", true);
-	n = replay_into(sub_id, type, topic, o.filter, o.retry.max_attempts, since, until, true);
+	n = replay_into(sub_id, type, topic, o.filter, o.retry.max_attempts, o.start_saga,
+					since, until, true);
 	SagaLeave(&save);
 	PG_RETURN_INT64(n);
 }

@@ -108,6 +108,8 @@ typedef struct SagaStepDef
 	int64		timeout;		/* microseconds, 0 = none */
 	bool		pivot;
 	bool		retry_given;	/* the document had "retry" (define-time checks) */
+	char	   *await;			/* an await step: the event type it waits for */
+	char	   *publish;		/* event type published when the step succeeds */
 } SagaStepDef;
 
 typedef struct SagaDef
@@ -120,6 +122,11 @@ typedef struct SagaDef
 	int			nsteps;
 	SagaStepDef *steps;
 	int64		deadline;		/* microseconds, 0 = none */
+	/* event types published when the saga ends so ("publish"), or NULL */
+	char	   *publish_completed;
+	char	   *publish_compensated;
+	char	   *publish_cancelled;
+	bool		has_awaits;		/* some step is an await step */
 } SagaDef;
 
 /* saga.c */
@@ -215,7 +222,10 @@ extern void SagaDefinitionInit(void);
 typedef struct SagaState SagaState;
 
 extern int64 SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
-					   const char *idempotency_key, const char *traceparent);
+					   const char *idempotency_key, const char *traceparent, int64 event_id);
+extern void SagaAwaitEvent(const char *type, const char *correlation_id, int64 event_id,
+						   Jsonb *payload);
+extern bool SagaTypeAwaited(const char *type);
 /* how a report proves it may settle its task */
 typedef enum SagaFence
 {
@@ -247,6 +257,13 @@ extern void SagaRetrySqlStep(int64 task_id, const char *why);
  */
 #define SAGA_SQL_RETRY_TOPIC	"saga sql"
 
+/*
+ * The outbox topic of await steps waiting for their event: never visible
+ * (visible_at is infinity), never claimable; its rows carry the awaited
+ * type in saga.outbox.awaits, found by saga.publish through outbox_await.
+ */
+#define SAGA_AWAIT_TOPIC		"saga await"
+
 /* outbox.c */
 typedef struct SagaNewTask
 {
@@ -256,6 +273,7 @@ typedef struct SagaNewTask
 	const char *step;
 	int32		max_attempts;	/* 0 = unlimited */
 	int64		timeout;		/* microseconds, 0 = none */
+	const char *awaits;			/* an await step's event type, or NULL */
 } SagaNewTask;
 
 extern void SagaOutboxEnqueued(SagaNewTask *tasks, int ntasks, TimestampTz written_at);
@@ -303,9 +321,19 @@ extern int	saga_max_hops;
 extern int	saga_filter_timeout;
 
 extern bool SagaValidEventType(const char *type);
+/* what a publish's causation_id is */
+typedef enum SagaCause
+{
+	SAGA_NO_CAUSE,
+	SAGA_CAUSE,					/* an event that must exist (42704 if not) */
+	SAGA_CAUSE_IF_RETAINED		/* left out if retention purged it */
+} SagaCause;
+
 extern int64 SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
-						 int64 causation_id, bool has_cause, const char *key,
+						 int64 causation_id, SagaCause cause, const char *key,
 						 const char *idempotency_key, const char *traceparent);
+extern bool SagaAwaitedEvent(const char *type, const char *correlation_id, TimestampTz since,
+							 int64 *event_id, Jsonb **payload);
 extern bool SagaDeliveryReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 							   SagaFence fence, int32 lease);
 extern void SagaDeliveryExhaust(int64 task_id, const char *why);
@@ -313,6 +341,8 @@ extern bool SagaDeliveryExisted(int64 task_id);
 extern int64 SagaSubscribeAs(const char *type, const char *topic, Jsonb *options,
 							 const char *choreography, Oid caller);
 extern bool SagaChoreographyInstalled(void);
+extern bool SagaBridgesInstalled(void);
+extern void SagaRequireBridges(const char *what);
 extern void SagaEventInit(void);
 extern Oid	SagaRelid(const char *relname);
 
