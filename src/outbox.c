@@ -52,7 +52,9 @@ SagaOutboxEnqueued(SagaNewTask *tasks, int ntasks, TimestampTz written_at)
 {
 	for (int i = 0; i < ntasks; i++)
 	{
-		if (strcmp(tasks[i].topic, SAGA_SQL_RETRY_TOPIC) != 0)
+		/* the engine's own topics (SQL retries, await steps) have no listeners */
+		if (strcmp(tasks[i].topic, SAGA_SQL_RETRY_TOPIC) != 0 &&
+			strcmp(tasks[i].topic, SAGA_AWAIT_TOPIC) != 0)
 			SagaAnnounce(tasks[i].topic);
 		if (tasks[i].timeout > 0)
 			SagaWakeAt(written_at + tasks[i].timeout);
