@@ -43,7 +43,7 @@ CREATE FUNCTION saga.topic_backlog(OUT topic text, OUT ready bigint, OUT delayed
                                    OUT oldest_ready_age interval, OUT dead_letters bigint,
                                    OUT last_claim timestamptz)
 RETURNS SETOF record
-LANGUAGE sql STABLE PARALLEL RESTRICTED ROWS 20
+LANGUAGE sql STABLE PARALLEL UNSAFE ROWS 20
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $topics$
