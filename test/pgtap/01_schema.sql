@@ -1,7 +1,7 @@
 -- 01_schema: the objects of the contract (DESIGN.md) exist with their columns,
 -- signatures and indexes.
 BEGIN;
-SELECT plan(95);
+SELECT plan(104);
 
 SELECT has_extension('saga');
 SELECT has_schema('saga');
@@ -19,6 +19,7 @@ SELECT ok(EXISTS (SELECT FROM pg_class WHERE oid = 'saga.history'::regclass AND 
 SELECT has_view('saga', 'instances', 'view saga.instances');
 SELECT has_view('saga', 'step_runs', 'view saga.step_runs');
 SELECT has_view('saga', 'incidents', 'view saga.incidents');
+SELECT has_view('saga', 'topics', 'view saga.topics');
 SELECT has_pk('saga', 'definitions', 'saga.definitions has a primary key');
 SELECT has_pk('saga', 'sagas', 'saga.sagas has a primary key');
 SELECT has_pk('saga', 'outbox', 'saga.outbox has a primary key');
@@ -33,6 +34,10 @@ SELECT has_column('saga', 'step_runs', c, 'saga.step_runs.' || c)
 -- view saga.incidents (the brief)
 SELECT has_column('saga', 'incidents', c, 'saga.incidents.' || c)
   FROM unnest(ARRAY['saga_id', 'name', 'version', 'correlation_id', 'step', 'error', 'since']) AS c;
+-- view saga.topics (DESIGN.md, Observability)
+SELECT has_column('saga', 'topics', c, 'saga.topics.' || c)
+  FROM unnest(ARRAY['topic', 'ready', 'delayed', 'leased', 'oldest_ready_age', 'dead_letters',
+                    'last_claim', 'parked']) AS c;
 -- table saga.outbox
 SELECT has_column('saga', 'outbox', c, 'saga.outbox.' || c)
   FROM unnest(ARRAY['id', 'topic', 'payload', 'headers', 'visible_at']) AS c;

@@ -96,7 +96,13 @@ SELECT set_eq(
       ('table', 'saga.choreographies', 'saga_reader', 'SELECT'),
       ('table', 'saga.flows', 'saga_admin', 'SELECT'),
       ('table', 'saga.flows', 'saga_worker', 'SELECT'),
-      ('table', 'saga.flows', 'saga_reader', 'SELECT')$$,
+      ('table', 'saga.flows', 'saga_reader', 'SELECT'),
+      ('view', 'saga.topics', 'saga_admin', 'SELECT'),
+      ('view', 'saga.topics', 'saga_worker', 'SELECT'),
+      ('view', 'saga.topics', 'saga_reader', 'SELECT'),
+      ('function', 'saga.topic_backlog()', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.topic_backlog()', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.topic_backlog()', 'saga_reader', 'EXECUTE')$$,
     'the privilege matrix: exactly these grants, nothing for PUBLIC');
 
 -- the objects the matrix covers are all there is: a new object shows up
@@ -107,8 +113,8 @@ SELECT set_eq(
         SELECT CASE relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'S' THEN 'sequence'
                             WHEN 'i' THEN 'index' WHEN 'c' THEN 'type' ELSE relkind::text END
           FROM pg_class WHERE relnamespace = 'saga'::regnamespace) o GROUP BY kind$$,
-    $$VALUES ('function', 18), ('table', 10), ('view', 4), ('sequence', 8), ('index', 30), ('type', 1)$$,
-    'the extension has 18 functions, 10 tables, 4 views, 8 sequences, 30 indexes and 1 type');
+    $$VALUES ('function', 19), ('table', 10), ('view', 5), ('sequence', 8), ('index', 30), ('type', 1)$$,
+    'the extension has 19 functions, 10 tables, 5 views, 8 sequences, 30 indexes and 1 type');
 
 -- the trigger function is executable by nobody but its owner
 SELECT is_empty(
