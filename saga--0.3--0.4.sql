@@ -156,7 +156,7 @@ GRANT SELECT ON saga.topics TO saga_reader, saga_admin, saga_worker;
 GRANT EXECUTE ON FUNCTION saga.topic_backlog() TO saga_reader, saga_admin, saga_worker;
 
 COMMENT ON VIEW saga.topics IS
-'the backlog of every topic with a task in saga.outbox or a dead letter (the engine's internal topics, of SQL steps awaiting a retry and of await steps, left out), as of now(): ready, delayed, leased and parked tasks, the age of the oldest ready one, dead letters, and the start of the newest lease';
+'the backlog of every topic with a task in saga.outbox or a dead letter (the engine''s internal topics, of SQL steps awaiting a retry and of await steps, left out), as of now(): ready, delayed, leased and parked tasks, the age of the oldest ready one, dead letters, and the start of the newest lease';
 COMMENT ON FUNCTION saga.topic_backlog() IS
 'saga.topic_backlog() -> setof (topic, ready, delayed, leased, parked, oldest_ready_age, dead_letters, last_claim): what saga.topics shows, computed with jit off. Granted to saga_reader, saga_admin and saga_worker.';
 COMMENT ON COLUMN saga.topics.topic IS 'the topic';

@@ -53,6 +53,7 @@ SELECT topic, kind, step, awaits, visible_at, timeout_at > now() AS has_timeout,
        headers ->> 'correlation_id' AS correlation_id
   FROM saga.outbox WHERE id = saga_test.task(:s1, 'wait_ship');
 SELECT step, status FROM saga.step_runs WHERE saga_id = :s1 ORDER BY step_index;
+SELECT count(*) AS in_topics FROM saga.topics WHERE topic = 'saga await';
 SELECT saga_test.err(format('SELECT saga.complete(%s, %L)', saga_test.task(:s1, 'wait_ship'), '{}'));
 SELECT saga_test.err(format('SELECT saga.fail(%s, %L)', saga_test.task(:s1, 'wait_ship'), '{}'));
 SELECT count(*) AS claimable FROM saga.claim('br_pay', 'w', 10, '1 minute');

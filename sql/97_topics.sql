@@ -117,7 +117,7 @@ SELECT count(*) AS internal_listed FROM saga.topics WHERE topic = 'saga sql';
 -- every task of the outbox is in one state of one listed topic, and every
 -- dead letter is counted
 SELECT (SELECT sum(ready + delayed + leased + parked) FROM saga.topics)
-       = (SELECT count(*) FROM saga.outbox WHERE topic <> 'saga sql') AS all_tasks,
+       = (SELECT count(*) FROM saga.outbox WHERE topic NOT IN ('saga sql', 'saga await')) AS all_tasks,
        (SELECT sum(dead_letters) FROM saga.topics) = (SELECT count(*) FROM saga.dead_letters) AS all_dead,
        (SELECT sum(ready) FROM saga.topics)
        = (SELECT count(*) FROM saga.outbox WHERE topic <> 'saga sql' AND visible_at <= now()) AS all_ready,
