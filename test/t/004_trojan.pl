@@ -880,6 +880,28 @@ wait_for("SELECT count(*) FROM saga.events WHERE type = 'TjLate' AND correlation
 	'1', 'the worker fires the flow deadline: the deadline event is published');
 session($su, call('tick', 'SELECT saga.tick();', 'ok'));
 
+# the bridges: a saga started by an event (start_saga), an await step ended
+# by a publish, events the saga publishes on its transitions; all of it runs
+# inside a publish under the caller's poisoned search_path
+session(
+	'eve',
+	call('define with await and publish',
+		q{SELECT saga.define('tj_bridge', '{"publish": {"completed": "TjBridged"}, "steps": [{"name": "a", "sql": "eve.step_poison", "publish": "TjStepped"}, {"name": "w", "await": "TjGo", "timeout": "1 hour"}]}');},
+		'ok'),
+	call('subscribe with start_saga',
+		q{SELECT saga.subscribe('TjStart', 'tj_starter', '{"start_saga": "tj_bridge", "filter": "$.n > 0"}');},
+		'ok'));
+session(
+	'wally',
+	call('publish an event that starts a saga',
+		q{SELECT saga.publish('TjStart', '{"n": 1}', correlation_id => 'tj-bridge');}, 'ok'),
+	call('publish the awaited event', q{SELECT saga.publish('TjGo', '{"go": 1}', correlation_id => 'tj-bridge');},
+		'ok'));
+is(sql($node, "SELECT status FROM saga.instances WHERE correlation_id = 'tj-bridge'"),
+	'completed', 'bridges: the saga an event started ends by an awaited event');
+is(sql($node, "SELECT string_agg(type, ',' ORDER BY id) FROM saga.events WHERE correlation_id = 'tj-bridge'"),
+	'TjStart,TjStepped,TjGo,TjBridged', 'bridges: the saga published its step and its outcome');
+
 # ------------------------------------------------------------------------
 # state that is not a setting: what a guest or the engine leaves in the
 # caller's session or transaction beyond GUCs.  Known to survive the sandbox
