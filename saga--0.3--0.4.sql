@@ -534,7 +534,7 @@ BEGIN
         END IF;
         RAISE EXCEPTION 'version % of % "%" does not exist', diagram.version, kind, diagram.name
             USING ERRCODE = '42704',
-                  DETAIL = pg_catalog.format('Its versions are 1 to %s.', latest);
+                  DETAIL = pg_catalog.format('Its latest version is %s.', latest);
     END IF;
     IF kind = 'saga definition' THEN
         RETURN saga.diagram_render(saga.diagram_saga_graph(doc, ARRAY[diagram.name || ' v' || v]),
@@ -606,6 +606,7 @@ DECLARE
     cid text := flow_diagram.correlation_id;
     emitters jsonb := '{}';                -- event type -> participant, or null when several
     deadlines text[] := '{}';
+    hop_limit integer;
     parts jsonb := '{}';                   -- key -> id
     decl text[] := '{}';
     body text[] := '{}';
@@ -652,6 +653,13 @@ BEGIN
       FROM saga.flows fl
       JOIN saga.choreographies c ON c.name = fl.choreography AND c.version = fl.version
      WHERE fl.correlation_id = cid AND c.definition -> 'deadline' ? 'publish';
+
+    -- the hop limit: the flows' choreography's max_hops, else saga.max_hops
+    SELECT pg_catalog.max((c.definition ->> 'max_hops')::integer) INTO hop_limit
+      FROM saga.flows fl
+      JOIN saga.choreographies c ON c.name = fl.choreography AND c.version = fl.version
+     WHERE fl.correlation_id = cid;
+    hop_limit := COALESCE(hop_limit, pg_catalog.current_setting('saga.max_hops', true)::integer, 32);
 
     FOR ev IN SELECT e.id, e.type, e.publisher, e.hops, e.deliveries, e.late, e.published_at
                 FROM saga.events e WHERE e.correlation_id = cid
@@ -745,7 +753,9 @@ BEGIN
         IF ev.deliveries = 0 AND arrows = 0 THEN
             body := body || ('    Note right of ' || pub || ': '
                              || saga.diagram_escape(label || CASE WHEN ev.late THEN ' (late)' ELSE '' END
-                                || ': not delivered (hops ' || ev.hops || ')', 'mermaid'));
+                                || CASE WHEN ev.hops > hop_limit
+                                        THEN ': not delivered, past the hop limit (hops ' || ev.hops || ' > ' || hop_limit || ')'
+                                        ELSE ': not delivered (hops ' || ev.hops || ')' END, 'mermaid'));
         END IF;
     END LOOP;
 
