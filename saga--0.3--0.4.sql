@@ -27,7 +27,7 @@
  */
 CREATE FUNCTION saga.diagram_escape(s text, format text)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT COALESCE(pg_catalog.string_agg(
@@ -53,7 +53,7 @@ $$;
  */
 CREATE FUNCTION saga.diagram_render(graph jsonb, format text)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $render$
 DECLARE
@@ -187,7 +187,7 @@ $render$;
  */
 CREATE FUNCTION saga.diagram_saga_graph(definition jsonb, title text[], states jsonb DEFAULT NULL)
 RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $graph$
 DECLARE
@@ -365,7 +365,7 @@ $graph$;
  */
 CREATE FUNCTION saga.diagram_choreography_graph(definition jsonb, title text[])
 RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $graph$
 DECLARE
@@ -493,7 +493,7 @@ $graph$;
 
 CREATE FUNCTION saga.diagram(name text, format text DEFAULT 'mermaid', version integer DEFAULT NULL)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $diagram$
 DECLARE
@@ -547,7 +547,7 @@ $diagram$;
 
 CREATE FUNCTION saga.diagram(saga_id bigint, format text DEFAULT 'mermaid')
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $diagram$
 DECLARE
@@ -597,7 +597,7 @@ $diagram$;
  */
 CREATE FUNCTION saga.flow_diagram(correlation_id text)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $flow$
 DECLARE
@@ -795,7 +795,7 @@ $flow$;
  */
 CREATE FUNCTION saga.timeline(saga_id bigint)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $timeline$
 DECLARE

@@ -792,7 +792,7 @@ COMMENT ON FUNCTION saga.tick() IS
  */
 CREATE FUNCTION saga.diagram_escape(s text, format text)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT COALESCE(pg_catalog.string_agg(
@@ -818,7 +818,7 @@ $$;
  */
 CREATE FUNCTION saga.diagram_render(graph jsonb, format text)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $render$
 DECLARE
@@ -952,7 +952,7 @@ $render$;
  */
 CREATE FUNCTION saga.diagram_saga_graph(definition jsonb, title text[], states jsonb DEFAULT NULL)
 RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $graph$
 DECLARE
@@ -1130,7 +1130,7 @@ $graph$;
  */
 CREATE FUNCTION saga.diagram_choreography_graph(definition jsonb, title text[])
 RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $graph$
 DECLARE
@@ -1258,7 +1258,7 @@ $graph$;
 
 CREATE FUNCTION saga.diagram(name text, format text DEFAULT 'mermaid', version integer DEFAULT NULL)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $diagram$
 DECLARE
@@ -1312,7 +1312,7 @@ $diagram$;
 
 CREATE FUNCTION saga.diagram(saga_id bigint, format text DEFAULT 'mermaid')
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $diagram$
 DECLARE
@@ -1362,7 +1362,7 @@ $diagram$;
  */
 CREATE FUNCTION saga.flow_diagram(correlation_id text)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $flow$
 DECLARE
@@ -1560,7 +1560,7 @@ $flow$;
  */
 CREATE FUNCTION saga.timeline(saga_id bigint)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $timeline$
 DECLARE

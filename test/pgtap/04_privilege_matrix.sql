@@ -96,7 +96,31 @@ SELECT set_eq(
       ('table', 'saga.choreographies', 'saga_reader', 'SELECT'),
       ('table', 'saga.flows', 'saga_admin', 'SELECT'),
       ('table', 'saga.flows', 'saga_worker', 'SELECT'),
-      ('table', 'saga.flows', 'saga_reader', 'SELECT')$$,
+      ('table', 'saga.flows', 'saga_reader', 'SELECT'),
+      ('function', 'saga.diagram_escape(text,text)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_escape(text,text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram_escape(text,text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram_render(jsonb,text)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_render(jsonb,text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram_render(jsonb,text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram_saga_graph(jsonb,text[],jsonb)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_saga_graph(jsonb,text[],jsonb)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram_saga_graph(jsonb,text[],jsonb)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram_choreography_graph(jsonb,text[])', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_choreography_graph(jsonb,text[])', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram_choreography_graph(jsonb,text[])', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram(text,text,integer)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram(text,text,integer)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram(text,text,integer)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram(bigint,text)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram(bigint,text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram(bigint,text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.flow_diagram(text)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.flow_diagram(text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.flow_diagram(text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.timeline(bigint)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.timeline(bigint)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.timeline(bigint)', 'saga_worker', 'EXECUTE')$$,
     'the privilege matrix: exactly these grants, nothing for PUBLIC');
 
 -- the objects the matrix covers are all there is: a new object shows up
@@ -107,8 +131,8 @@ SELECT set_eq(
         SELECT CASE relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'S' THEN 'sequence'
                             WHEN 'i' THEN 'index' WHEN 'c' THEN 'type' ELSE relkind::text END
           FROM pg_class WHERE relnamespace = 'saga'::regnamespace) o GROUP BY kind$$,
-    $$VALUES ('function', 18), ('table', 10), ('view', 4), ('sequence', 8), ('index', 30), ('type', 1)$$,
-    'the extension has 18 functions, 10 tables, 4 views, 8 sequences, 30 indexes and 1 type');
+    $$VALUES ('function', 26), ('table', 10), ('view', 4), ('sequence', 8), ('index', 30), ('type', 1)$$,
+    'the extension has 26 functions, 10 tables, 4 views, 8 sequences, 30 indexes and 1 type');
 
 -- the trigger function is executable by nobody but its owner
 SELECT is_empty(
