@@ -175,3 +175,15 @@ SELECT saga_test.err('SELECT saga.timeline(NULL)');
 SELECT saga_test.err('SELECT saga.timeline(-1)');
 
 DROP ROLE regress_dg_reader, regress_dg_nobody;
+
+-- the bridges drawn from a stored definition: an await step, a step's
+-- "publish" and the outcome events
+SELECT saga.define('dg_bridge', '{"publish": {"completed": "DgConfirmed", "compensated": "DgCancelled"},
+  "steps": [{"name": "charge", "topic": "dg_pay", "publish": "DgCaptured", "compensate": {"topic": "dg_pay"}},
+            {"name": "wait_ship", "await": "DgShipped", "timeout": "1 hour"},
+            {"name": "notify", "topic": "dg_note"}]}') AS v;
+SELECT saga.diagram('dg_bridge');
+SELECT saga.diagram('dg_bridge', 'dot');
+SELECT saga.start('dg_bridge', '{}', correlation_id => 'dg-br') AS dgb \gset
+SELECT saga.complete((:dgb << 10), '{"payment": 1}');
+SELECT saga.diagram(:dgb);

@@ -106,13 +106,18 @@ VALUES ('flow 1', 'mermaid', saga.flow_diagram('flow "1" --> %% #;'),
         ARRAY['flow flow "1" --> %% #;', 'rôle "r" -->%% end;', '5. StockReserved (late, pending)',
               'CustomerNotified: not delivered']),
        ('flow quiet-1', 'mermaid', saga.flow_diagram('quiet-1'), ARRAY['flow quiet v1: stuck']);
--- the 0.4 keys (publish, await), drawn from a document until saga.define takes them
-INSERT INTO diagram_cases (name, kind, text, expect)
-SELECT 'await+publish.' || f, CASE f WHEN 'dot' THEN 'dot' ELSE 'mermaid' END,
-       saga.diagram_render(saga.diagram_saga_graph('{"steps": [
+-- the 0.4 keys (publish, await) from a stored definition, and one saga of it waiting
+SELECT saga.define('await_def', '{"steps": [
   {"name": "charge", "topic": "payments", "publish": "PaymentCaptured", "compensate": {"topic": "payments"}},
   {"name": "wait_payment", "await": "PaymentConfirmed", "timeout": "1 hour"},
   {"name": "ship", "topic": "shipping", "pivot": true, "publish": "OrderShipped"}],
   "publish": {"completed": "OrderConfirmed", "compensated": "OrderCancelled", "cancelled": "OrderCancelled"},
-  "deadline": "2 hours"}', ARRAY['await v1']), f), ARRAY['PaymentConfirmed', 'OrderCancelled']
+  "deadline": "2 hours"}');
+SELECT saga.start('await_def', '{}', correlation_id => 'await-1') AS s5 \gset
+SELECT saga.complete((:s5::bigint << 10), '{}');
+INSERT INTO diagram_cases (name, kind, text, expect)
+SELECT 'await+publish.' || f, CASE f WHEN 'dot' THEN 'dot' ELSE 'mermaid' END,
+       saga.diagram('await_def', f), ARRAY['PaymentConfirmed', 'OrderCancelled']
   FROM unnest(ARRAY['mermaid', 'dot']) WITH ORDINALITY AS y(f, p) ORDER BY p;
+INSERT INTO diagram_cases (name, kind, text, expect)
+VALUES ('await saga', 'mermaid', saga.diagram(:s5), ARRAY['PaymentConfirmed', 'ready, attempt 1']);
