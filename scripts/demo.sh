@@ -61,7 +61,7 @@ stop_service() {
 # kill_service NAME: SIGKILL, no warning, to the worker and what it runs
 kill_service() {
 	local name=$1
-	alive "$name" && saga_as_root kill -KILL -- "-${PIDS[$name]}" 2>/dev/null || true
+	if alive "$name"; then saga_as_root kill -KILL -- "-${PIDS[$name]}" 2>/dev/null || true; fi
 	unset "PIDS[$name]"
 }
 
