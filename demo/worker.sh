@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# demo/worker.sh: the shop's services, one process per topic (started by scripts/demo.sh).
+# demo/worker.sh: one instance of a shop service (scripts/demo.sh starts them).
 #
-#   bash demo/worker.sh payments       transactional poll: BEGIN; lock a batch of outbox rows
-#                                      FOR UPDATE SKIP LOCKED; work; saga.complete(); COMMIT
-#   bash demo/worker.sh inventory      leased claim: saga.claim() commits a lease; the work is
-#   bash demo/worker.sh notifications  done outside that transaction; the report carries the
-#                                      lease number (saga.complete / saga.fail ... lease => n)
+#   bash demo/worker.sh TOPIC NAME      TOPIC: payments, inventory or notifications
 #
-# Connection settings come from the PG* environment variables.  The loop ends when the file
-# named by $DEMO_STOP exists.  A real service would also LISTEN saga_<topic> to wake up early;
-# polling every 200 ms is enough here.
+# A service serves every outbox row of its topic: saga tasks (kind action or compensate, of
+# order_flow) and event deliveries (kind event, of order_events) alike, through
+# shop.serve_<topic>() in demo/shop.sql, which does the work and reports it (saga.complete or
+# saga.fail; for a delivery also saga.publish of the answer) in one transaction.  What differs
+# is how it gets the rows, the two worker protocols:
+#
+#   payments, notifications   leased claim: saga.claim() commits a lease of 2 seconds on a
+#                             batch; each row is then served in a transaction of its own, whose
+#                             report carries the lease number (refused if the lease was lost)
+#   inventory                 transactional poll: shop.inventory_poll() locks a batch FOR
+#                             UPDATE SKIP LOCKED and serves it in the same transaction
+#
+# Connection settings come from the PG* environment variables.  SIGTERM stops it after its
+# round.  DEMO_HANG_ON (correlation ids, space-separated) injects a fault: once it has claimed a
+# row of one of those orders, the instance hangs before reporting, as a service stuck on a call
+# would; scripts/demo.sh then kills it with SIGKILL and its leases lapse.  A real service would
+# also LISTEN saga_<topic> to wake up early; polling every 100 ms is enough here.
 set -uo pipefail
 
-topic=${1:?usage: worker.sh payments|inventory|notifications}
-worker="$topic-$$"
-stop=${DEMO_STOP:-/nonexistent}
+topic=${1:?usage: worker.sh payments|inventory|notifications NAME}
+worker=${2:-$topic-$$}
+LEASE='2 seconds'   # of a leased claim
+hang_on=" ${DEMO_HANG_ON:-} "
 [ -z "${DEMO_PIDFILE:-}" ] || echo $$ >"$DEMO_PIDFILE"
 
-log() { printf '[%-13s] %s\n' "$topic" "$*"; }
+log() { printf '  [%-15s] %s\n' "$worker" "$*"; }
 
 # run SQL from stdin, variables as name=value arguments, unaligned tab-separated output
 sql() {
@@ -26,89 +37,53 @@ sql() {
 	psql -X -q -A -t -F $'\t' -v ON_ERROR_STOP=1 "${args[@]}"
 }
 
-# --- transactional poll ---------------------------------------------------------------------
-# shop.payments_poll() runs the SELECT ... FOR UPDATE SKIP LOCKED and the saga.complete()
-# calls; its work (the charge or the refund) commits together with the report.
-payments_round() {
-	sql <<-'SQL'
+# --- transactional poll: one transaction locks, works and reports ---------------------------
+poll_round() {
+	local out
+	out=$(sql worker="$worker" <<-'SQL'
 		BEGIN;
-		SELECT * FROM shop.payments_poll(10);
+		SELECT * FROM shop.inventory_poll(:'worker');
 		COMMIT;
 	SQL
+	) || { log "poll failed (rolled back: the rows are visible again)"; return 1; }
+	[ -n "$out" ] || return 1
+	while IFS= read -r line; do log "$line"; done <<<"$out"
 }
 
-# --- leased claim ---------------------------------------------------------------------------
-complete() { # id lease result
-	sql id="$1" lease="$2" result="$3" <<<"SELECT saga.complete(:id, :'result', lease => :lease);" >/dev/null
-}
-fail() { # id lease error retryable
-	sql id="$1" lease="$2" error="$3" retryable="$4" \
-		<<<"SELECT saga.fail(:id, :'error', retryable => :retryable, lease => :lease);" >/dev/null
-}
-
-handle_task() { # id kind lease attempt correlation_id payload
-	local id=$1 kind=$2 lease=$3 attempt=$4 cid=$5 payload=$6 ok out
-	case "$topic/$kind" in
-	inventory/action)
-		# tell the engine we are alive (extends the lease), then do the work
-		sql id="$id" lease="$lease" <<<"SELECT saga.heartbeat(:id, :lease);" >/dev/null || return 1
-		IFS=$'\t' read -r ok out < <(sql payload="$payload" \
-			<<<"SELECT r ->> 'ok', r FROM shop.reserve_stock(:'payload') AS r;") || return 1
-		if [ "$ok" = true ]; then
-			complete "$id" "$lease" "$out" && log "reserved stock for $cid"
-		else
-			# no point retrying: the saga compensates (refunds the payment)
-			fail "$id" "$lease" "$out" false && log "$cid: out of stock, step failed for good"
-		fi
-		;;
-	inventory/compensate)
-		out=$(sql payload="$payload" <<<"SELECT shop.release_stock(:'payload');") || return 1
-		complete "$id" "$lease" "$out" && log "released stock of $cid"
-		;;
-	notifications/action)
-		IFS=$'\t' read -r ok out < <(sql payload="$payload" attempt="$attempt" \
-			<<<"SELECT r ->> 'ok', r FROM shop.send_notification(:'payload', :attempt) AS r;") || return 1
-		if [ "$ok" = true ]; then
-			complete "$id" "$lease" "$out" && log "notified customer of $cid (attempt $attempt)"
-		else
-			# retryable: the task comes back after the step's backoff, with attempt + 1
-			fail "$id" "$lease" "$out" true && log "$cid: mail server timeout, will retry"
-		fi
-		;;
-	*)
-		log "unexpected $kind task $id; failing it"
-		fail "$id" "$lease" '{"reason": "unexpected task"}' false
-		;;
-	esac
-}
-
+# --- leased claim: the lease commits first, each report comes later -------------------------
 claim_round() {
-	local tasks id kind lease attempt cid payload n=0
-	tasks=$(sql topic="$topic" worker="$worker" <<-'SQL'
-		SELECT id, kind, lease, attempt, headers ->> 'correlation_id', payload
-		  FROM saga.claim(:'topic', :'worker', 10, '30 seconds');
+	local tasks id lease cid headers out
+	tasks=$(sql topic="$topic" worker="$worker" lease="$LEASE" <<-'SQL'
+		SELECT id, lease, headers ->> 'correlation_id', headers
+		  FROM saga.claim(:'topic', :'worker', 10, :'lease');
 	SQL
-	) || return 1
-	while IFS=$'\t' read -r id kind lease attempt cid payload; do
-		[ -n "$id" ] || continue
-		n=$((n + 1))
-		handle_task "$id" "$kind" "$lease" "$attempt" "$cid" "$payload" ||
-			log "task $id ($cid): error, its lease will lapse and it will be delivered again"
+	) || { log "claim failed"; return 1; }
+	[ -n "$tasks" ] || return 1
+	while IFS=$'\t' read -r id lease cid headers; do
+		if [[ $hang_on == *" $cid "* ]]; then
+			log "claimed $cid (task $id, lease $lease) and hangs before reporting (DEMO_HANG_ON)"
+			sleep infinity
+		fi
+		if out=$(sql id="$id" lease="$lease" headers="$headers" worker="$worker" \
+			<<<"SELECT shop.serve_$topic(:id, :lease, :'headers', :'worker');" 2>&1); then
+			log "$out"
+		else
+			# 55000: the lease was lost (it lapsed, someone else has the row now): the
+			# transaction rolled back, the work with it; the current holder does it
+			log "task $id ($cid) not served: ${out//$'\n'/ }"
+		fi
 	done <<<"$tasks"
-	[ "$n" -gt 0 ]
 }
 
-log "worker $worker started"
-while [ ! -e "$stop" ]; do
-	if [ "$topic" = payments ]; then
-		out=$(payments_round) || { log "poll failed"; sleep 1; continue; }
-		if [ -n "$out" ]; then
-			while IFS= read -r line; do log "$line"; done <<<"$out"
-			continue
-		fi
-	elif claim_round; then
-		continue
+stopping=
+trap 'stopping=1' TERM
+log "started ($( [ "$topic" = inventory ] && echo 'transactional poll' || echo "leased claim, lease $LEASE"))"
+while [ -z "$stopping" ]; do
+	if [ "$topic" = inventory ]; then
+		poll_round && continue
+	else
+		claim_round && continue
 	fi
-	sleep 0.2
+	sleep 0.1
 done
-log "worker $worker stopped"
+log "stopped"

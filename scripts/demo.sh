@@ -1,47 +1,114 @@
 #!/usr/bin/env bash
-# scripts/demo.sh: the order saga on a throwaway cluster.  Usage: bash scripts/demo.sh
-# (as root or with sudo).  Installs the Debian packages it needs, builds and installs saga,
-# starts a private PostgreSQL 15 (unix socket only, removed afterwards), loads demo/shop.sql,
-# runs the three services of demo/worker.sh in the background, places 20 orders and waits until
-# every saga has finished; then shows what happened and checks that the books balance.
-# Exit status 0 only if every saga finished and the outcome is consistent.
-# DEMO_ORDERS (default 20) and DEMO_TIMEOUT (seconds, default 60) can be set.
+# scripts/demo.sh: the order flow, orchestrated and choreographed side by side, under faults.
+# Usage: bash scripts/demo.sh  (as root or with sudo; about 20 seconds)
+#
+# Installs the Debian packages it needs, builds and installs saga, starts a private PostgreSQL
+# 15 (unix socket only, saga preloaded so its background worker handles timeouts, lapsed leases
+# and deadlines; removed afterwards) and loads demo/shop.sql: a shop, the saga definition
+# order_flow and the choreography order_events.  Then, on the same tables and with the same
+# three services (demo/worker.sh), every order of the orchestrated style (orders 1-8) has a twin
+# in the choreographed style (orders 101-108), and both go through the same faults:
+#   1. out of stock: three gadget orders each way, two gadgets in stock;
+#   2. a payments instance hangs on a task it claimed and is killed (SIGKILL): the lease lapses
+#      and a second instance charges the order at attempt 2 (orders 7 and 107);
+#   3. the notifications service is down past the step timeout (3 s) and the flow deadline (5 s):
+#      both orders compensate (orders 8 and 108); the service then comes back to stale requests.
+# It shows where every order is and why, the history of the timed-out ones, the diagrams (when
+# this build has saga.diagram), and audits the books (demo/audit.sql): exit status 0 only if
+# every check passes.  DEMO_TIMEOUT (seconds, default 30) bounds each wait.
 # shellcheck disable=SC2119  # helpers with optional arguments
 set -euo pipefail
 
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-ORDERS=${DEMO_ORDERS:-20}
-TIMEOUT=${DEMO_TIMEOUT:-60}
-WORKER_PIDS=()
-
-# ask the workers to stop (they finish their round), kill what is left after 10 s
-stop_workers() {
-	local pid f
-	[ ${#WORKER_PIDS[@]} -gt 0 ] || return 0
-	touch "$SAGA_WORK/stop-workers"
-	for _ in $(seq 1 50); do
-		[ -n "$(jobs -rp)" ] || break
-		sleep 0.2
-	done
-	if [ -n "$(jobs -rp)" ]; then
-		for f in "$SAGA_WORK"/pg/worker-*.pid; do
-			if [ -e "$f" ]; then saga_as_root kill "$(cat "$f")" 2>/dev/null || true; fi
-		done
-	fi
-	for pid in "${WORKER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-	WORKER_PIDS=()
-}
-
-start_worker() {
-	saga_as_pg env DEMO_STOP="$SAGA_WORK/stop-workers" DEMO_PIDFILE="$SAGA_WORK/pg/worker-$1.pid" \
-		bash src/demo/worker.sh "$1" &
-	WORKER_PIDS+=($!)
-}
+TIMEOUT=${DEMO_TIMEOUT:-30}
+JOBS=()            # the background jobs that run the services
+declare -A PIDS    # service instance name -> pid of its worker.sh
 
 q() { saga_psql -A -t "$@"; }
+heading() { printf '\n=== %s ===\n' "$*"; }
 
+# --- the services -------------------------------------------------------------------------------
+# start_service NAME TOPIC [VAR=value...]: one instance of demo/worker.sh, as postgres, in a
+# session of its own (kill_service kills its process group: the worker and what it runs)
+start_service() {
+	local name=$1 topic=$2 pidfile=$SAGA_WORK/pg/$1.pid
+	shift 2
+	saga_as_pg env DEMO_PIDFILE="$pidfile" "$@" setsid -w bash src/demo/worker.sh "$topic" "$name" &
+	JOBS+=($!)
+	for _ in $(seq 1 100); do
+		[ -s "$pidfile" ] && break
+		sleep 0.05
+	done
+	PIDS[$name]=$(cat "$pidfile")
+}
+
+alive() { [ -n "${PIDS[$1]:-}" ] && [ -d "/proc/${PIDS[$1]}" ]; }
+
+# stop_service NAME: SIGTERM (it finishes its round), SIGKILL after 5 s
+stop_service() {
+	local name=$1
+	alive "$name" || return 0
+	saga_as_root kill -TERM "${PIDS[$name]}" 2>/dev/null || true
+	for _ in $(seq 1 50); do
+		alive "$name" || break
+		sleep 0.1
+	done
+	kill_service "$name"
+}
+
+# kill_service NAME: SIGKILL, no warning, to the worker and what it runs
+kill_service() {
+	local name=$1
+	if alive "$name"; then saga_as_root kill -KILL -- "-${PIDS[$name]}" 2>/dev/null || true; fi
+	unset "PIDS[$name]"
+}
+
+stop_all_services() {
+	local name pid
+	for name in "${!PIDS[@]}"; do stop_service "$name"; done
+	for pid in "${JOBS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	JOBS=()
+}
+
+# --- waiting --------------------------------------------------------------------------------------
+# wait_until WHAT SQL: poll until the query returns true, at most $TIMEOUT s; on timeout show
+# what is open and fail
+wait_until() {
+	local what=$1 cond=$2 deadline=$((SECONDS + TIMEOUT))
+	until [ "$(q -c "SELECT ($cond)")" = t ]; do
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			printf '\nnot %s after %s s:\n' "$what" "$TIMEOUT"
+			saga_psql -c "SELECT id, name, status, correlation_id FROM saga.instances
+			               WHERE status NOT IN ('completed', 'compensated') ORDER BY id"
+			saga_psql -c "SELECT id, choreography, status, correlation_id, waiting_on FROM saga.flows
+			               WHERE status NOT IN ('completed', 'compensated') ORDER BY id"
+			saga_psql -c "SELECT id, topic, kind, step, attempt, deliveries, lease_owner,
+			                     headers ->> 'correlation_id' AS correlation_id, visible_at
+			                FROM saga.outbox ORDER BY id"
+			saga_server_log_tail 30
+			saga_die "not $what within $TIMEOUT s"
+		fi
+		sleep 0.1
+	done
+}
+
+ALL_FINISHED="NOT EXISTS (SELECT FROM saga.instances WHERE status NOT IN ('completed', 'compensated'))
+          AND NOT EXISTS (SELECT FROM saga.flows WHERE status NOT IN ('completed', 'compensated'))"
+
+# place_orders ID:SKU...: each order in both styles (order N orchestrated, 100 + N its
+# choreographed twin), all in one transaction
+place_orders() {
+	local o sql="BEGIN;"$'\n'
+	for o in "$@"; do
+		sql+="SELECT shop.place_order(${o%:*}, 'orchestrated', '${o#*:}', 1);"$'\n'
+		sql+="SELECT shop.place_order($((100 + ${o%:*})), 'choreographed', '${o#*:}', 1);"$'\n'
+	done
+	q >/dev/null <<<"${sql}COMMIT;"
+}
+
+# --- the run --------------------------------------------------------------------------------------
 main() {
 	saga_traps
 	saga_init_privileges
@@ -55,137 +122,155 @@ main() {
 	saga_stage_begin "throwaway cluster"
 	saga_make_workdir demo
 	saga_cluster_start
-	saga_on_cleanup stop_workers
+	saga_on_cleanup stop_all_services
 	saga_psql -c 'CREATE EXTENSION saga'
 	saga_psql -f src/demo/shop.sql >/dev/null
 	saga_stage_end
 
-	saga_stage_begin "sagas"
-	printf '\nsaga definition order_flow:\n'
-	q -c "SELECT jsonb_pretty(definition) FROM saga.definitions WHERE name = 'order_flow' ORDER BY version DESC LIMIT 1"
+	saga_stage_begin "orders"
+	heading "the services (demo/worker.sh), each serving its topic's saga tasks and event deliveries"
+	start_service payments-1 payments DEMO_HANG_ON="order-7 order-107"
+	start_service inventory-1 inventory
+	start_service notifications-1 notifications
+	sleep 0.2
 
-	printf '\nservices (demo/worker.sh): payments = transactional poll, inventory and notifications = leased claim\n'
-	start_worker payments
-	start_worker inventory
-	start_worker notifications
+	heading "1. out of stock: orders 1-6 and 101-106, gadgets: 2 4 6 and 102 104 106 (two in stock)"
+	place_orders 1:widget 2:gadget 3:widget 4:gadget 5:widget 6:gadget
+	wait_until "every saga and flow finished" "$ALL_FINISHED"
 
-	# every 4th order is for a gadget; only two gadgets are in stock
-	local n sku orders_sql=""
-	for n in $(seq 1 "$ORDERS"); do
-		if [ $((n % 4)) -eq 0 ]; then sku=gadget; else sku=widget; fi
-		orders_sql+="SELECT shop.place_order($n, 'customer-$n', '$sku', 1);"$'\n'
-	done
-	printf '\nplacing %s orders (each: saga.start(..., correlation_id => order-N, idempotency_key => order-N))\n' "$ORDERS"
-	q <<<"$orders_sql" >/dev/null
-	local again first
-	first=$(q -c "SELECT saga_id FROM shop.orders WHERE id = 1")
-	again=$(q -c "SELECT shop.place_order(1, 'customer-1', 'widget', 1)")
-	printf 'order 1 placed again: saga %s (first time: saga %s)\n\n' "$again" "$first"
-	[ "$again" = "$first" ] || saga_die "the idempotency key did not return the same saga"
+	heading "2. payments-1 hangs on the tasks of orders 7 and 107 and is killed"
+	place_orders 7:widget
+	wait_until "payments-1 claimed both" "(SELECT count(*) FROM saga.outbox WHERE lease_owner = 'payments-1') = 2"
+	q -c "SELECT format('  leased: %s %s to %s, lease %s, attempt %s, until %s', headers ->> 'correlation_id',
+	                    kind, lease_owner, deliveries, attempt, to_char(visible_at, 'HH24:MI:SS.MS'))
+	        FROM saga.outbox WHERE topic = 'payments' ORDER BY id"
+	printf '  kill -KILL payments-1 (pid %s); start payments-2\n' "${PIDS[payments-1]}"
+	kill_service payments-1
+	start_service payments-2 payments
+	wait_until "every saga and flow finished" "$ALL_FINISHED"
 
-	# wait (bounded) until every saga is in a final state
-	local deadline=$((SECONDS + TIMEOUT)) open
-	while :; do
-		open=$(q -c "SELECT count(*) FROM saga.instances
-		              WHERE status NOT IN ('completed', 'compensated', 'cancelled', 'failed')")
-		[ "$open" -eq 0 ] && break
-		if [ "$SECONDS" -ge "$deadline" ]; then
-			stop_workers
-			printf '\n%s sagas still open after %s s:\n' "$open" "$TIMEOUT"
-			saga_psql -c "SELECT i.correlation_id, i.status, r.step, r.status AS step_status, r.attempts
-			                FROM saga.instances i JOIN saga.step_runs r ON r.saga_id = i.id
-			               WHERE i.status NOT IN ('completed', 'compensated', 'cancelled', 'failed')
-			               ORDER BY i.id, r.step_index"
-			saga_psql -c "SELECT id, topic, kind, step, attempt, deliveries, lease_owner, visible_at FROM saga.outbox ORDER BY id"
-			saga_server_log_tail 30
-			saga_die "not every saga finished within $TIMEOUT s"
-		fi
-		sleep 0.5
-	done
-	stop_workers
+	heading "3. notifications down: orders 8 and 108 time out (step timeout 3 s, flow deadline 5 s)"
+	stop_service notifications-1
+	place_orders 8:widget
+	wait_until "every saga and flow finished" "$ALL_FINISHED"
+	q -c "SELECT format('  order-8:   step %s failed %s, %s s after the saga started (%s)', h.step, h.detail,
+	                    round(extract(epoch FROM h.at - i.started_at), 1), h.actor)
+	        FROM saga.history h JOIN saga.instances i ON i.id = h.saga_id
+	       WHERE i.correlation_id = 'order-8' AND h.event = 'failed'"
+	q -c "SELECT format('  order-108: %s published %s s after the flow started (%s)', e.type,
+	                    round(extract(epoch FROM e.published_at - f.started_at), 1), e.publisher)
+	        FROM saga.events e JOIN saga.flows f ON f.correlation_id = e.correlation_id
+	       WHERE e.correlation_id = 'order-108' AND e.type = 'OrderTimedOut'"
+	printf '  notifications back up, to what was left for it:\n'
+	start_service notifications-2 notifications
+	wait_until "the outbox drained" "$ALL_FINISHED AND NOT EXISTS (SELECT FROM saga.outbox)"
+
+	heading "placing orders 1 and 101 again (idempotency key order-N)"
+	local idem=()
+	idem+=("$(q -c "SELECT CASE WHEN shop.place_order(1, 'orchestrated', 'widget', 1) = saga_id
+	                     THEN 'PASS' ELSE 'FAIL' END || ': orchestrated: placing order 1 again returns its saga ' || saga_id
+	                FROM shop.orders WHERE id = 1")")
+	idem+=("$(q -c "SELECT CASE WHEN shop.place_order(101, 'choreographed', 'widget', 1) = placed_event
+	                     THEN 'PASS' ELSE 'FAIL' END || ': choreographed: placing order 101 again returns its OrderPlaced event ' || placed_event
+	                FROM shop.orders WHERE id = 101")")
+	printf '  %s\n' "${idem[@]#*: }"
+	stop_all_services
 	saga_stage_end
 
 	report
+	audit "${idem[@]}"
 }
 
 report() {
-	local problems
-	printf '\n=== outcome ===\n'
-	saga_psql -c "SELECT status, count(*) AS sagas FROM saga.instances GROUP BY status ORDER BY status"
-	printf 'completed:   %s\n' "$(q -c "SELECT string_agg(correlation_id, ' ' ORDER BY id) FROM saga.instances WHERE status = 'completed'")"
-	printf 'compensated: %s\n' "$(q -c "SELECT string_agg(correlation_id, ' ' ORDER BY id) FROM saga.instances WHERE status = 'compensated'")"
-	printf 'notification retried: %s\n\n' "$(q -c "SELECT string_agg(DISTINCT i.correlation_id, ' ') FROM saga.step_runs r JOIN saga.instances i ON i.id = r.saga_id WHERE r.step = 'notify_customer' AND r.attempts > 1")"
-
-	printf 'orders, payments, reservations and notifications:\n'
+	heading "outcome"
 	saga_psql -c "
-		SELECT o.id AS order_id, i.correlation_id, o.sku, i.status AS saga, o.status AS order_status,
-		       p.id AS payment, p.status AS payment_status, r.status AS reservation,
-		       n.order_id IS NOT NULL AS notified
+		SELECT o.style, coalesce(i.status, f.status) AS status, count(*) AS orders,
+		       string_agg(o.id::text, ' ' ORDER BY o.id) AS which
+		  FROM shop.orders o
+		  LEFT JOIN saga.instances i ON i.id = o.saga_id
+		  LEFT JOIN saga.flows f ON f.correlation_id = o.correlation_id AND f.choreography = 'order_events'
+		 GROUP BY 1, 2 ORDER BY 1 DESC, 2"
+
+	heading "orchestrated: where every order is (saga.instances joined to the shop)"
+	saga_psql -c "
+		SELECT o.id AS \"order\", o.sku, i.status AS saga, o.status AS \"order status\",
+		       p.status || ' @' || p.attempt || ' by ' || p.charged_by AS payment,
+		       r.status AS stock, n.status AS notification,
+		       (SELECT s.step || ': ' || (s.error ->> 'reason') FROM saga.step_runs s
+		         WHERE s.saga_id = i.id AND s.status = 'failed') AS why
 		  FROM shop.orders o
 		  JOIN saga.instances i ON i.id = o.saga_id
 		  LEFT JOIN shop.payments p ON p.order_id = o.id
 		  LEFT JOIN shop.reservations r ON r.order_id = o.id
 		  LEFT JOIN shop.notifications n ON n.order_id = o.id
 		 ORDER BY o.id"
-	saga_psql -c "SELECT status AS payments, count(*), sum(amount) AS amount FROM shop.payments GROUP BY status ORDER BY status"
-	saga_psql -c "SELECT sku, stocked, stock AS in_stock FROM shop.products ORDER BY sku"
 
-	local cs
-	cs=$(q -c "SELECT id FROM saga.instances WHERE status = 'compensated' ORDER BY id LIMIT 1")
-	if [ -n "$cs" ]; then
-		printf 'history of compensated saga %s (%s):\n' "$cs" \
-			"$(q -c "SELECT correlation_id FROM saga.instances WHERE id = $cs")"
-		saga_psql -c "SELECT to_char(at, 'HH24:MI:SS.MS') AS at, event, step, actor, detail
-		                FROM saga.history WHERE saga_id = $cs ORDER BY at, id"
-		saga_psql -c "SELECT step, status, attempts, result, error FROM saga.step_runs
-		               WHERE saga_id = $cs ORDER BY step_index"
-	fi
-
-	# the books must balance
-	problems=$(q <<-'SQL'
-		SELECT format('%s: saga %s but %s', i.correlation_id, i.status, v.problem)
-		  FROM saga.instances i
-		  JOIN shop.orders o ON o.saga_id = i.id
+	heading "choreographed: where every order is (saga.flows joined to the shop)"
+	saga_psql -c "
+		SELECT o.id AS \"order\", o.sku, f.status AS flow, o.status AS \"order status\",
+		       p.status || ' @' || p.attempt || ' by ' || p.charged_by AS payment,
+		       r.status AS stock, n.status AS notification,
+		       (SELECT string_agg(e.type, ' > ' ORDER BY e.id) FROM saga.events e
+		         WHERE e.correlation_id = o.correlation_id) AS events
+		  FROM shop.orders o
+		  JOIN saga.flows f ON f.correlation_id = o.correlation_id AND f.choreography = 'order_events'
 		  LEFT JOIN shop.payments p ON p.order_id = o.id
 		  LEFT JOIN shop.reservations r ON r.order_id = o.id
 		  LEFT JOIN shop.notifications n ON n.order_id = o.id
-		 CROSS JOIN LATERAL (VALUES
-		       (i.status NOT IN ('completed', 'compensated'), 'it should have finished'),
-		       (i.status = 'completed' AND p.status IS DISTINCT FROM 'charged', 'payment not charged'),
-		       (i.status = 'completed' AND r.status IS DISTINCT FROM 'reserved', 'stock not reserved'),
-		       (i.status = 'completed' AND n.order_id IS NULL, 'customer not notified'),
-		       (i.status = 'completed' AND o.status <> 'confirmed', 'order not confirmed'),
-		       (i.status = 'compensated' AND p.status IS DISTINCT FROM 'refunded', 'payment not refunded'),
-		       (i.status = 'compensated' AND r.status = 'reserved', 'stock still reserved'),
-		       (i.status = 'compensated' AND n.order_id IS NOT NULL, 'customer notified'),
-		       (i.status = 'compensated' AND o.status <> 'cancelled', 'order not cancelled')
-		       ) AS v(bad, problem)
-		 WHERE v.bad
-		UNION ALL
-		SELECT format('%s: %s stocked, %s in stock, %s reserved', p.sku, p.stocked, p.stock,
-		              coalesce(sum(r.qty) FILTER (WHERE r.status = 'reserved'), 0))
-		  FROM shop.products p LEFT JOIN shop.reservations r ON r.sku = p.sku
-		 GROUP BY p.sku
-		HAVING p.stocked <> p.stock + coalesce(sum(r.qty) FILTER (WHERE r.status = 'reserved'), 0)
-		UNION ALL
-		SELECT format('%s tasks left in the outbox', count(*)) FROM saga.outbox HAVING count(*) > 0
-		UNION ALL
-		SELECT format('%s orders without a saga', count(*)) FROM shop.orders
-		 WHERE saga_id IS NULL HAVING count(*) > 0
-		UNION ALL
-		SELECT format('expected %s compensated gadget orders, got %s', e.n, g.n)
-		  FROM (SELECT greatest(count(*) - 2, 0) AS n FROM shop.orders WHERE sku = 'gadget') e,
-		       (SELECT count(*) AS n FROM shop.orders o JOIN saga.instances i ON i.id = o.saga_id
-		         WHERE i.status = 'compensated') g
-		 WHERE e.n <> g.n;
-	SQL
-	)
-	if [ -n "$problems" ]; then
-		printf '\nINCONSISTENT:\n%s\n' "$problems"
-		saga_die "the demo's outcome is inconsistent"
+		 ORDER BY o.id"
+	printf '(payment: status @ the attempt it was charged at, by which instance)\n'
+
+	local saga8
+	saga8=$(q -c "SELECT saga_id FROM shop.orders WHERE id = 8")
+	heading "orchestrated: the history of order 8, which timed out (saga.history, saga $saga8)"
+	saga_psql -c "
+		SELECT to_char(at, 'HH24:MI:SS.MS') AS at, event, step, actor, detail
+		  FROM saga.history WHERE saga_id = $saga8 ORDER BY at, id"
+
+	heading "choreographed: the events of order 108, which timed out (saga.events)"
+	saga_psql -c "
+		SELECT to_char(published_at, 'HH24:MI:SS.MS') AS at, id, type, causation_id AS cause, hops,
+		       publisher, deliveries, late, payload
+		  FROM saga.events WHERE correlation_id = 'order-108' ORDER BY id"
+
+	heading "order 7's payment: the lease that lapsed (saga.history)"
+	saga_psql -c "
+		SELECT to_char(at, 'HH24:MI:SS.MS') AS at, event, step, detail
+		  FROM saga.history h JOIN shop.orders o ON o.saga_id = h.saga_id
+		 WHERE o.id = 7 AND h.step = 'charge_payment' ORDER BY at, h.id"
+
+	heading "diagrams"
+	diagram "saga.diagram" "order_flow" "SELECT saga.diagram('order_flow')"
+	diagram "saga.diagram" "order_events" "SELECT saga.diagram('order_events')"
+	diagram "saga.timeline" "order 8 (saga $saga8)" "SELECT saga.timeline($saga8)"
+	diagram "saga.flow_diagram" "order 108" "SELECT saga.flow_diagram('order-108')"
+}
+
+# diagram FUNCTION WHAT SQL: show what the function draws, if this build has it (an error is
+# shown, not fatal: the diagrams are not part of the audit)
+diagram() {
+	local fn=$1 what=$2 sql=$3 out
+	if [ "$(q -c "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc
+	                WHERE pronamespace = 'saga'::regnamespace AND proname = '${fn#saga.}')")" != t ]; then
+		printf '%s of %s: not in this build yet\n' "$fn" "$what"
+	elif out=$(q -c "$sql" 2>&1); then
+		printf '\n%s of %s:\n%s\n' "$fn" "$what" "$out"
+	else
+		printf '%s of %s failed: %s\n' "$fn" "$what" "$out"
 	fi
-	printf '\nconsistent: every completed order is charged, reserved and notified; every compensated order is refunded and holds no stock\n'
+}
+
+# audit [PASS/FAIL lines from the run]: demo/audit.sql's checks; fail if one failed
+audit() {
+	local lines
+	heading "audit (demo/audit.sql)"
+	lines=$(printf '%s\n' "$@"; q -f src/demo/audit.sql)
+	printf '%s\n' "$lines"
 	saga_print_timings
+	if grep -q '^FAIL: ' <<<"$lines"; then
+		saga_die "the audit failed: $(grep -c '^FAIL: ' <<<"$lines") checks"
+	fi
+	printf '\nthe books balance: every check passed\n'
 }
 
 main "$@"
