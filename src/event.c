@@ -140,12 +140,27 @@ SagaChoreographyInstalled(void)
  * exist): the library may be newer than the extension until ALTER
  * EXTENSION saga UPDATE runs.
  */
+static int	bridges_installed = -1;	/* -1: not known; reset by ALTER TABLE */
+static Oid	bridges_relid = InvalidOid;
+
+static void
+bridges_inval(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == bridges_relid)
+		bridges_installed = -1;
+}
+
 bool
 SagaBridgesInstalled(void)
 {
-	Oid			relid = SagaRelid("sagas");
-
-	return OidIsValid(relid) && get_attnum(relid, "event_id") != InvalidAttrNumber;
+	if (bridges_installed < 0)
+	{
+		/* the update to 0.4 adds the column: its ALTER TABLE resets this */
+		bridges_relid = SagaRelid("sagas");
+		bridges_installed = OidIsValid(bridges_relid) &&
+			get_attnum(bridges_relid, "event_id") != InvalidAttrNumber;
+	}
+	return bridges_installed == 1;
 }
 
 void
@@ -1958,6 +1973,7 @@ void
 SagaEventInit(void)
 {
 	CacheRegisterRelcacheCallback(sub_cache_inval, (Datum) 0);
+	CacheRegisterRelcacheCallback(bridges_inval, (Datum) 0);
 	DefineCustomIntVariable("saga.max_hops",
 							"Hops an event may be from its first cause and still be delivered.",
 							"A choreography's own max_hops applies to the events of its flows.",

@@ -57,14 +57,15 @@ SELECT function_privs_are('saga', 'start', ARRAY['text', 'jsonb', 'text', 'text'
 SELECT function_privs_are('saga', 'claim', ARRAY['text', 'text', 'integer', 'interval'], 'saga_admin', ARRAY[]::name[]);
 SELECT function_privs_are('saga', 'complete', ARRAY['bigint', 'jsonb', 'integer'], 'saga_admin', ARRAY[]::name[]);
 
--- saga_reader: no function that changes anything (worker_status and
--- topic_backlog, behind saga.topics, only read)
+-- saga_reader: no function that changes anything (worker_status, topic_backlog
+-- behind saga.topics, and the diagrams only read)
 SELECT is_empty(
     $$SELECT p.oid::regprocedure::text FROM pg_proc p
        WHERE p.pronamespace = 'saga'::regnamespace
          AND p.oid NOT IN ('saga.worker_status()'::regprocedure, 'saga.topic_backlog()'::regprocedure)
+         AND p.proname !~ '^(diagram|diagram_[a-z_]+|flow_diagram|timeline)$'
          AND has_function_privilege('saga_reader', p.oid, 'EXECUTE')$$,
-    'saga_reader may execute no saga function but saga.worker_status() and saga.topic_backlog()');
+    'saga_reader may execute no saga function but saga.worker_status(), saga.topic_backlog() and the diagrams');
 
 -- tables and views
 SELECT table_privs_are('saga', 'instances', 'saga_reader', ARRAY['SELECT']);

@@ -102,7 +102,31 @@ SELECT set_eq(
       ('view', 'saga.topics', 'saga_reader', 'SELECT'),
       ('function', 'saga.topic_backlog()', 'saga_admin', 'EXECUTE'),
       ('function', 'saga.topic_backlog()', 'saga_worker', 'EXECUTE'),
-      ('function', 'saga.topic_backlog()', 'saga_reader', 'EXECUTE')$$,
+      ('function', 'saga.topic_backlog()', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_escape(text,text)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_escape(text,text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram_escape(text,text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram_render(jsonb,text)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_render(jsonb,text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram_render(jsonb,text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram_saga_graph(jsonb,text[],jsonb)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_saga_graph(jsonb,text[],jsonb)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram_saga_graph(jsonb,text[],jsonb)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram_choreography_graph(jsonb,text[])', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram_choreography_graph(jsonb,text[])', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram_choreography_graph(jsonb,text[])', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram(text,text,integer)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram(text,text,integer)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram(text,text,integer)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.diagram(bigint,text)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.diagram(bigint,text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.diagram(bigint,text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.flow_diagram(text)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.flow_diagram(text)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.flow_diagram(text)', 'saga_worker', 'EXECUTE'),
+      ('function', 'saga.timeline(bigint)', 'saga_reader', 'EXECUTE'),
+      ('function', 'saga.timeline(bigint)', 'saga_admin', 'EXECUTE'),
+      ('function', 'saga.timeline(bigint)', 'saga_worker', 'EXECUTE')$$,
     'the privilege matrix: exactly these grants, nothing for PUBLIC');
 
 -- the objects the matrix covers are all there is: a new object shows up
@@ -113,8 +137,8 @@ SELECT set_eq(
         SELECT CASE relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'S' THEN 'sequence'
                             WHEN 'i' THEN 'index' WHEN 'c' THEN 'type' ELSE relkind::text END
           FROM pg_class WHERE relnamespace = 'saga'::regnamespace) o GROUP BY kind$$,
-    $$VALUES ('function', 19), ('table', 10), ('view', 5), ('sequence', 8), ('index', 31), ('type', 1)$$,
-    'the extension has 19 functions, 10 tables, 5 views, 8 sequences, 31 indexes and 1 type');
+    $$VALUES ('function', 27), ('table', 10), ('view', 5), ('sequence', 8), ('index', 31), ('type', 1)$$,
+    'the extension has 27 functions, 10 tables, 5 views, 8 sequences, 31 indexes and 1 type');
 
 -- the trigger function is executable by nobody but its owner
 SELECT is_empty(
