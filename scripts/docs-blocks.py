@@ -119,7 +119,7 @@ def anchors(path, cache={}):
         seen, result, fence = {}, set(), False
         with open(path, encoding='utf-8') as f:
             for line in f:
-                if line.startswith('```'):
+                if line.lstrip().startswith('```'):
                     fence = not fence
                 elif not fence:
                     m = re.match(r'^(#{1,6})\s+(.*?)\s*#*\s*$', line)
@@ -138,7 +138,7 @@ def cmd_links(files):
         bad, count, fence = [], 0, False
         with open(path, encoding='utf-8') as f:
             for lineno, line in enumerate(f, 1):
-                if line.startswith('```'):
+                if line.lstrip().startswith('```'):
                     fence = not fence
                     continue
                 if fence:
@@ -174,7 +174,7 @@ def cmd_sql(path, outdir):
             note = m.group(1)
         elif lines[i].strip() == '```sql':
             j = i + 1
-            while not lines[j].startswith('```'):
+            while not lines[j].strip().startswith('```'):
                 j += 1
             with open(os.path.join(outdir, f'{k}.sql'), 'w', encoding='utf-8') as out:
                 out.write(f'-- {path}:{i + 1} {note or "run"}\n')

@@ -84,7 +84,8 @@ runbook() {
 			printf 'ok     %s\n' "$head"
 		else
 			rc=1
-			printf 'FAILED %s: %s\n' "$head" "${got:+error $got}${got:-no error, expected $want}"
+			if [ -n "$got" ]; then got="error $got"; else got="no error"; fi
+			printf 'FAILED %s: %s, expected %s\n' "$head" "$got" "${want:+error }${want:-no error}"
 			sed 's/^/    /' "$log" | head -n 20
 		fi
 	done
