@@ -16,6 +16,7 @@
 #
 # SAGA_PG_BIN selects another PostgreSQL installation; SAGA_SKIP_BUILD=1 skips the build (what
 # scripts/test.sh passes); SAGA_KEEP=1 keeps the scratch directory.
+# shellcheck disable=SC2119  # helpers with optional arguments
 set -euo pipefail
 
 # shellcheck source=scripts/common.sh

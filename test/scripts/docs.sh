@@ -11,7 +11,7 @@
 # bash test/scripts/docs.sh (SAGA_PG_BIN, SAGA_SKIP_BUILD as for scripts/docs-diagrams.sh).
 set -uo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
