@@ -172,3 +172,41 @@ SELECT saga.publish('Shipped', '{"n": 1}', causation_id => :nudge) AS e10 \gset
 RESET saga.max_hops;
 SELECT hops, deliveries FROM saga.events WHERE id = :e10;
 SELECT step, status FROM saga.step_runs WHERE saga_id = :s10 AND step = 'wait_ship';
+
+-- the keys of event-started sagas are reserved: nobody can take an event's saga in advance
+SELECT saga_test.err($$SELECT saga.start('br_order', '{}', correlation_id => 'br-11', idempotency_key => 'event:999999')$$);
+
+-- a definition that publishes does so as its definer, who must be allowed to publish
+CREATE ROLE regress_br_admin IN ROLE saga_admin;
+CREATE ROLE regress_br_admin2 IN ROLE saga_admin;
+SET ROLE regress_br_admin;
+SELECT saga_test.define_err('{"steps": [{"name": "a", "topic": "t", "publish": "BrForged"}]}', 'br_forge');
+SELECT saga_test.define_err('{"publish": {"completed": "BrForged"}, "steps": [{"name": "a", "topic": "t"}]}', 'br_forge');
+-- awaiting needs no such right
+SELECT saga.define('br_awaits', '{"steps": [{"name": "w", "await": "BrAnything"}]}') AS v;
+RESET ROLE;
+-- and only the definer's members may have events start its sagas
+SET ROLE regress_br_admin2;
+SELECT saga_test.err($$SELECT saga.subscribe('BrAnything', 'br_hijack', '{"start_saga": "br_awaits"}')$$);
+RESET ROLE;
+SET ROLE regress_br_admin;
+SELECT saga.subscribe('BrAnything', 'br_own', '{"start_saga": "br_awaits"}') IS NOT NULL AS own;
+SELECT saga.unsubscribe('BrAnything', 'br_own');
+RESET ROLE;
+
+-- a loop that widens at every level (two definitions, each publishing the
+-- event that starts both) stops at the cascade limit, not after 2^hops sagas
+CREATE FUNCTION saga_test.br_noop(p jsonb) RETURNS jsonb LANGUAGE sql SET search_path = pg_catalog, pg_temp AS 'SELECT ''{}''::jsonb';
+SELECT saga.define('br_fan_a', '{"publish": {"completed": "BrFan"}, "steps": [{"name": "a", "sql": "saga_test.br_noop"}]}') AS a,
+       saga.define('br_fan_b', '{"publish": {"completed": "BrFan"}, "steps": [{"name": "b", "sql": "saga_test.br_noop"}]}') AS b;
+SELECT saga.subscribe('BrFan', 'br_fan_a', '{"start_saga": "br_fan_a"}') IS NOT NULL AS sa,
+       saga.subscribe('BrFan', 'br_fan_b', '{"start_saga": "br_fan_b"}') IS NOT NULL AS sb;
+SELECT saga_test.err($$SELECT saga.publish('BrFan', '{}', correlation_id => 'br-fan')$$);
+SELECT count(*) AS sagas, (SELECT count(*) FROM saga.events WHERE correlation_id = 'br-fan') AS events
+  FROM saga.instances WHERE correlation_id = 'br-fan';
+-- the same loop, narrow: one publish stops at the hop limit as before
+SELECT saga.unsubscribe('BrFan', 'br_fan_b');
+SET saga.max_hops = 5;
+SELECT saga.publish('BrFan', '{}', correlation_id => 'br-fan') IS NOT NULL AS published;
+RESET saga.max_hops;
+SELECT count(*) AS sagas FROM saga.instances WHERE correlation_id = 'br-fan';

@@ -102,6 +102,15 @@ saga_start(PG_FUNCTION_ARGS)
 	name = SagaTextArg(PG_GETARG_TEXT_PP(0), SAGA_MAX_NAME_LEN, "saga name");
 	input = PG_GETARG_JSONB_P(1);
 	SagaCheckPayload(input, "saga input");
+	/* a start_saga subscription finds the saga of an event by this key */
+	if (idempotency_key != NULL && strncmp(idempotency_key, SAGA_EVENT_KEY_PREFIX,
+										   strlen(SAGA_EVENT_KEY_PREFIX)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency key \"%s\" is reserved", SagaEcho(idempotency_key)),
+				 errdetail("Keys that begin with \"%s\" are those of the sagas that start_saga subscriptions start.",
+						   SAGA_EVENT_KEY_PREFIX),
+				 errhint("Choose a key without that prefix.")));
 
 	SagaEnter(&save);
 	def = SagaDefinitionLatest(name);

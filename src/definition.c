@@ -678,6 +678,48 @@ check_sql_retries(const DefParse *p, SagaDef *def)
 }
 
 /*
+ * At define: the bridges need 0.4; a definition that publishes events
+ * publishes them as its definer, who must be allowed to publish
+ * (saga.publish is saga_worker's, not saga_admin's); a type it newly
+ * awaits is locked against its publishers in flight (SagaLockAwaitedType).
+ */
+static void
+check_bridges(const DefParse *p, SagaDef *def, bool publishes)
+{
+	static SPIPlanPtr plan_may_publish = NULL;
+	const char *where = publishes ? "$.publish" : NULL;
+
+	for (int i = 0; i < def->nsteps && where == NULL; i++)
+		if (def->steps[i].publish != NULL)
+			where = psprintf("$.steps[%d].publish", i);
+	if (where == NULL && !def->has_awaits)
+		return;
+	SagaRequireBridges("await steps and \"publish\"");
+	if (where != NULL)
+	{
+		Oid			types[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(p->caller)};
+		bool		isnull;
+
+		SagaExecute(&plan_may_publish,
+					"SELECT pg_catalog.has_function_privilege($1, "
+					"'saga.publish(text,jsonb,text,bigint,text,text,text)'::pg_catalog.regprocedure, "
+					"'EXECUTE')",
+					1, types, values, NULL, SPI_OK_SELECT, "checking the right to publish");
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to publish events from %s", p->what),
+					 errdetail("The definition publishes at %s, as the role that defines it, which may not execute saga.publish.",
+							   where),
+					 errhint("Grant saga_worker to the defining role, or leave \"publish\" out.")));
+	}
+	for (int i = 0; i < def->nsteps; i++)
+		if (def->steps[i].await != NULL)
+			SagaLockAwaitedType(def->steps[i].await);
+}
+
+/*
  * Parse and validate a definition document; allocates in CurrentMemoryContext.
  * A stored document is parsed again in every backend that loads it, so its
  * intervals must not depend on the session: IntervalStyle sql_standard reads
@@ -748,11 +790,8 @@ parse_document(const char *name, Jsonb *doc, bool resolve, Oid caller)
 	for (int i = 0; i < def->nsteps; i++)
 		if (def->steps[i].await != NULL)
 			def->has_awaits = true;
-	if (resolve && (def->has_awaits || get_key(&doc->root, "publish", &v)))
-		SagaRequireBridges("await steps and \"publish\"");
-	for (int i = 0; resolve && i < def->nsteps; i++)
-		if (def->steps[i].publish != NULL)
-			SagaRequireBridges("await steps and \"publish\"");
+	if (resolve)
+		check_bridges(&p, def, get_key(&doc->root, "publish", &v));
 
 	if (get_key(&doc->root, "deadline", &v))
 		def->deadline = get_interval(&p, &v, "$.deadline");

@@ -1202,15 +1202,30 @@ save_params(SagaState *st, Oid *types, Datum *values, char *nulls, TimestampTz n
  * through sagas.  A cause purged since (saga.retention) is left out.
  */
 static void
+publish_one(SagaState *st, const char *type, Jsonb *payload)
+{
+	SagaCascadeEnter();
+	PG_TRY();
+	{
+		(void) SagaPublish(type, payload, st->correlation_id, st->event_id,
+						   st->event_id != 0 ? SAGA_CAUSE_IF_RETAINED : SAGA_NO_CAUSE,
+						   NULL, NULL, st->traceparent);
+	}
+	PG_FINALLY();
+	{
+		SagaCascadeLeave();
+	}
+	PG_END_TRY();
+}
+
+static void
 flush_publish(SagaState *st)
 {
 	int			n = st->npublish;
 
 	st->npublish = 0;
 	for (int i = 0; i < n; i++)
-		(void) SagaPublish(st->publish_types[i], st->publish_payloads[i], st->correlation_id,
-						   st->event_id, st->event_id != 0 ? SAGA_CAUSE_IF_RETAINED : SAGA_NO_CAUSE,
-						   NULL, NULL, st->traceparent);
+		publish_one(st, st->publish_types[i], st->publish_payloads[i]);
 }
 
 /*

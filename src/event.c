@@ -407,6 +407,30 @@ check_subscription_owner(const char *owner, const char *type, const char *topic,
 						 owner)));
 }
 
+/*
+ * A start_saga subscription runs a definition's SQL steps, as its definer,
+ * inside every publisher's transaction: only members of the definer's role
+ * may bind it to events, as only they may define its next version.
+ */
+static void
+check_start_saga_owner(const char *name, Oid caller)
+{
+	SagaDef    *def = SagaDefinitionLatest(name);
+	Oid			owner = (def != NULL && def->owner != NULL) ? get_role_oid(def->owner, true)
+		: InvalidOid;
+
+	if (OidIsValid(owner) ? has_privs_of_role(caller, owner) : superuser_arg(caller))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to start saga \"%s\" from events", name),
+			 OidIsValid(owner)
+			 ? errdetail("Saga definition \"%s\" belongs to role \"%s\"; only its members may subscribe it to events.",
+						 name, def->owner)
+			 : errdetail("The role that defined saga definition \"%s\" no longer exists; only a superuser may subscribe it to events.",
+						 name)));
+}
+
 /* ---------- the subscription cache ---------- */
 
 static void
@@ -853,11 +877,59 @@ start_from_event(const char *name, int64 event_id, Jsonb *payload, const char *c
 				 const char *traceparent)
 {
 	SagaDef    *def = SagaDefinitionLatest(name);
+	int64		saga_id;
 
 	if (def == NULL)
 		elog(ERROR, "saga: the definition \"%s\" of a start_saga subscription is gone", name);
-	return SagaStart(def, payload, correlation_id, psprintf("event:%lld", (long long) event_id),
-					 SagaChildTraceparent(traceparent), event_id);
+	SagaCascadeEnter();
+	PG_TRY();
+	{
+		saga_id = SagaStart(def, payload, correlation_id,
+							psprintf(SAGA_EVENT_KEY_PREFIX "%lld", (long long) event_id),
+							SagaChildTraceparent(traceparent), event_id);
+	}
+	PG_FINALLY();
+	{
+		SagaCascadeLeave();
+	}
+	PG_END_TRY();
+	return saga_id;
+}
+
+/*
+ * The bridges nest: an event starts a saga, whose transition publishes an
+ * event, which starts sagas...  The hop limit bounds the depth of such a
+ * chain but not its breadth (two definitions that each publish the event
+ * that starts both double at every level), and all of it runs in the
+ * outermost caller's transaction and C stack.  So one outermost call may
+ * start and publish at most SAGA_MAX_CASCADE of them, nested at most
+ * SAGA_MAX_CASCADE_DEPTH deep; past that the call fails (54000) and
+ * nothing of it stays.
+ */
+static int	cascade_depth = 0;
+static int	cascade_work = 0;
+
+void
+SagaCascadeEnter(void)
+{
+	if (cascade_depth == 0)
+		cascade_work = 0;
+	if (cascade_depth >= SAGA_MAX_CASCADE_DEPTH || cascade_work >= SAGA_MAX_CASCADE)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many sagas started and events published by one call"),
+				 errdetail("Sagas started by start_saga subscriptions and events published by saga definitions went past %d in all or %d levels deep.",
+						   SAGA_MAX_CASCADE, SAGA_MAX_CASCADE_DEPTH),
+				 errhint("A definition probably publishes an event that starts it, or another such definition, again: break the loop.")));
+	cascade_work++;
+	cascade_depth++;
+}
+
+void
+SagaCascadeLeave(void)
+{
+	Assert(cascade_depth > 0);
+	cascade_depth--;
 }
 
 /*
@@ -867,6 +939,43 @@ start_from_event(const char *name, int64 event_id, Jsonb *payload, const char *c
  * it ROW EXCLUSIVE) and holds off new ones until we commit; they then find
  * our await step (SagaAwaitEvent), or we find their event here.
  */
+/*
+ * The lock that orders an await step becoming ready (SHARE) and a publish of
+ * its event (ROW EXCLUSIVE), per event type and correlation id: an object
+ * lock on (class saga.outbox, hash of the type, hash of the correlation
+ * id), so that a transaction left open after making an await step ready
+ * holds up only the publishers of that type with that correlation id.  A
+ * collision of the hashes makes two pairs wait for each other, nothing
+ * worse.  The background worker does not wait (55P03, tried later).
+ */
+static void
+lock_awaited(const char *type, const char *correlation_id, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+	uint32		t = hash_bytes((const unsigned char *) type, strlen(type));
+	uint32		c = hash_bytes((const unsigned char *) correlation_id, strlen(correlation_id));
+
+	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, SagaRelid("outbox"), t ^ (c >> 16), c & 0xFFFF);
+	if (LockAcquire(&tag, mode, false, IsBackgroundWorker) == LOCKACQUIRE_NOT_AVAIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not lock the await steps of event type \"%s\" and correlation id \"%s\"",
+						type, SagaEcho(correlation_id)),
+				 errdetail("A transaction that made such a step ready, or published such an event, has not committed yet.")));
+}
+
+/*
+ * A define that makes a type awaited waits for the type's publishers in
+ * flight, as a subscribe does: every publisher that starts after it
+ * commits knows the type is awaited (SagaTypeAwaited), and a saga of the
+ * definition starts after the publishers before it have committed.
+ */
+void
+SagaLockAwaitedType(const char *type)
+{
+	lock_event_type(SagaRelid("subscriptions"), type, ShareRowExclusiveLock);
+}
+
 bool
 SagaAwaitedEvent(const char *type, const char *correlation_id, TimestampTz since,
 				 int64 *event_id, Jsonb **payload)
@@ -878,7 +987,7 @@ SagaAwaitedEvent(const char *type, const char *correlation_id, TimestampTz since
 
 	if (correlation_id == NULL)
 		return false;
-	lock_event_type(SagaRelid("subscriptions"), type, ShareLock);
+	lock_awaited(type, correlation_id, ShareLock);
 	values[0] = CStringGetTextDatum(type);
 	values[1] = CStringGetTextDatum(correlation_id);
 	values[2] = TimestampTzGetDatum(since);
@@ -1205,7 +1314,10 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 	for (int i = 0; i < nstart; i++)
 		(void) start_from_event(starts[i], id, payload, corr, trace);
 	if (!verdict.over_limit && SagaTypeAwaited(type))
+	{
+		lock_awaited(type, corr, RowExclusiveLock);
 		SagaAwaitEvent(type, corr, id, payload);
+	}
 	return id;
 }
 
@@ -1752,6 +1864,8 @@ SagaSubscribeAs(const char *type, const char *topic, Jsonb *options,
 	}
 	if (options != NULL && o.has_replay_from)
 		options = normalised_replay_from(options, o.replay_from);
+	if (options != NULL && o.start_saga != NULL)
+		check_start_saga_owner(o.start_saga, caller);
 
 	values[0] = CStringGetTextDatum(type);
 	values[1] = CStringGetTextDatum(topic);

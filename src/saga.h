@@ -321,6 +321,16 @@ extern int	saga_max_hops;
 extern int	saga_filter_timeout;
 
 extern bool SagaValidEventType(const char *type);
+/* the idempotency keys of sagas that events start ("event:<event id>") */
+#define SAGA_EVENT_KEY_PREFIX	"event:"
+/*
+ * Sagas started by events and events published by sagas, within one
+ * outermost call: a loop between definitions and start_saga subscriptions
+ * is refused past these, whatever the hop limit allows (README, "Limits").
+ */
+#define SAGA_MAX_CASCADE		1000
+#define SAGA_MAX_CASCADE_DEPTH	64
+
 /* what a publish's causation_id is */
 typedef enum SagaCause
 {
@@ -334,6 +344,9 @@ extern int64 SagaPublish(const char *type, Jsonb *payload, const char *correlati
 						 const char *idempotency_key, const char *traceparent);
 extern bool SagaAwaitedEvent(const char *type, const char *correlation_id, TimestampTz since,
 							 int64 *event_id, Jsonb **payload);
+extern void SagaCascadeEnter(void);
+extern void SagaCascadeLeave(void);
+extern void SagaLockAwaitedType(const char *type);
 extern bool SagaDeliveryReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 							   SagaFence fence, int32 lease);
 extern void SagaDeliveryExhaust(int64 task_id, const char *why);

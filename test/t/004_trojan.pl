@@ -885,6 +885,12 @@ session($su, call('tick', 'SELECT saga.tick();', 'ok'));
 # inside a publish under the caller's poisoned search_path
 session(
 	'eve',
+	call('define with publish (a saga_admin may not publish)',
+		q{SELECT saga.define('tj_bridge', '{"publish": {"completed": "TjBridged"}, "steps": [{"name": "a", "sql": "eve.step_poison"}]}');},
+		'42501'));
+$node->safe_psql('postgres', 'GRANT saga_worker TO eve');
+session(
+	'eve',
 	call('define with await and publish',
 		q{SELECT saga.define('tj_bridge', '{"publish": {"completed": "TjBridged"}, "steps": [{"name": "a", "sql": "eve.step_poison", "publish": "TjStepped"}, {"name": "w", "await": "TjGo", "timeout": "1 hour"}]}');},
 		'ok'),
@@ -897,6 +903,7 @@ session(
 		q{SELECT saga.publish('TjStart', '{"n": 1}', correlation_id => 'tj-bridge');}, 'ok'),
 	call('publish the awaited event', q{SELECT saga.publish('TjGo', '{"go": 1}', correlation_id => 'tj-bridge');},
 		'ok'));
+$node->safe_psql('postgres', 'REVOKE saga_worker FROM eve');
 is(sql($node, "SELECT status FROM saga.instances WHERE correlation_id = 'tj-bridge'"),
 	'completed', 'bridges: the saga an event started ends by an awaited event');
 is(sql($node, "SELECT string_agg(type, ',' ORDER BY id) FROM saga.events WHERE correlation_id = 'tj-bridge'"),
