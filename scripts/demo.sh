@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/demo.sh: the order flow, orchestrated and choreographed side by side, under faults.
-# Usage: bash scripts/demo.sh  (as root or with sudo; about 20 seconds)
+# Usage: bash scripts/demo.sh  (as root or with sudo; about 12 seconds after the build)
 #
 # Installs the Debian packages it needs, builds and installs saga, starts a private PostgreSQL
 # 15 (unix socket only, saga preloaded so its background worker handles timeouts, lapsed leases
