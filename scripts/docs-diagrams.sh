@@ -97,6 +97,12 @@ main() {
 	saga_traps
 	saga_init_privileges
 	saga_install_packages >/dev/null
+	# the blocks are read and written by scripts/docs-blocks.py
+	if ! command -v python3 >/dev/null 2>&1; then
+		saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >/dev/null &&
+			saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+				--no-install-recommends python3 </dev/null >/dev/null
+	fi
 	saga_build_install
 	saga_make_workdir docs >/dev/null
 	saga_cluster_start >/dev/null
