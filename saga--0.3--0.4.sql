@@ -1069,10 +1069,10 @@ GRANT EXECUTE ON FUNCTION saga.diagram_escape(text, text), saga.diagram_render(j
     TO saga_reader, saga_admin, saga_worker;
 
 COMMENT ON FUNCTION saga.diagram(text, text, integer) IS
-'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits, and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits, and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. At most 2000 edges are drawn, the first in that order; past that a last node (o0) says how many were left out (nodes are all drawn, bounded by the definition limits), so the text is bounded and the time linear in the document. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.diagram(bigint, text) IS
-'saga.diagram(saga_id, format) -> text: draw one saga as saga.diagram(name) draws its definition version, with each step''s status (pending, ready, running, succeeded, failed, compensating, compensated, skipped: a style class each), attempt and error, and the saga''s status and correlation id. Errors: 22004 null argument, 22023 unknown format, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.diagram(saga_id, format) -> text: draw one saga as saga.diagram(name) draws its definition version, with each step''s status (pending, ready, running, succeeded, failed, compensating, compensated, skipped: a style class each), attempt and error, and the saga''s status and correlation id; at most 2000 edges, as saga.diagram(name). Errors: 22004 null argument, 22023 unknown format, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.flow_diagram(text) IS
 'saga.flow_diagram(correlation_id) -> text: a Mermaid sequenceDiagram of the events of a correlation id in publish order (at most 1000; a last note counts the rest), each from the participant of its flows'' choreography that emits its type (else "deadline" for a deadline event, else the publishing role, as an actor) to the topics that have its delivery: done (solid), pending or leased (open arrow), dead letter or filter error (crossed); late events marked, undelivered ones (0 deliveries, e.g. past the hop limit) as a note, and a note with each flow''s status. Errors: 22004 null correlation_id, 42704 no events or flows with that correlation id. Granted to saga_reader, saga_admin and saga_worker.';
@@ -1083,8 +1083,8 @@ COMMENT ON FUNCTION saga.timeline(bigint) IS
 COMMENT ON FUNCTION saga.diagram_escape(text, text) IS
 'internal to the diagrams: a string made safe inside a quoted Mermaid (''mermaid'', ''gantt'') or DOT (''dot'') label';
 COMMENT ON FUNCTION saga.diagram_render(jsonb, text) IS
-'internal to the diagrams: a graph {nodes, edges} as Mermaid flowchart or DOT text';
+'internal to the diagrams: a graph {nodes, edges, edges_left_out} as Mermaid flowchart or DOT text, at most 2000 edges, then a node o0 counting those left out';
 COMMENT ON FUNCTION saga.diagram_saga_graph(jsonb, text[], jsonb) IS
-'internal to the diagrams: the graph of a saga definition document, with step states for one saga';
+'internal to the diagrams: the graph of a saga definition document, with step states for one saga; the first 2000 edges, edges_left_out counts the rest';
 COMMENT ON FUNCTION saga.diagram_choreography_graph(jsonb, text[]) IS
-'internal to the diagrams: the graph of a choreography document';
+'internal to the diagrams: the graph of a choreography document; the first 2000 edges, edges_left_out counts the rest';
