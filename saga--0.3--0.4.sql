@@ -219,10 +219,14 @@ $$;
 
 /*
  * Render a graph: {"direction": "LR", "nodes": [{"id", "shape", "lines",
- * "classes"}], "edges": [{"from", "to", "label", "style", "color"}]}.
- * shape: step, sql, await, event, participant, start, end, deadline;
- * style: solid, dashed (compensations), thick (events of a saga);
- * color: fail.  Lines and labels are raw text, escaped here.
+ * "classes"}], "edges": [{"from", "to", "label", "style", "color"}],
+ * "edges_left_out": n}.  shape: step, sql, await, event, participant,
+ * start, end, deadline; style: solid, dashed (compensations), thick (events
+ * of a saga); color: fail.  Lines and labels are raw text, escaped here.
+ * At most max_edges (2000) edges are drawn, the first in the graph's order;
+ * when some are not (edges_left_out, from the graph builders, plus those
+ * past the cap here), a last node o0 says how many.  One pass over the
+ * nodes and edges (set-based, no per-element concatenation): linear.
  */
 CREATE FUNCTION saga.diagram_render(graph jsonb, format text)
 RETURNS text
@@ -230,6 +234,7 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $render$
 DECLARE
+    max_edges CONSTANT integer := 2000;    -- as in diagram_saga_graph, diagram_choreography_graph
     -- class -> Mermaid classDef, DOT fill, DOT outline colour, DOT pen width
     styles CONSTANT jsonb := '{
         "participant":  ["fill:#e8eaf6,stroke:#283593", "#e8eaf6", "#283593", null],
@@ -257,95 +262,101 @@ DECLARE
         "step": "shape=box", "participant": "shape=box", "sql": "shape=component",
         "await": "shape=hexagon", "event": "shape=box, style=\"rounded,filled\"",
         "start": "shape=circle", "end": "shape=doublecircle", "deadline": "shape=cds"}';
-    out text[] := '{}';
-    n jsonb;
-    e jsonb;
-    cls text;
-    label text;
-    attrs text;
-    fill text;
-    pen text;
-    colour text;
-    i integer := 0;
-    used text[] := '{}';
-    fails text[] := '{}';
+    nedges bigint := COALESCE(pg_catalog.jsonb_array_length(graph -> 'edges'), 0);
+    left_out bigint;
+    note text;
+    body text;
 BEGIN
-    IF format = 'mermaid' THEN
-        out := out || ('flowchart ' || COALESCE(graph ->> 'direction', 'LR'));
-        FOR n IN SELECT x FROM pg_catalog.jsonb_array_elements(graph -> 'nodes') AS x LOOP
-            SELECT pg_catalog.string_agg(saga.diagram_escape(l, 'mermaid'), '<br>' ORDER BY o)
-              INTO label
-              FROM pg_catalog.jsonb_array_elements_text(n -> 'lines') WITH ORDINALITY AS t(l, o);
-            out := out || ('    ' || (n ->> 'id') || (mermaid_shape -> (n ->> 'shape') ->> 0)
-                           || label || (mermaid_shape -> (n ->> 'shape') ->> 1));
-        END LOOP;
-        FOR e IN SELECT x FROM pg_catalog.jsonb_array_elements(graph -> 'edges') AS x LOOP
-            out := out || ('    ' || (e ->> 'from')
-                || CASE e ->> 'style' WHEN 'dashed' THEN ' -.->' WHEN 'thick' THEN ' ==>' ELSE ' -->' END
-                || CASE WHEN e ? 'label'
-                        THEN '|"' || saga.diagram_escape(e ->> 'label', 'mermaid') || '"|' ELSE '' END
-                || ' ' || (e ->> 'to'));
-            IF e ->> 'color' = 'fail' THEN
-                fails := fails || i::text;
-            END IF;
-            i := i + 1;
-        END LOOP;
-        SELECT pg_catalog.array_agg(DISTINCT c ORDER BY c) INTO used
-          FROM pg_catalog.jsonb_array_elements(graph -> 'nodes') AS x,
-               pg_catalog.jsonb_array_elements_text(x -> 'classes') AS c;
-        FOREACH cls IN ARRAY COALESCE(used, '{}') LOOP
-            out := out || ('    classDef ' || cls || ' ' || (styles -> cls ->> 0));
-        END LOOP;
-        FOR n IN SELECT x FROM pg_catalog.jsonb_array_elements(graph -> 'nodes') AS x LOOP
-            FOR cls IN SELECT c FROM pg_catalog.jsonb_array_elements_text(n -> 'classes') AS c LOOP
-                out := out || ('    class ' || (n ->> 'id') || ' ' || cls);
-            END LOOP;
-        END LOOP;
-        IF pg_catalog.cardinality(fails) > 0 THEN
-            out := out || ('    linkStyle ' || pg_catalog.array_to_string(fails, ',')
-                           || ' stroke:#c62828,color:#c62828');
-        END IF;
-    ELSE
-        out := out || 'digraph saga {'::text || '    rankdir=LR;'::text
-            || '    node [fontname="Helvetica", fontsize=11];'::text
-            || '    edge [fontname="Helvetica", fontsize=9];'::text;
-        FOR n IN SELECT x FROM pg_catalog.jsonb_array_elements(graph -> 'nodes') AS x LOOP
-            SELECT pg_catalog.string_agg(saga.diagram_escape(l, 'dot'), '\n' ORDER BY o)
-              INTO label
-              FROM pg_catalog.jsonb_array_elements_text(n -> 'lines') WITH ORDINALITY AS t(l, o);
-            fill := NULL; pen := NULL; colour := NULL;
-            -- the first class that says so wins (a state before pivot)
-            FOR cls IN SELECT c FROM pg_catalog.jsonb_array_elements_text(n -> 'classes') AS c LOOP
-                fill := COALESCE(fill, styles -> cls ->> 1);
-                colour := COALESCE(colour, styles -> cls ->> 2);
-                pen := COALESCE(pen, styles -> cls ->> 3);
-            END LOOP;
-            attrs := (dot_shape ->> (n ->> 'shape'));
-            IF fill IS NOT NULL THEN
-                IF n ->> 'shape' <> 'event' THEN
-                    attrs := attrs || ', style=filled';
-                END IF;
-                attrs := attrs || ', fillcolor="' || fill || '"';
-            END IF;
-            IF colour IS NOT NULL THEN
-                attrs := attrs || ', color="' || colour || '"';
-            END IF;
-            IF pen IS NOT NULL THEN
-                attrs := attrs || ', penwidth=' || pen;
-            END IF;
-            out := out || ('    "' || (n ->> 'id') || '" [label="' || label || '", ' || attrs || '];');
-        END LOOP;
-        FOR e IN SELECT x FROM pg_catalog.jsonb_array_elements(graph -> 'edges') AS x LOOP
-            attrs := pg_catalog.concat_ws(', ',
-                CASE WHEN e ? 'label' THEN 'label="' || saga.diagram_escape(e ->> 'label', 'dot') || '"' END,
-                CASE e ->> 'style' WHEN 'dashed' THEN 'style=dashed' WHEN 'thick' THEN 'penwidth=2' END,
-                CASE WHEN e ->> 'color' = 'fail' THEN 'color="#c62828", fontcolor="#c62828"' END);
-            out := out || ('    "' || (e ->> 'from') || '" -> "' || (e ->> 'to') || '"'
-                           || CASE WHEN attrs <> '' THEN ' [' || attrs || ']' ELSE '' END || ';');
-        END LOOP;
-        out := out || '}'::text;
+    left_out := COALESCE((graph ->> 'edges_left_out')::bigint, 0) + GREATEST(nedges - max_edges, 0);
+    IF left_out > 0 THEN
+        note := left_out || ' more edges not drawn: a diagram draws at most ' || max_edges
+                || ' edges, the first ' || max_edges || ' of ' || (LEAST(nedges, max_edges) + left_out);
     END IF;
-    RETURN pg_catalog.array_to_string(out, E'\n') || E'\n';
+    IF format = 'mermaid' THEN
+        SELECT pg_catalog.string_agg(x.line, E'\n' ORDER BY x.g, x.o, x.o2) INTO body
+          FROM (SELECT 0 AS g, 0::bigint AS o, 0::bigint AS o2,
+                       'flowchart ' || COALESCE(graph ->> 'direction', 'LR') AS line
+                UNION ALL
+                SELECT 1, n.o, 0, '    ' || (n.x ->> 'id') || (mermaid_shape -> (n.x ->> 'shape') ->> 0)
+                       || (SELECT pg_catalog.string_agg(saga.diagram_escape(t.l, 'mermaid'), '<br>' ORDER BY t.lo)
+                             FROM pg_catalog.jsonb_array_elements_text(n.x -> 'lines') WITH ORDINALITY AS t(l, lo))
+                       || (mermaid_shape -> (n.x ->> 'shape') ->> 1)
+                  FROM pg_catalog.jsonb_array_elements(graph -> 'nodes') WITH ORDINALITY AS n(x, o)
+                UNION ALL
+                SELECT 2, e.o, 0, '    ' || (e.x ->> 'from')
+                       || CASE e.x ->> 'style' WHEN 'dashed' THEN ' -.->' WHEN 'thick' THEN ' ==>' ELSE ' -->' END
+                       || CASE WHEN e.x ? 'label'
+                               THEN '|"' || saga.diagram_escape(e.x ->> 'label', 'mermaid') || '"|' ELSE '' END
+                       || ' ' || (e.x ->> 'to')
+                  FROM pg_catalog.jsonb_array_elements(graph -> 'edges') WITH ORDINALITY AS e(x, o)
+                 WHERE e.o <= max_edges
+                UNION ALL
+                SELECT 3, pg_catalog.row_number() OVER (ORDER BY c.c), 0,
+                       '    classDef ' || c.c || ' ' || (styles -> c.c ->> 0)
+                  FROM (SELECT DISTINCT k.c
+                          FROM pg_catalog.jsonb_array_elements(graph -> 'nodes') AS n(x),
+                               pg_catalog.jsonb_array_elements_text(n.x -> 'classes') AS k(c)) c
+                UNION ALL
+                SELECT 4, n.o, k.co, '    class ' || (n.x ->> 'id') || ' ' || k.c
+                  FROM pg_catalog.jsonb_array_elements(graph -> 'nodes') WITH ORDINALITY AS n(x, o),
+                       pg_catalog.jsonb_array_elements_text(n.x -> 'classes') WITH ORDINALITY AS k(c, co)
+                UNION ALL
+                SELECT 5, 0, 0, '    linkStyle ' || pg_catalog.string_agg((e.o - 1)::text, ',' ORDER BY e.o)
+                       || ' stroke:#c62828,color:#c62828'
+                  FROM pg_catalog.jsonb_array_elements(graph -> 'edges') WITH ORDINALITY AS e(x, o)
+                 WHERE e.o <= max_edges AND e.x ->> 'color' = 'fail'
+                UNION ALL
+                SELECT 6, 0, 0, '    o0["' || saga.diagram_escape(note, 'mermaid') || '"]'
+                 WHERE note IS NOT NULL) x;
+    ELSE
+        SELECT pg_catalog.string_agg(x.line, E'\n' ORDER BY x.g, x.o) INTO body
+          FROM (SELECT 0 AS g, h.o, h.line
+                  FROM (VALUES (1::bigint, 'digraph saga {'), (2, '    rankdir=LR;'),
+                               (3, '    node [fontname="Helvetica", fontsize=11];'),
+                               (4, '    edge [fontname="Helvetica", fontsize=9];')) AS h(o, line)
+                UNION ALL
+                SELECT 1, n.o, '    "' || n.id || '" [label="' || n.label || '", '
+                       || n.shape_attrs
+                       || CASE WHEN n.fill IS NOT NULL
+                               THEN CASE WHEN n.shape <> 'event' THEN ', style=filled' ELSE '' END
+                                    || ', fillcolor="' || n.fill || '"'
+                               ELSE '' END
+                       || CASE WHEN n.colour IS NOT NULL THEN ', color="' || n.colour || '"' ELSE '' END
+                       || CASE WHEN n.pen IS NOT NULL THEN ', penwidth=' || n.pen ELSE '' END
+                       || '];'
+                  FROM (SELECT n.o, n.x ->> 'id' AS id, n.x ->> 'shape' AS shape,
+                               dot_shape ->> (n.x ->> 'shape') AS shape_attrs,
+                               (SELECT pg_catalog.string_agg(saga.diagram_escape(t.l, 'dot'), '\n' ORDER BY t.lo)
+                                  FROM pg_catalog.jsonb_array_elements_text(n.x -> 'lines')
+                                       WITH ORDINALITY AS t(l, lo)) AS label,
+                               -- the first class that says so wins (a state before pivot)
+                               (SELECT styles -> k.c ->> 1
+                                  FROM pg_catalog.jsonb_array_elements_text(n.x -> 'classes') WITH ORDINALITY AS k(c, co)
+                                 WHERE styles -> k.c ->> 1 IS NOT NULL ORDER BY k.co LIMIT 1) AS fill,
+                               (SELECT styles -> k.c ->> 2
+                                  FROM pg_catalog.jsonb_array_elements_text(n.x -> 'classes') WITH ORDINALITY AS k(c, co)
+                                 WHERE styles -> k.c ->> 2 IS NOT NULL ORDER BY k.co LIMIT 1) AS colour,
+                               (SELECT styles -> k.c ->> 3
+                                  FROM pg_catalog.jsonb_array_elements_text(n.x -> 'classes') WITH ORDINALITY AS k(c, co)
+                                 WHERE styles -> k.c ->> 3 IS NOT NULL ORDER BY k.co LIMIT 1) AS pen
+                          FROM pg_catalog.jsonb_array_elements(graph -> 'nodes') WITH ORDINALITY AS n(x, o)) n
+                UNION ALL
+                SELECT 2, e.o, '    "' || (e.x ->> 'from') || '" -> "' || (e.x ->> 'to') || '"'
+                       || CASE WHEN e.attrs <> '' THEN ' [' || e.attrs || ']' ELSE '' END || ';'
+                  FROM (SELECT e.o, e.x, pg_catalog.concat_ws(', ',
+                               CASE WHEN e.x ? 'label'
+                                    THEN 'label="' || saga.diagram_escape(e.x ->> 'label', 'dot') || '"' END,
+                               CASE e.x ->> 'style' WHEN 'dashed' THEN 'style=dashed' WHEN 'thick' THEN 'penwidth=2' END,
+                               CASE WHEN e.x ->> 'color' = 'fail' THEN 'color="#c62828", fontcolor="#c62828"' END) AS attrs
+                          FROM pg_catalog.jsonb_array_elements(graph -> 'edges') WITH ORDINALITY AS e(x, o)
+                         WHERE e.o <= max_edges) e
+                UNION ALL
+                SELECT 3, 0, '    "o0" [label="' || saga.diagram_escape(note, 'dot') || '", shape=note];'
+                 WHERE note IS NOT NULL
+                UNION ALL
+                SELECT 4, 0, '}') x;
+    END IF;
+    RETURN body || E'\n';
 END
 $render$;
 
@@ -356,7 +367,11 @@ $render$;
  * compensations as dashed edges back to the steps it waited for (to the
  * start node from a first step), an end node after the last steps, the
  * events it publishes or awaits (e0, ...) and its deadline.  states, for
- * one saga, maps a step name to {"status", "attempts", "error"}.
+ * one saga, maps a step name to {"status", "attempts", "error"}.  Edges in
+ * that order, at most max_edges (2000) of them: "edges_left_out" counts
+ * the rest (512 steps, each after all the previous ones, have 130,816
+ * "after" edges and as many compensations).  Set-based: linear in the
+ * size of the document; the edges past the cap are counted, not built.
  */
 CREATE FUNCTION saga.diagram_saga_graph(definition jsonb, title text[], states jsonb DEFAULT NULL)
 RETURNS jsonb
@@ -364,167 +379,175 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $graph$
 DECLARE
+    max_edges CONSTANT integer := 2000;    -- as in diagram_render
     steps jsonb := definition -> 'steps';
-    nsteps integer := pg_catalog.jsonb_array_length(definition -> 'steps');
-    idx jsonb := '{}';           -- step name -> index
-    evs jsonb := '{}';           -- event type -> node id
-    nodes jsonb := '[]';
-    edges jsonb := '[]';
-    events jsonb := '[]';
-    preds jsonb;
-    has_succ boolean[];
-    st jsonb;
-    comp jsonb;
-    lines jsonb;
-    classes jsonb;
-    label text;
-    p text;
-    ev text;
-    k text;
-    i integer;
-    terminal text;
+    -- each step once: {"i", "name", "preds" (its "after", or the previous step), "comp" (label)}
+    plan jsonb;
+    idx jsonb;                   -- step name -> index
+    referenced jsonb;            -- step names some step is after
+    evs jsonb;                   -- event type -> node id
+    events jsonb;
+    terminals jsonb;
+    nodes jsonb;
+    edges jsonb;
+    total bigint;
 BEGIN
-    has_succ := pg_catalog.array_fill(false, ARRAY[nsteps]);
-    FOR i IN 0 .. nsteps - 1 LOOP
-        idx := idx || pg_catalog.jsonb_build_object(steps -> i ->> 'name', i);
-    END LOOP;
-    nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-        'id', 'b0', 'shape', 'start', 'lines', pg_catalog.to_jsonb(title), 'classes', '[]'::jsonb));
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'i', t.o - 1, 'name', t.st ->> 'name',
+               'preds', CASE WHEN t.st ? 'after' THEN t.st -> 'after'
+                             WHEN t.o > 1 THEN pg_catalog.jsonb_build_array(t.prev)
+                             ELSE '[]' END,
+               'comp', CASE WHEN t.st -> 'compensate' IS NOT NULL
+                            THEN 'compensate: ' || CASE WHEN t.st -> 'compensate' ? 'sql'
+                                                        THEN 'sql ' || (t.st -> 'compensate' ->> 'sql')
+                                                        ELSE 'topic ' || (t.st -> 'compensate' ->> 'topic') END
+                       END) ORDER BY t.o),
+           pg_catalog.jsonb_object_agg(t.st ->> 'name', t.o - 1 ORDER BY t.o)
+      INTO plan, idx
+      FROM (SELECT t.st, t.o, pg_catalog.lag(t.st ->> 'name') OVER (ORDER BY t.o) AS prev
+              FROM pg_catalog.jsonb_array_elements(steps) WITH ORDINALITY AS t(st, o)) t;
 
-    FOR i IN 0 .. nsteps - 1 LOOP
-        st := steps -> i;
-        lines := pg_catalog.jsonb_build_array(st ->> 'name');
-        IF st ? 'sql' THEN
-            lines := lines || pg_catalog.to_jsonb('sql: ' || (st ->> 'sql')
-                                   || CASE WHEN (st ->> 'async')::boolean THEN ' (async)' ELSE '' END);
-        ELSIF st ? 'await' THEN
-            lines := lines || pg_catalog.to_jsonb('await: ' || (st ->> 'await'));
-        ELSE
-            lines := lines || pg_catalog.to_jsonb('topic: ' || (st ->> 'topic'));
-        END IF;
-        IF st ? 'timeout' THEN
-            lines := lines || pg_catalog.to_jsonb('timeout ' || (st ->> 'timeout'));
-        END IF;
-        IF st -> 'retry' ? 'max_attempts' THEN
-            lines := lines || pg_catalog.to_jsonb('attempts ' || (st -> 'retry' ->> 'max_attempts'));
-        END IF;
-        classes := '[]';
-        IF states ? (st ->> 'name') THEN
-            lines := lines || pg_catalog.to_jsonb((states -> (st ->> 'name') ->> 'status')
-                                 || CASE WHEN COALESCE((states -> (st ->> 'name') ->> 'attempts')::integer, 0) > 0
-                                         THEN ', attempt ' || (states -> (st ->> 'name') ->> 'attempts') ELSE '' END);
-            IF states -> (st ->> 'name') ->> 'error' IS NOT NULL THEN
-                label := states -> (st ->> 'name') ->> 'error';
-                lines := lines || pg_catalog.to_jsonb('error: ' || pg_catalog.left(label, 60)
-                                     || CASE WHEN pg_catalog.length(label) > 60 THEN '...' ELSE '' END);
-            END IF;
-            classes := classes || pg_catalog.to_jsonb(states -> (st ->> 'name') ->> 'status');
-        END IF;
-        IF (st ->> 'pivot')::boolean THEN
-            lines := lines || '"pivot"'::jsonb;
-            classes := classes || '"pivot"'::jsonb;
-        END IF;
-        nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-            'id', 's' || i,
-            'shape', CASE WHEN st ? 'sql' THEN 'sql' WHEN st ? 'await' THEN 'await' ELSE 'step' END,
-            'lines', lines, 'classes', classes));
-    END LOOP;
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(r.p, true), '{}') INTO referenced
+      FROM (SELECT DISTINCT p.x AS p
+              FROM pg_catalog.jsonb_array_elements(plan) AS s(x),
+                   pg_catalog.jsonb_array_elements_text(s.x -> 'preds') AS p(x)) r;
 
-    -- forward edges, then compensations, then events (each in step order)
-    FOR i IN 0 .. nsteps - 1 LOOP
-        st := steps -> i;
-        preds := CASE WHEN st ? 'after' THEN st -> 'after'
-                      WHEN i > 0 THEN pg_catalog.jsonb_build_array(steps -> (i - 1) ->> 'name')
-                      ELSE '[]' END;
-        IF pg_catalog.jsonb_array_length(preds) = 0 THEN
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', 'b0', 'to', 's' || i));
-        END IF;
-        FOR p IN SELECT x FROM pg_catalog.jsonb_array_elements_text(preds) WITH ORDINALITY AS t(x, o) ORDER BY o LOOP
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', 's' || (idx ->> p), 'to', 's' || i));
-            has_succ[(idx ->> p)::integer + 1] := true;
-        END LOOP;
-    END LOOP;
-    nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-        'id', 'x0', 'shape', 'end', 'lines', '["completed"]'::jsonb, 'classes', '[]'::jsonb));
-    FOR i IN 0 .. nsteps - 1 LOOP
-        IF NOT has_succ[i + 1] THEN
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', 's' || i, 'to', 'x0'));
-        END IF;
-    END LOOP;
+    -- events, each once, in the order first met: awaited and published by steps, then at the end
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(y.ev, 'e' || (y.rk - 1)), '{}'),
+           COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', 'e' || (y.rk - 1), 'shape', 'event', 'lines', pg_catalog.jsonb_build_array(y.ev),
+               'classes', '["event"]'::jsonb) ORDER BY y.rk), '[]')
+      INTO evs, events
+      FROM (SELECT z.ev, pg_catalog.row_number() OVER (ORDER BY pg_catalog.min(z.ord)) AS rk
+              FROM (SELECT t.st ->> k.k AS ev, (t.o * 2 + k.n)::bigint AS ord
+                      FROM pg_catalog.jsonb_array_elements(steps) WITH ORDINALITY AS t(st, o),
+                           (VALUES (0, 'await'), (1, 'publish')) AS k(n, k)
+                     WHERE pg_catalog.jsonb_typeof(t.st -> k.k) = 'string'
+                    UNION ALL
+                    SELECT definition -> 'publish' ->> p.k, 10000 + p.n
+                      FROM (VALUES (1, 'completed'), (2, 'compensated'), (3, 'cancelled')) AS p(n, k)
+                     WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object'
+                       AND definition -> 'publish' ? p.k) z
+             GROUP BY z.ev) y;
 
-    FOR i IN 0 .. nsteps - 1 LOOP
-        st := steps -> i;
-        comp := st -> 'compensate';
-        CONTINUE WHEN comp IS NULL;
-        label := 'compensate: ' || CASE WHEN comp ? 'sql' THEN 'sql ' || (comp ->> 'sql')
-                                        ELSE 'topic ' || (comp ->> 'topic') END;
-        preds := CASE WHEN st ? 'after' THEN st -> 'after'
-                      WHEN i > 0 THEN pg_catalog.jsonb_build_array(steps -> (i - 1) ->> 'name')
-                      ELSE '[]' END;
-        IF pg_catalog.jsonb_array_length(preds) = 0 THEN
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', 's' || i, 'to', 'b0', 'label', label, 'style', 'dashed'));
-        END IF;
-        FOR p IN SELECT x FROM pg_catalog.jsonb_array_elements_text(preds) WITH ORDINALITY AS t(x, o) ORDER BY o LOOP
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', 's' || i, 'to', 's' || (idx ->> p), 'label', label, 'style', 'dashed'));
-        END LOOP;
-    END LOOP;
+    -- the terminals that publish: compensated (x1) and cancelled (x2) get their own node
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', p.node, 'shape', 'end', 'lines', pg_catalog.jsonb_build_array(p.k),
+               'classes', '["compensation"]'::jsonb) ORDER BY p.n), '[]')
+      INTO terminals
+      FROM (VALUES (2, 'compensated', 'x1'), (3, 'cancelled', 'x2')) AS p(n, k, node)
+     WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object' AND definition -> 'publish' ? p.k;
 
-    -- events: awaited and published by steps, then published at the end
-    FOR i IN 0 .. nsteps - 1 LOOP
-        st := steps -> i;
-        FOREACH k IN ARRAY ARRAY['await', 'publish'] LOOP
-            ev := st ->> k;
-            CONTINUE WHEN ev IS NULL OR pg_catalog.jsonb_typeof(st -> k) <> 'string';
-            IF NOT evs ? ev THEN
-                evs := evs || pg_catalog.jsonb_build_object(ev, 'e' || pg_catalog.jsonb_array_length(events));
-                events := events || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                    'id', evs ->> ev, 'shape', 'event', 'lines', pg_catalog.jsonb_build_array(ev),
-                    'classes', '["event"]'::jsonb));
-            END IF;
-            edges := edges || pg_catalog.jsonb_build_array(CASE k
-                WHEN 'await' THEN pg_catalog.jsonb_build_object(
-                    'from', evs ->> ev, 'to', 's' || i, 'label', 'awaited', 'style', 'thick')
-                ELSE pg_catalog.jsonb_build_object(
-                    'from', 's' || i, 'to', evs ->> ev, 'label', 'publish', 'style', 'thick') END);
-        END LOOP;
-    END LOOP;
-    IF pg_catalog.jsonb_typeof(definition -> 'publish') = 'object' THEN
-        FOR k, terminal IN SELECT t.k, t.node
-                             FROM (VALUES (1, 'completed', 'x0'), (2, 'compensated', 'x1'),
-                                          (3, 'cancelled', 'x2')) AS t(o, k, node)
-                            WHERE definition -> 'publish' ? t.k ORDER BY t.o LOOP
-            ev := definition -> 'publish' ->> k;
-            IF terminal <> 'x0' THEN
-                nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                    'id', terminal, 'shape', 'end', 'lines', pg_catalog.jsonb_build_array(k),
-                    'classes', '["compensation"]'::jsonb));
-            END IF;
-            IF NOT evs ? ev THEN
-                evs := evs || pg_catalog.jsonb_build_object(ev, 'e' || pg_catalog.jsonb_array_length(events));
-                events := events || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                    'id', evs ->> ev, 'shape', 'event', 'lines', pg_catalog.jsonb_build_array(ev),
-                    'classes', '["event"]'::jsonb));
-            END IF;
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', terminal, 'to', evs ->> ev, 'label', 'publish', 'style', 'thick'));
-        END LOOP;
-    END IF;
-    nodes := nodes || events;
-    IF definition ? 'deadline' THEN
-        nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-            'id', 'd0', 'shape', 'deadline',
-            'lines', pg_catalog.jsonb_build_array('deadline ' || (definition ->> 'deadline'),
-                                                  'then compensate'),
-            'classes', '["deadline"]'::jsonb));
-        edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-            'from', 'b0', 'to', 'd0', 'style', 'dashed'));
-    END IF;
-    RETURN pg_catalog.jsonb_build_object('direction', 'LR', 'nodes', nodes, 'edges', edges);
+    -- the nodes: start, steps, end(s), events, deadline
+    SELECT pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+               'id', 'b0', 'shape', 'start', 'lines', pg_catalog.to_jsonb(title), 'classes', '[]'::jsonb))
+           || pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', 's' || (t.o - 1),
+               'shape', CASE WHEN t.st ? 'sql' THEN 'sql' WHEN t.st ? 'await' THEN 'await' ELSE 'step' END,
+               'lines', pg_catalog.to_jsonb(pg_catalog.array_remove(ARRAY[
+                   t.st ->> 'name',
+                   CASE WHEN t.st ? 'sql' THEN 'sql: ' || (t.st ->> 'sql')
+                                               || CASE WHEN (t.st ->> 'async')::boolean THEN ' (async)' ELSE '' END
+                        WHEN t.st ? 'await' THEN 'await: ' || (t.st ->> 'await')
+                        ELSE 'topic: ' || (t.st ->> 'topic') END,
+                   CASE WHEN t.st ? 'timeout' THEN 'timeout ' || (t.st ->> 'timeout') END,
+                   CASE WHEN t.st -> 'retry' ? 'max_attempts'
+                        THEN 'attempts ' || (t.st -> 'retry' ->> 'max_attempts') END,
+                   CASE WHEN states ? (t.st ->> 'name')
+                        THEN (states -> (t.st ->> 'name') ->> 'status')
+                             || CASE WHEN COALESCE((states -> (t.st ->> 'name') ->> 'attempts')::integer, 0) > 0
+                                     THEN ', attempt ' || (states -> (t.st ->> 'name') ->> 'attempts') ELSE '' END END,
+                   CASE WHEN states ? (t.st ->> 'name') AND states -> (t.st ->> 'name') ->> 'error' IS NOT NULL
+                        THEN 'error: ' || pg_catalog.left(states -> (t.st ->> 'name') ->> 'error', 60)
+                             || CASE WHEN pg_catalog.length(states -> (t.st ->> 'name') ->> 'error') > 60
+                                     THEN '...' ELSE '' END END,
+                   CASE WHEN (t.st ->> 'pivot')::boolean THEN 'pivot' END], NULL)),
+               'classes', pg_catalog.to_jsonb(pg_catalog.array_remove(ARRAY[
+                   CASE WHEN states ? (t.st ->> 'name') THEN states -> (t.st ->> 'name') ->> 'status' END,
+                   CASE WHEN (t.st ->> 'pivot')::boolean THEN 'pivot' END], NULL))) ORDER BY t.o)
+           || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+               'id', 'x0', 'shape', 'end', 'lines', '["completed"]'::jsonb, 'classes', '[]'::jsonb))
+           || terminals || events
+           || CASE WHEN definition ? 'deadline' THEN pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                  'id', 'd0', 'shape', 'deadline',
+                  'lines', pg_catalog.jsonb_build_array('deadline ' || (definition ->> 'deadline'),
+                                                        'then compensate'),
+                  'classes', '["deadline"]'::jsonb)) ELSE '[]' END
+      INTO nodes
+      FROM pg_catalog.jsonb_array_elements(steps) WITH ORDINALITY AS t(st, o);
+
+    -- how many edges there are: forward, to the end, compensations, events, deadline
+    SELECT pg_catalog.sum(GREATEST(pg_catalog.jsonb_array_length(s.x -> 'preds'), 1))
+           + pg_catalog.count(*) FILTER (WHERE NOT referenced ? (s.x ->> 'name'))
+           + COALESCE(pg_catalog.sum(GREATEST(pg_catalog.jsonb_array_length(s.x -> 'preds'), 1))
+                          FILTER (WHERE s.x ? 'comp' AND s.x ->> 'comp' IS NOT NULL), 0)
+      INTO total
+      FROM pg_catalog.jsonb_array_elements(plan) AS s(x);
+
+    -- the first max_edges of them, in that order; a part's rows are ordered by (i, o)
+    SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+               'from', CASE WHEN e.src_step IS NOT NULL THEN 's' || (idx ->> e.src_step) ELSE e.src END,
+               'to', CASE WHEN e.dst_step IS NOT NULL THEN 's' || (idx ->> e.dst_step) ELSE e.dst END,
+               'label', e.label, 'style', e.style)) ORDER BY e.part, e.i, e.o), '[]')
+      INTO edges
+      FROM (SELECT * FROM (
+                -- forward: from the start node, or from each step it is after
+                SELECT 1 AS part, (s.x ->> 'i')::integer AS i, 0::bigint AS o,
+                       'b0' AS src, NULL::text AS src_step, 's' || (s.x ->> 'i') AS dst, NULL::text AS dst_step,
+                       NULL::text AS label, NULL::text AS style
+                  FROM pg_catalog.jsonb_array_elements(plan) AS s(x)
+                 WHERE pg_catalog.jsonb_array_length(s.x -> 'preds') = 0
+                UNION ALL
+                SELECT 1, (s.x ->> 'i')::integer, p.o, NULL, p.x, 's' || (s.x ->> 'i'), NULL, NULL, NULL
+                  FROM pg_catalog.jsonb_array_elements(plan) AS s(x),
+                       pg_catalog.jsonb_array_elements_text(s.x -> 'preds') WITH ORDINALITY AS p(x, o)
+                UNION ALL
+                -- to the end node, from the steps no step is after
+                SELECT 2, (s.x ->> 'i')::integer, 0, 's' || (s.x ->> 'i'), NULL, 'x0', NULL, NULL, NULL
+                  FROM pg_catalog.jsonb_array_elements(plan) AS s(x)
+                 WHERE NOT referenced ? (s.x ->> 'name')
+                UNION ALL
+                -- compensations: back to the start node, or to each step it is after
+                SELECT 3, (s.x ->> 'i')::integer, 0, 's' || (s.x ->> 'i'), NULL, 'b0', NULL, s.x ->> 'comp', 'dashed'
+                  FROM pg_catalog.jsonb_array_elements(plan) AS s(x)
+                 WHERE s.x ->> 'comp' IS NOT NULL AND pg_catalog.jsonb_array_length(s.x -> 'preds') = 0
+                UNION ALL
+                SELECT 3, (s.x ->> 'i')::integer, p.o, 's' || (s.x ->> 'i'), NULL, NULL, p.x, s.x ->> 'comp', 'dashed'
+                  FROM pg_catalog.jsonb_array_elements(plan) AS s(x),
+                       pg_catalog.jsonb_array_elements_text(s.x -> 'preds') WITH ORDINALITY AS p(x, o)
+                 WHERE s.x ->> 'comp' IS NOT NULL
+                ORDER BY 1, 2, 3 LIMIT max_edges) f
+            UNION ALL
+            -- events: awaited and published by steps, then published at the end
+            SELECT 4, (t.o - 1)::integer, k.n,
+                   CASE k.k WHEN 'await' THEN evs ->> (t.st ->> k.k) ELSE 's' || (t.o - 1) END, NULL,
+                   CASE k.k WHEN 'await' THEN 's' || (t.o - 1) ELSE evs ->> (t.st ->> k.k) END, NULL,
+                   CASE k.k WHEN 'await' THEN 'awaited' ELSE 'publish' END, 'thick'
+              FROM pg_catalog.jsonb_array_elements(steps) WITH ORDINALITY AS t(st, o),
+                   (VALUES (0, 'await'), (1, 'publish')) AS k(n, k)
+             WHERE pg_catalog.jsonb_typeof(t.st -> k.k) = 'string'
+            UNION ALL
+            SELECT 5, 0, p.n, p.node, NULL, evs ->> (definition -> 'publish' ->> p.k), NULL, 'publish', 'thick'
+              FROM (VALUES (1, 'completed', 'x0'), (2, 'compensated', 'x1'), (3, 'cancelled', 'x2')) AS p(n, k, node)
+             WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object' AND definition -> 'publish' ? p.k
+            UNION ALL
+            SELECT 6, 0, 0, 'b0', NULL, 'd0', NULL, NULL, 'dashed'
+             WHERE definition ? 'deadline'
+            ORDER BY 1, 2, 3 LIMIT max_edges) e;
+
+    total := total + (SELECT pg_catalog.count(*)
+                        FROM pg_catalog.jsonb_array_elements(steps) AS t(st),
+                             (VALUES ('await'), ('publish')) AS k(k)
+                       WHERE pg_catalog.jsonb_typeof(t.st -> k.k) = 'string')
+                   + (SELECT pg_catalog.count(*)
+                        FROM (VALUES ('completed'), ('compensated'), ('cancelled')) AS p(k)
+                       WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object'
+                         AND definition -> 'publish' ? p.k)
+                   + CASE WHEN definition ? 'deadline' THEN 1 ELSE 0 END;
+    RETURN pg_catalog.jsonb_build_object('direction', 'LR', 'nodes', nodes, 'edges', edges)
+           || CASE WHEN total > pg_catalog.jsonb_array_length(edges)
+                   THEN pg_catalog.jsonb_build_object('edges_left_out', total - pg_catalog.jsonb_array_length(edges))
+                   ELSE '{}' END;
 END
 $graph$;
 
@@ -534,7 +557,9 @@ $graph$;
  * order first met: start, each participant's on, emits, fails and
  * compensation, completed, the deadline's), on edges event -> participant,
  * emits participant -> event, fails in red, compensations dashed, the
- * completed events to an end node, and the deadline.
+ * completed events to an end node, and the deadline.  Edges in that order,
+ * at most max_edges (2000) of them: "edges_left_out" counts the rest.
+ * Set-based: linear in the size of the document.
  */
 CREATE FUNCTION saga.diagram_choreography_graph(definition jsonb, title text[])
 RETURNS jsonb
@@ -542,18 +567,14 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $graph$
 DECLARE
-    evs jsonb := '{}';           -- event type -> node id
-    cls jsonb := '{}';           -- event type -> class
-    order_ text[] := '{}';
-    nodes jsonb := '[]';
-    edges jsonb := '[]';
-    part record;
-    pid text;
-    ev text;
-    pi integer := 0;
-    t text[];
+    max_edges CONSTANT integer := 2000;    -- as in diagram_render
+    order_ text[];               -- the events, each once, in the order first met
+    evs jsonb;                   -- event type -> node id
+    nodes jsonb;
+    edges jsonb;
+    total bigint;
+    t text[] := title;
 BEGIN
-    -- the events, each once, in the order first met
     SELECT pg_catalog.array_agg(x.ev ORDER BY x.o1, x.o2, x.o3) INTO order_
       FROM (SELECT DISTINCT ON (y.ev) y.ev, y.o1, y.o2, y.o3
               FROM (SELECT definition ->> 'start' AS ev, 0 AS o1, ''::text COLLATE "C" AS o2, 0::bigint AS o3
@@ -576,91 +597,92 @@ BEGIN
                     SELECT definition -> 'deadline' ->> 'publish', 3, '', 0) y
              WHERE y.ev IS NOT NULL
              ORDER BY y.ev, y.o1, y.o2, y.o3) x;
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(u.ev, 'e' || (u.n - 1)), '{}') INTO evs
+      FROM pg_catalog.unnest(order_) WITH ORDINALITY AS u(ev, n);
 
-    -- one class per event: start, terminal, failure, deadline, compensation, plain
-    FOREACH ev IN ARRAY order_ LOOP
-        evs := evs || pg_catalog.jsonb_build_object(ev, 'e' || pg_catalog.array_position(order_, ev) - 1);
-        cls := cls || pg_catalog.jsonb_build_object(ev, CASE
-            WHEN ev = definition ->> 'start' THEN 'start_event'
-            WHEN EXISTS (SELECT FROM pg_catalog.jsonb_each(definition -> 'participants') AS p
-                          WHERE p.value -> 'fails' ? ev) THEN 'failure'
-            WHEN ev = definition -> 'deadline' ->> 'publish' THEN 'deadline'
-            WHEN EXISTS (SELECT FROM pg_catalog.jsonb_each(definition -> 'participants') AS p
-                          WHERE p.value -> 'compensation' ->> 'emits' = ev) THEN 'compensation'
-            WHEN definition -> 'completed' ? ev THEN 'terminal'
-            ELSE 'event' END);
-    END LOOP;
-
-    t := title;
     IF definition ? 'max_hops' THEN
         t := t || ('max hops ' || (definition ->> 'max_hops'));
     END IF;
-    nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-        'id', 'b0', 'shape', 'start', 'lines', pg_catalog.to_jsonb(t), 'classes', '[]'::jsonb));
-    edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-        'from', 'b0', 'to', evs ->> (definition ->> 'start')));
 
-    FOR part IN SELECT p.key, p.value FROM pg_catalog.jsonb_each(definition -> 'participants') AS p
-                 ORDER BY p.key COLLATE "C" LOOP
-        pid := 'p' || pi;
-        pi := pi + 1;
-        nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-            'id', pid, 'shape', 'participant', 'lines', pg_catalog.jsonb_build_array(part.key),
-            'classes', '["participant"]'::jsonb));
-        FOR ev IN SELECT x FROM pg_catalog.jsonb_array_elements_text(COALESCE(part.value -> 'on', '[]'))
-                                WITH ORDINALITY AS l(x, o) ORDER BY o LOOP
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', evs ->> ev, 'to', pid));
-        END LOOP;
-        FOR ev IN SELECT x FROM pg_catalog.jsonb_array_elements_text(COALESCE(part.value -> 'emits', '[]'))
-                                WITH ORDINALITY AS l(x, o) ORDER BY o LOOP
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', pid, 'to', evs ->> ev, 'label', 'emits'));
-        END LOOP;
-        FOR ev IN SELECT x FROM pg_catalog.jsonb_array_elements_text(COALESCE(part.value -> 'fails', '[]'))
-                                WITH ORDINALITY AS l(x, o) ORDER BY o LOOP
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', pid, 'to', evs ->> ev, 'label', 'fails', 'color', 'fail'));
-        END LOOP;
-        FOR ev IN SELECT x FROM pg_catalog.jsonb_array_elements_text(COALESCE(part.value -> 'compensation' -> 'on', '[]'))
-                                WITH ORDINALITY AS l(x, o) ORDER BY o LOOP
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', evs ->> ev, 'to', pid, 'label', 'compensate', 'style', 'dashed'));
-        END LOOP;
-        ev := part.value -> 'compensation' ->> 'emits';
-        IF ev IS NOT NULL THEN
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', pid, 'to', evs ->> ev, 'label', 'compensated', 'style', 'dashed'));
-        END IF;
-    END LOOP;
+    -- the nodes: start, participants by name, events (one class each: start, terminal,
+    -- failure, deadline, compensation, plain), end, deadline
+    WITH fails AS (SELECT DISTINCT f.ev
+                     FROM pg_catalog.jsonb_each(definition -> 'participants') AS p,
+                          pg_catalog.jsonb_array_elements_text(
+                              CASE WHEN pg_catalog.jsonb_typeof(p.value -> 'fails') = 'array'
+                                   THEN p.value -> 'fails' ELSE '[]' END) AS f(ev)),
+         comps AS (SELECT DISTINCT p.value -> 'compensation' ->> 'emits' AS ev
+                     FROM pg_catalog.jsonb_each(definition -> 'participants') AS p)
+    SELECT pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+               'id', 'b0', 'shape', 'start', 'lines', pg_catalog.to_jsonb(t), 'classes', '[]'::jsonb))
+           || COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                            'id', 'p' || (q.n - 1), 'shape', 'participant',
+                            'lines', pg_catalog.jsonb_build_array(q.key),
+                            'classes', '["participant"]'::jsonb) ORDER BY q.n)
+                          FROM (SELECT p.key, pg_catalog.row_number() OVER (ORDER BY p.key COLLATE "C") AS n
+                                  FROM pg_catalog.jsonb_each(definition -> 'participants') AS p) q), '[]')
+           || COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                            'id', 'e' || (u.n - 1), 'shape', 'event', 'lines', pg_catalog.jsonb_build_array(u.ev),
+                            'classes', pg_catalog.jsonb_build_array(CASE
+                                WHEN u.ev = definition ->> 'start' THEN 'start_event'
+                                WHEN EXISTS (SELECT FROM fails f WHERE f.ev = u.ev) THEN 'failure'
+                                WHEN u.ev = definition -> 'deadline' ->> 'publish' THEN 'deadline'
+                                WHEN EXISTS (SELECT FROM comps c WHERE c.ev = u.ev) THEN 'compensation'
+                                WHEN definition -> 'completed' ? u.ev THEN 'terminal'
+                                ELSE 'event' END)) ORDER BY u.n)
+                          FROM pg_catalog.unnest(order_) WITH ORDINALITY AS u(ev, n)), '[]')
+           || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                  'id', 'x0', 'shape', 'end', 'lines', '["completed"]'::jsonb, 'classes', '[]'::jsonb))
+           || CASE WHEN definition ? 'deadline' THEN pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                  'id', 'd0', 'shape', 'deadline',
+                  'lines', pg_catalog.jsonb_build_array('deadline after ' || (definition -> 'deadline' ->> 'after'),
+                           CASE WHEN definition -> 'deadline' ? 'publish' THEN 'then publish' ELSE 'then stuck' END),
+                  'classes', '["deadline"]'::jsonb)) ELSE '[]' END
+      INTO nodes;
 
-    FOREACH ev IN ARRAY order_ LOOP
-        nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-            'id', evs ->> ev, 'shape', 'event', 'lines', pg_catalog.jsonb_build_array(ev),
-            'classes', pg_catalog.jsonb_build_array(cls ->> ev)));
-    END LOOP;
-    nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-        'id', 'x0', 'shape', 'end', 'lines', '["completed"]'::jsonb, 'classes', '[]'::jsonb));
-    FOR ev IN SELECT x FROM pg_catalog.jsonb_array_elements_text(COALESCE(definition -> 'completed', '[]'))
-                            WITH ORDINALITY AS l(x, o) ORDER BY o LOOP
-        edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-            'from', evs ->> ev, 'to', 'x0'));
-    END LOOP;
-    IF definition ? 'deadline' THEN
-        nodes := nodes || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-            'id', 'd0', 'shape', 'deadline',
-            'lines', pg_catalog.jsonb_build_array('deadline after ' || (definition -> 'deadline' ->> 'after'),
-                     CASE WHEN definition -> 'deadline' ? 'publish' THEN 'then publish' ELSE 'then stuck' END),
-            'classes', '["deadline"]'::jsonb));
-        edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-            'from', 'b0', 'to', 'd0', 'style', 'dashed'));
-        IF definition -> 'deadline' ? 'publish' THEN
-            edges := edges || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-                'from', 'd0', 'to', evs ->> (definition -> 'deadline' ->> 'publish'), 'label', 'publish',
-                'style', 'dashed'));
-        END IF;
-    END IF;
-    RETURN pg_catalog.jsonb_build_object('direction', 'LR', 'nodes', nodes, 'edges', edges);
+    -- the edges, in order: start, each participant's on, emits, fails, compensation on and
+    -- emits, completed, deadline; the first max_edges built, all counted
+    WITH e AS (
+        SELECT 0 AS part, 0::bigint AS n, 0 AS k, 0::bigint AS o,
+               'b0' AS src, evs ->> (definition ->> 'start') AS dst, NULL::text AS label,
+               NULL::text AS style, NULL::text AS color
+        UNION ALL
+        SELECT 1, q.n, w.k, l.o,
+               CASE WHEN w.k IN (1, 4) THEN evs ->> l.ev ELSE 'p' || (q.n - 1) END,
+               CASE WHEN w.k IN (1, 4) THEN 'p' || (q.n - 1) ELSE evs ->> l.ev END,
+               CASE w.k WHEN 2 THEN 'emits' WHEN 3 THEN 'fails' WHEN 4 THEN 'compensate' WHEN 5 THEN 'compensated' END,
+               CASE WHEN w.k IN (4, 5) THEN 'dashed' END,
+               CASE WHEN w.k = 3 THEN 'fail' END
+          FROM (SELECT p.key, p.value, pg_catalog.row_number() OVER (ORDER BY p.key COLLATE "C") AS n
+                  FROM pg_catalog.jsonb_each(definition -> 'participants') AS p) q
+         CROSS JOIN LATERAL (VALUES (1, COALESCE(q.value -> 'on', '[]')),
+                                    (2, COALESCE(q.value -> 'emits', '[]')),
+                                    (3, COALESCE(q.value -> 'fails', '[]')),
+                                    (4, COALESCE(q.value -> 'compensation' -> 'on', '[]')),
+                                    (5, CASE WHEN q.value -> 'compensation' ->> 'emits' IS NOT NULL
+                                             THEN pg_catalog.jsonb_build_array(q.value -> 'compensation' ->> 'emits')
+                                             ELSE '[]' END)) AS w(k, arr)
+         CROSS JOIN LATERAL pg_catalog.jsonb_array_elements_text(w.arr) WITH ORDINALITY AS l(ev, o)
+        UNION ALL
+        SELECT 2, 0, 0, l.o, evs ->> l.ev, 'x0', NULL, NULL, NULL
+          FROM pg_catalog.jsonb_array_elements_text(COALESCE(definition -> 'completed', '[]'))
+               WITH ORDINALITY AS l(ev, o)
+        UNION ALL
+        SELECT 3, 0, 0, 0, 'b0', 'd0', NULL, 'dashed', NULL
+         WHERE definition ? 'deadline'
+        UNION ALL
+        SELECT 3, 0, 0, 1, 'd0', evs ->> (definition -> 'deadline' ->> 'publish'), 'publish', 'dashed', NULL
+         WHERE definition ? 'deadline' AND definition -> 'deadline' ? 'publish')
+    SELECT (SELECT pg_catalog.count(*) FROM e),
+           (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                       'from', f.src, 'to', f.dst, 'label', f.label, 'style', f.style, 'color', f.color))
+                       ORDER BY f.part, f.n, f.k, f.o), '[]')
+              FROM (SELECT * FROM e ORDER BY e.part, e.n, e.k, e.o LIMIT max_edges) f)
+      INTO total, edges;
+    RETURN pg_catalog.jsonb_build_object('direction', 'LR', 'nodes', nodes, 'edges', edges)
+           || CASE WHEN total > pg_catalog.jsonb_array_length(edges)
+                   THEN pg_catalog.jsonb_build_object('edges_left_out', total - pg_catalog.jsonb_array_length(edges))
+                   ELSE '{}' END;
 END
 $graph$;
 
@@ -1047,10 +1069,10 @@ GRANT EXECUTE ON FUNCTION saga.diagram_escape(text, text), saga.diagram_render(j
     TO saga_reader, saga_admin, saga_worker;
 
 COMMENT ON FUNCTION saga.diagram(text, text, integer) IS
-'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits, and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits, and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. At most 2000 edges are drawn, the first in that order; past that a last node (o0) says how many were left out (nodes are all drawn, bounded by the definition limits), so the text is bounded and the time linear in the document. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.diagram(bigint, text) IS
-'saga.diagram(saga_id, format) -> text: draw one saga as saga.diagram(name) draws its definition version, with each step''s status (pending, ready, running, succeeded, failed, compensating, compensated, skipped: a style class each), attempt and error, and the saga''s status and correlation id. Errors: 22004 null argument, 22023 unknown format, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.diagram(saga_id, format) -> text: draw one saga as saga.diagram(name) draws its definition version, with each step''s status (pending, ready, running, succeeded, failed, compensating, compensated, skipped: a style class each), attempt and error, and the saga''s status and correlation id; at most 2000 edges, as saga.diagram(name). Errors: 22004 null argument, 22023 unknown format, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.flow_diagram(text) IS
 'saga.flow_diagram(correlation_id) -> text: a Mermaid sequenceDiagram of the events of a correlation id in publish order (at most 1000; a last note counts the rest), each from the participant of its flows'' choreography that emits its type (else "deadline" for a deadline event, else the publishing role, as an actor) to the topics that have its delivery: done (solid), pending or leased (open arrow), dead letter or filter error (crossed); late events marked, undelivered ones (0 deliveries, e.g. past the hop limit) as a note, and a note with each flow''s status. Errors: 22004 null correlation_id, 42704 no events or flows with that correlation id. Granted to saga_reader, saga_admin and saga_worker.';
@@ -1061,8 +1083,8 @@ COMMENT ON FUNCTION saga.timeline(bigint) IS
 COMMENT ON FUNCTION saga.diagram_escape(text, text) IS
 'internal to the diagrams: a string made safe inside a quoted Mermaid (''mermaid'', ''gantt'') or DOT (''dot'') label';
 COMMENT ON FUNCTION saga.diagram_render(jsonb, text) IS
-'internal to the diagrams: a graph {nodes, edges} as Mermaid flowchart or DOT text';
+'internal to the diagrams: a graph {nodes, edges, edges_left_out} as Mermaid flowchart or DOT text, at most 2000 edges, then a node o0 counting those left out';
 COMMENT ON FUNCTION saga.diagram_saga_graph(jsonb, text[], jsonb) IS
-'internal to the diagrams: the graph of a saga definition document, with step states for one saga';
+'internal to the diagrams: the graph of a saga definition document, with step states for one saga; the first 2000 edges, edges_left_out counts the rest';
 COMMENT ON FUNCTION saga.diagram_choreography_graph(jsonb, text[]) IS
-'internal to the diagrams: the graph of a choreography document';
+'internal to the diagrams: the graph of a choreography document; the first 2000 edges, edges_left_out counts the rest';

@@ -187,3 +187,18 @@ SELECT saga.diagram('dg_bridge', 'dot');
 SELECT saga.start('dg_bridge', '{}', correlation_id => 'dg-br') AS dgb \gset
 SELECT saga.complete((:dgb << 10), '{"payment": 1}');
 SELECT saga.diagram(:dgb);
+
+-- the cap: the largest legal definition, 512 steps each after all the previous
+-- ones, with a compensation (130,816 "after" edges and as many compensations),
+-- is drawn with its first 2000 edges and a last node counting the rest
+SELECT saga.define('dg_all', jsonb_build_object('steps', (
+  SELECT jsonb_agg(jsonb_build_object('name', 's' || i, 'topic', 'bt',
+           'compensate', jsonb_build_object('topic', 'bt'),
+           'after', (SELECT COALESCE(jsonb_agg('s' || j ORDER BY j), '[]')
+                       FROM generate_series(0, i - 1) j)) ORDER BY i)
+    FROM generate_series(0, 511) i))) AS v;
+SELECT f, length(d) < 100000 AS bounded,
+       (SELECT count(*) FROM regexp_matches(d, ' --?> ', 'g')) AS edges,
+       (regexp_split_to_array(rtrim(d, E'\n'), E'\n'))[
+           array_length(regexp_split_to_array(rtrim(d, E'\n'), E'\n'), 1) - CASE f WHEN 'dot' THEN 1 ELSE 0 END] AS note
+  FROM (VALUES ('mermaid'), ('dot')) AS x(f), LATERAL (SELECT saga.diagram('dg_all', x.f) AS d) y;
