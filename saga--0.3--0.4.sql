@@ -223,7 +223,7 @@ $$;
  * "edges_left_out": n}.  shape: step, sql, await, event, participant,
  * start, end, deadline; style: solid, dashed (compensations), thick (events
  * of a saga); color: fail.  Lines and labels are raw text, escaped here.
- * At most max_edges (2000) edges are drawn, the first in the graph's order;
+ * At most max_edges (500) edges are drawn, the first in the graph's order;
  * when some are not (edges_left_out, from the graph builders, plus those
  * past the cap here), a last node o0 says how many.  One pass over the
  * nodes and edges (set-based, no per-element concatenation): linear.
@@ -234,7 +234,7 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $render$
 DECLARE
-    max_edges CONSTANT integer := 2000;    -- as in diagram_saga_graph, diagram_choreography_graph
+    max_edges CONSTANT integer := 500;     -- as in diagram_saga_graph, diagram_choreography_graph
     -- class -> Mermaid classDef, DOT fill, DOT outline colour, DOT pen width
     styles CONSTANT jsonb := '{
         "participant":  ["fill:#e8eaf6,stroke:#283593", "#e8eaf6", "#283593", null],
@@ -368,7 +368,7 @@ $render$;
  * start node from a first step), an end node after the last steps, the
  * events it publishes or awaits (e0, ...) and its deadline.  states, for
  * one saga, maps a step name to {"status", "attempts", "error"}.  Edges in
- * that order, at most max_edges (2000) of them: "edges_left_out" counts
+ * that order, at most max_edges (500) of them: "edges_left_out" counts
  * the rest (512 steps, each after all the previous ones, have 130,816
  * "after" edges and as many compensations).  Set-based: linear in the
  * size of the document; the edges past the cap are counted, not built.
@@ -379,7 +379,7 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $graph$
 DECLARE
-    max_edges CONSTANT integer := 2000;    -- as in diagram_render
+    max_edges CONSTANT integer := 500;     -- as in diagram_render
     steps jsonb := definition -> 'steps';
     -- each step once: {"i", "name", "preds" (its "after", or the previous step), "comp" (label)}
     plan jsonb;
@@ -558,7 +558,7 @@ $graph$;
  * compensation, completed, the deadline's), on edges event -> participant,
  * emits participant -> event, fails in red, compensations dashed, the
  * completed events to an end node, and the deadline.  Edges in that order,
- * at most max_edges (2000) of them: "edges_left_out" counts the rest.
+ * at most max_edges (500) of them: "edges_left_out" counts the rest.
  * Set-based: linear in the size of the document.
  */
 CREATE FUNCTION saga.diagram_choreography_graph(definition jsonb, title text[])
@@ -567,7 +567,7 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $graph$
 DECLARE
-    max_edges CONSTANT integer := 2000;    -- as in diagram_render
+    max_edges CONSTANT integer := 500;     -- as in diagram_render
     order_ text[];               -- the events, each once, in the order first met
     evs jsonb;                   -- event type -> node id
     nodes jsonb;
@@ -1069,10 +1069,10 @@ GRANT EXECUTE ON FUNCTION saga.diagram_escape(text, text), saga.diagram_render(j
     TO saga_reader, saga_admin, saga_worker;
 
 COMMENT ON FUNCTION saga.diagram(text, text, integer) IS
-'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits, and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. At most 2000 edges are drawn, the first in that order; past that a last node (o0) says how many were left out (nodes are all drawn, bounded by the definition limits), so the text is bounded and the time linear in the document. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits, and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. At most 500 edges are drawn (Mermaid''s own default maxEdges), the first in that order; past that a last node (o0) says how many were left out (nodes are all drawn, bounded by the definition limits), so the text is bounded and the time linear in the document. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.diagram(bigint, text) IS
-'saga.diagram(saga_id, format) -> text: draw one saga as saga.diagram(name) draws its definition version, with each step''s status (pending, ready, running, succeeded, failed, compensating, compensated, skipped: a style class each), attempt and error, and the saga''s status and correlation id; at most 2000 edges, as saga.diagram(name). Errors: 22004 null argument, 22023 unknown format, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.diagram(saga_id, format) -> text: draw one saga as saga.diagram(name) draws its definition version, with each step''s status (pending, ready, running, succeeded, failed, compensating, compensated, skipped: a style class each), attempt and error, and the saga''s status and correlation id; at most 500 edges, as saga.diagram(name). Errors: 22004 null argument, 22023 unknown format, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.flow_diagram(text) IS
 'saga.flow_diagram(correlation_id) -> text: a Mermaid sequenceDiagram of the events of a correlation id in publish order (at most 1000; a last note counts the rest), each from the participant of its flows'' choreography that emits its type (else "deadline" for a deadline event, else the publishing role, as an actor) to the topics that have its delivery: done (solid), pending or leased (open arrow), dead letter or filter error (crossed); late events marked, undelivered ones (0 deliveries, e.g. past the hop limit) as a note, and a note with each flow''s status. Errors: 22004 null correlation_id, 42704 no events or flows with that correlation id. Granted to saga_reader, saga_admin and saga_worker.';
@@ -1083,8 +1083,8 @@ COMMENT ON FUNCTION saga.timeline(bigint) IS
 COMMENT ON FUNCTION saga.diagram_escape(text, text) IS
 'internal to the diagrams: a string made safe inside a quoted Mermaid (''mermaid'', ''gantt'') or DOT (''dot'') label';
 COMMENT ON FUNCTION saga.diagram_render(jsonb, text) IS
-'internal to the diagrams: a graph {nodes, edges, edges_left_out} as Mermaid flowchart or DOT text, at most 2000 edges, then a node o0 counting those left out';
+'internal to the diagrams: a graph {nodes, edges, edges_left_out} as Mermaid flowchart or DOT text, at most 500 edges, then a node o0 counting those left out';
 COMMENT ON FUNCTION saga.diagram_saga_graph(jsonb, text[], jsonb) IS
-'internal to the diagrams: the graph of a saga definition document, with step states for one saga; the first 2000 edges, edges_left_out counts the rest';
+'internal to the diagrams: the graph of a saga definition document, with step states for one saga; the first 500 edges, edges_left_out counts the rest';
 COMMENT ON FUNCTION saga.diagram_choreography_graph(jsonb, text[]) IS
-'internal to the diagrams: the graph of a choreography document; the first 2000 edges, edges_left_out counts the rest';
+'internal to the diagrams: the graph of a choreography document; the first 500 edges, edges_left_out counts the rest';

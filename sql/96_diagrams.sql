@@ -190,7 +190,7 @@ SELECT saga.diagram(:dgb);
 
 -- the cap: the largest legal definition, 512 steps each after all the previous
 -- ones, with a compensation (130,816 "after" edges and as many compensations),
--- is drawn with its first 2000 edges and a last node counting the rest
+-- is drawn with its first 500 edges and a last node counting the rest
 SELECT saga.define('dg_all', jsonb_build_object('steps', (
   SELECT jsonb_agg(jsonb_build_object('name', 's' || i, 'topic', 'bt',
            'compensate', jsonb_build_object('topic', 'bt'),
