@@ -35,7 +35,9 @@ heading() { printf '\n=== %s ===\n' "$*"; }
 start_service() {
 	local name=$1 topic=$2 pidfile=$SAGA_WORK/pg/$1.pid
 	shift 2
-	saga_as_pg env DEMO_PIDFILE="$pidfile" "$@" setsid -w bash src/demo/worker.sh "$topic" "$name" &
+	# runuser says "Killed" when kill_service does its job: that line is the demo's own doing
+	saga_as_pg env DEMO_PIDFILE="$pidfile" "$@" setsid -w bash src/demo/worker.sh "$topic" "$name" \
+		2> >(grep -v '^Killed$' >&2) &
 	JOBS+=($!)
 	for _ in $(seq 1 100); do
 		[ -s "$pidfile" ] && break

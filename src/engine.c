@@ -1796,9 +1796,12 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
 
 	if (task_id <= 0)
 		task_not_found(task_id);
-	SagaNoteWork(SAGA_TASK_SAGA(task_id), task_id, NULL);
 
-	/* the task row first, then the saga: the order every path takes */
+	/*
+	 * The task row first, then the saga: the order every path takes.  The
+	 * error context names the saga once it is known to exist, not from the
+	 * bits of an id that may name nothing.
+	 */
 	have_row = lock_task(task_id, &row, success);
 	if (have_row && row.saga_id != SAGA_TASK_SAGA(task_id))
 		task_not_found(task_id);
