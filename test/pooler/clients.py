@@ -246,6 +246,16 @@ def test_session_state():
           inside == "decoy" and after == default, (inside, after, default))
     s1.close()
     s2.close()
+    # a search_path in the startup packet (libpq's options, JDBC's currentSchema) is refused by
+    # pgbouncer 1.18 unless listed in ignore_startup_parameters, which drops it
+    try:
+        psycopg.connect(host=BHOST, port=BPORT, dbname="saga", user="postgres",
+                        options="-c search_path=decoy").close()
+        refused = None
+    except psycopg.OperationalError as e:
+        refused = str(e)
+    check("startup parameters: options=-c search_path=... is refused by the pooler",
+          refused is not None and "unsupported startup parameter" in refused, refused)
 
 
 def test_listen():
