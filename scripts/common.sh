@@ -154,10 +154,14 @@ saga_make_workdir() {
 }
 
 # --- throwaway cluster ----------------------------------------------------------------------
+# SAGA_PORTS=LOW-HIGH: pick from that range instead (machines where ports are handed out)
 saga_free_port() {
-	local port hex
+	local port hex low=20000 high=59999
+	if [ -n "${SAGA_PORTS:-}" ]; then
+		low=${SAGA_PORTS%-*} high=${SAGA_PORTS#*-}
+	fi
 	for _ in $(seq 1 50); do
-		port=$((20000 + RANDOM % 40000))
+		port=$((low + RANDOM % (high - low + 1)))
 		hex=$(printf ':%04X ' "$port")
 		if ! grep -qs "$hex" /proc/net/tcp /proc/net/tcp6 &&
 			[ ! -e "/var/run/postgresql/.s.PGSQL.$port" ] && [ ! -e "/tmp/.s.PGSQL.$port" ]; then
