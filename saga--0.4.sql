@@ -1292,7 +1292,13 @@ BEGIN
                    (VALUES (0, 'await'), (1, 'publish')) AS k(n, k)
              WHERE pg_catalog.jsonb_typeof(t.st -> k.k) = 'string'
             UNION ALL
-            SELECT 5, 0, p.n, p.node, NULL, evs ->> (definition -> 'publish' ->> p.k), NULL, 'publish', 'thick'
+            -- the compensated and cancelled ends: reached from the start node, where the
+            -- compensations lead back to (dashed), then what they publish
+            SELECT 5, 0, p.n * 2, 'b0', NULL, p.node, NULL, p.via, 'dashed'
+              FROM (VALUES (2, 'compensated', 'x1', 'on failure'), (3, 'cancelled', 'x2', 'on cancel')) AS p(n, k, node, via)
+             WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object' AND definition -> 'publish' ? p.k
+            UNION ALL
+            SELECT 5, 0, p.n * 2 + 1, p.node, NULL, evs ->> (definition -> 'publish' ->> p.k), NULL, 'publish', 'thick'
               FROM (VALUES (1, 'completed', 'x0'), (2, 'compensated', 'x1'), (3, 'cancelled', 'x2')) AS p(n, k, node)
              WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object' AND definition -> 'publish' ? p.k
             UNION ALL
@@ -1304,7 +1310,7 @@ BEGIN
                         FROM pg_catalog.jsonb_array_elements(steps) AS t(st),
                              (VALUES ('await'), ('publish')) AS k(k)
                        WHERE pg_catalog.jsonb_typeof(t.st -> k.k) = 'string')
-                   + (SELECT pg_catalog.count(*)
+                   + (SELECT pg_catalog.count(*) + pg_catalog.count(*) FILTER (WHERE p.k <> 'completed')
                         FROM (VALUES ('completed'), ('compensated'), ('cancelled')) AS p(k)
                        WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object'
                          AND definition -> 'publish' ? p.k)
@@ -1401,7 +1407,8 @@ BEGIN
            || CASE WHEN definition ? 'deadline' THEN pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
                   'id', 'd0', 'shape', 'deadline',
                   'lines', pg_catalog.jsonb_build_array('deadline after ' || (definition -> 'deadline' ->> 'after'),
-                           CASE WHEN definition -> 'deadline' ? 'publish' THEN 'then publish' ELSE 'then stuck' END),
+                           CASE WHEN definition -> 'deadline' ? 'publish'
+                                THEN 'then publish ' || (definition -> 'deadline' ->> 'publish') ELSE 'then stuck' END),
                   'classes', '["deadline"]'::jsonb)) ELSE '[]' END
       INTO nodes;
 
@@ -1573,6 +1580,8 @@ DECLARE
     ev record;
     r record;
     f record;
+    b record;
+    bridged jsonb := '{}';                 -- event id -> what it did to sagas: started, ended a step
     pub text;
     pkey text;
     tid text;
@@ -1621,6 +1630,24 @@ BEGIN
      WHERE fl.correlation_id = cid;
     hop_limit := COALESCE(hop_limit, pg_catalog.current_setting('saga.max_hops', true)::integer, 32);
 
+    -- what the events did to the sagas of this correlation id: the sagas an event started
+    -- (start_saga: saga.instances.event_id) and the await steps it ended (history "succeeded"
+    -- with detail {"event_id"}); both sagas carry the event's correlation id
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(y.ev, y.arr), '{}') INTO bridged
+      FROM (SELECT x.ev, pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'name', x.name, 'what', x.what, 'start', x.k = 0) ORDER BY x.k, x.sid, x.hid) AS arr
+              FROM (SELECT i.event_id::text AS ev, 0 AS k, i.id AS sid, 0::bigint AS hid, i.name,
+                           'starts saga ' || i.id AS what
+                      FROM saga.instances i
+                     WHERE i.correlation_id = cid AND i.event_id IS NOT NULL
+                    UNION ALL
+                    SELECT h.detail ->> 'event_id', 1, i.id, h.id, i.name,
+                           'ends ' || h.step || ' of saga ' || i.id
+                      FROM saga.instances i
+                      JOIN saga.history h ON h.saga_id = i.id
+                     WHERE i.correlation_id = cid AND h.event = 'succeeded' AND h.detail ? 'event_id') x
+             GROUP BY x.ev) y;
+
     FOR ev IN SELECT e.id, e.type, e.publisher, e.hops, e.deliveries, e.late, e.published_at
                 FROM saga.events e WHERE e.correlation_id = cid
                ORDER BY e.published_at, e.id LIMIT max_events LOOP
@@ -1647,18 +1674,18 @@ BEGIN
         -- the recipients: pending and leased deliveries, dead letters, failed filters
         known := 0;
         arrows := 0;
-        FOR r IN SELECT x.topic, x.state, x.arrow
-                   FROM (SELECT o.topic, CASE WHEN o.lease_owner IS NOT NULL THEN 'leased' ELSE 'pending' END
+        FOR r IN SELECT x.topic, x.state, x.arrow, x.saga
+                   FROM (SELECT o.topic, NULL::text AS saga, CASE WHEN o.lease_owner IS NOT NULL THEN 'leased' ELSE 'pending' END
                                 || CASE WHEN o.headers ->> 'replay' = 'true' THEN ', replay' ELSE '' END AS state,
                                 '-)' AS arrow, o.headers ->> 'replay' = 'true' AS replay
                            FROM saga.outbox o WHERE o.event_id = ev.id AND o.kind = 'event'
                          UNION ALL
-                         SELECT d.topic, 'dead letter'
+                         SELECT d.topic, NULL, 'dead letter'
                                 || CASE WHEN d.headers ->> 'replay' = 'true' THEN ', replay' ELSE '' END,
                                 '-x', d.headers ->> 'replay' = 'true'
                            FROM saga.dead_letters d WHERE d.event_id = ev.id
                          UNION ALL
-                         SELECT s.topic, 'filter error', '-x', true
+                         SELECT s.topic, s.options ->> 'start_saga', 'filter error', '-x', true
                            FROM saga.filter_errors fe JOIN saga.subscriptions s ON s.id = fe.subscription_id
                           WHERE fe.event_id = ev.id) x
                   ORDER BY x.topic COLLATE "C", x.state COLLATE "C" LOOP
@@ -1667,21 +1694,46 @@ BEGIN
             END IF;
             arrows := arrows + 1;
             CONTINUE WHEN arrows > max_arrows;
-                        pkey := 'topic:' || r.topic;
+            pkey := CASE WHEN r.saga IS NOT NULL THEN 'saga:' || r.saga ELSE 'topic:' || r.topic END;
             IF NOT parts ? pkey THEN
                 parts := parts || pg_catalog.jsonb_build_object(pkey, 'p' || pg_catalog.cardinality(decl));
-                decl := decl || ('    participant ' || (parts ->> pkey) || ' as ' || saga.diagram_escape(r.topic, 'mermaid'));
+                decl := decl || ('    participant ' || (parts ->> pkey) || ' as '
+                                 || saga.diagram_escape(CASE WHEN r.saga IS NOT NULL THEN 'saga ' || r.saga
+                                                             ELSE r.topic END, 'mermaid'));
             END IF;
             body := body || ('    ' || pub || r.arrow || (parts ->> pkey) || ': '
                              || saga.diagram_escape(label || ' (' || CASE WHEN ev.late THEN 'late, ' ELSE '' END
                                                     || r.state || ')', 'mermaid'));
         END LOOP;
 
-        -- the done deliveries: the subscriptions that stand for them, when they add up
+        -- the sagas it started (each counts as a delivery) and the await steps it ended
+        FOR b IN SELECT x.value ->> 'name' AS name, x.value ->> 'what' AS what, (x.value ->> 'start')::boolean AS start
+                   FROM pg_catalog.jsonb_array_elements(COALESCE(bridged -> (ev.id::text), '[]'))
+                        WITH ORDINALITY AS x(value, o)
+                  ORDER BY x.o LOOP
+            IF b.start THEN
+                known := known + 1;
+            END IF;
+            arrows := arrows + 1;
+            CONTINUE WHEN arrows > max_arrows;
+            pkey := 'saga:' || b.name;
+            IF NOT parts ? pkey THEN
+                parts := parts || pg_catalog.jsonb_build_object(pkey, 'p' || pg_catalog.cardinality(decl));
+                decl := decl || ('    participant ' || (parts ->> pkey) || ' as '
+                                 || saga.diagram_escape('saga ' || b.name, 'mermaid'));
+            END IF;
+            body := body || ('    ' || pub || '->>' || (parts ->> pkey) || ': '
+                             || saga.diagram_escape(label || ' (' || CASE WHEN ev.late THEN 'late, ' ELSE '' END
+                                                    || b.what || ')', 'mermaid'));
+        END LOOP;
+
+        -- the done deliveries: the subscriptions that stand for them (start_saga ones are
+        -- the sagas above), when they add up
         IF ev.deliveries > known THEN
             SELECT pg_catalog.array_agg(s.topic ORDER BY s.topic COLLATE "C") INTO cands
               FROM saga.subscriptions s
              WHERE s.event_type = ev.type AND s.created_at <= ev.published_at
+               AND NOT s.options ? 'start_saga'
                AND NOT EXISTS (SELECT FROM saga.outbox o WHERE o.event_id = ev.id AND o.subscription_id = s.id)
                AND NOT EXISTS (SELECT FROM saga.dead_letters d WHERE d.event_id = ev.id AND d.subscription_id = s.id)
                AND NOT EXISTS (SELECT FROM saga.filter_errors fe WHERE fe.event_id = ev.id AND fe.subscription_id = s.id);
@@ -1715,7 +1767,7 @@ BEGIN
                              || saga.diagram_escape(label || CASE WHEN ev.late THEN ' (late)' ELSE '' END
                                 || CASE WHEN ev.hops > hop_limit
                                         THEN ': not delivered, past the hop limit (hops ' || ev.hops || ' > ' || hop_limit || ')'
-                                        ELSE ': not delivered (hops ' || ev.hops || ')' END, 'mermaid'));
+                                        ELSE ': not delivered' END, 'mermaid'));
         END IF;
     END LOOP;
 
