@@ -366,7 +366,8 @@ $render$;
  * steps by shape), its "after" edges (the previous step by default),
  * compensations as dashed edges back to the steps it waited for (to the
  * start node from a first step), an end node after the last steps, the
- * events it publishes or awaits (e0, ...) and its deadline.  states, for
+ * events it publishes or awaits (e0, ...; the compensated and cancelled
+ * ends that publish reached from the start node) and its deadline.  states, for
  * one saga, maps a step name to {"status", "attempts", "error"}.  Edges in
  * that order, at most max_edges (500) of them: "edges_left_out" counts
  * the rest (512 steps, each after all the previous ones, have 130,816
@@ -795,7 +796,11 @@ $diagram$;
  * letter, or done (a finished delivery leaves no row: the subscriptions of
  * its type older than the event stand for them when their number matches
  * the event's deliveries, else a note says how many were done).  A filter
- * that failed is a crossed arrow; an event delivered nowhere is a note.
+ * that failed is a crossed arrow.  An event that started a saga (start_saga:
+ * saga.instances.event_id) or ended await steps (history "succeeded" with
+ * {"event_id"}) goes to a participant "saga <definition>", labelled "starts
+ * saga N" or "ends <step> of saga N".  An event nothing received is a note,
+ * with its hops only past the hop limit.
  */
 CREATE FUNCTION saga.flow_diagram(correlation_id text)
 RETURNS text
@@ -1121,13 +1126,13 @@ GRANT EXECUTE ON FUNCTION saga.diagram_escape(text, text), saga.diagram_render(j
     TO saga_reader, saga_admin, saga_worker;
 
 COMMENT ON FUNCTION saga.diagram(text, text, integer) IS
-'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits, and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. At most 500 edges are drawn (Mermaid''s own default maxEdges), the first in that order; past that a last node (o0) says how many were left out (nodes are all drawn, bounded by the definition limits), so the text is bounded and the time linear in the document. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits (a compensated or cancelled end that publishes is reached by a dashed edge from the start node, "on failure" or "on cancel"), and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. At most 500 edges are drawn (Mermaid''s own default maxEdges), the first in that order; past that a last node (o0) says how many were left out (nodes are all drawn, bounded by the definition limits), so the text is bounded and the time linear in the document. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.diagram(bigint, text) IS
 'saga.diagram(saga_id, format) -> text: draw one saga as saga.diagram(name) draws its definition version, with each step''s status (pending, ready, running, succeeded, failed, compensating, compensated, skipped: a style class each), attempt and error, and the saga''s status and correlation id; at most 500 edges, as saga.diagram(name). Errors: 22004 null argument, 22023 unknown format, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.flow_diagram(text) IS
-'saga.flow_diagram(correlation_id) -> text: a Mermaid sequenceDiagram of the events of a correlation id in publish order (at most 1000; a last note counts the rest), each from the participant of its flows'' choreography that emits its type (else "deadline" for a deadline event, else the publishing role, as an actor) to the topics that have its delivery: done (solid), pending or leased (open arrow), dead letter or filter error (crossed); late events marked, undelivered ones (0 deliveries, e.g. past the hop limit) as a note, and a note with each flow''s status. Errors: 22004 null correlation_id, 42704 no events or flows with that correlation id. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.flow_diagram(correlation_id) -> text: a Mermaid sequenceDiagram of the events of a correlation id in publish order (at most 1000; a last note counts the rest), each from the participant of its flows'' choreography that emits its type (else "deadline" for a deadline event, else the publishing role, as an actor) to the topics that have its delivery: done (solid), pending or leased (open arrow), dead letter or filter error (crossed); an event that started a saga (start_saga) or ended await steps as an arrow to a participant "saga <definition>" ("starts saga N", "ends <step> of saga N"); late events marked, events nothing received as a note (with the hops when past the hop limit), and a note with each flow''s status. Errors: 22004 null correlation_id, 42704 no events or flows with that correlation id. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.timeline(bigint) IS
 'saga.timeline(saga_id) -> text: a Mermaid gantt of one saga''s step runs and compensations from saga.history, each from its dispatch to its outcome (done, crit for a failure, active while unfinished, up to the latest history entry), times as Unix milliseconds (dateFormat x). Errors: 22004 null saga_id, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
