@@ -1131,7 +1131,8 @@ $render$;
  * steps by shape), its "after" edges (the previous step by default),
  * compensations as dashed edges back to the steps it waited for (to the
  * start node from a first step), an end node after the last steps, the
- * events it publishes or awaits (e0, ...) and its deadline.  states, for
+ * events it publishes or awaits (e0, ...; the compensated and cancelled
+ * ends that publish reached from the start node) and its deadline.  states, for
  * one saga, maps a step name to {"status", "attempts", "error"}.  Edges in
  * that order, at most max_edges (500) of them: "edges_left_out" counts
  * the rest (512 steps, each after all the previous ones, have 130,816
@@ -1292,7 +1293,13 @@ BEGIN
                    (VALUES (0, 'await'), (1, 'publish')) AS k(n, k)
              WHERE pg_catalog.jsonb_typeof(t.st -> k.k) = 'string'
             UNION ALL
-            SELECT 5, 0, p.n, p.node, NULL, evs ->> (definition -> 'publish' ->> p.k), NULL, 'publish', 'thick'
+            -- the compensated and cancelled ends: reached from the start node, where the
+            -- compensations lead back to (dashed), then what they publish
+            SELECT 5, 0, p.n * 2, 'b0', NULL, p.node, NULL, p.via, 'dashed'
+              FROM (VALUES (2, 'compensated', 'x1', 'on failure'), (3, 'cancelled', 'x2', 'on cancel')) AS p(n, k, node, via)
+             WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object' AND definition -> 'publish' ? p.k
+            UNION ALL
+            SELECT 5, 0, p.n * 2 + 1, p.node, NULL, evs ->> (definition -> 'publish' ->> p.k), NULL, 'publish', 'thick'
               FROM (VALUES (1, 'completed', 'x0'), (2, 'compensated', 'x1'), (3, 'cancelled', 'x2')) AS p(n, k, node)
              WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object' AND definition -> 'publish' ? p.k
             UNION ALL
@@ -1304,7 +1311,7 @@ BEGIN
                         FROM pg_catalog.jsonb_array_elements(steps) AS t(st),
                              (VALUES ('await'), ('publish')) AS k(k)
                        WHERE pg_catalog.jsonb_typeof(t.st -> k.k) = 'string')
-                   + (SELECT pg_catalog.count(*)
+                   + (SELECT pg_catalog.count(*) + pg_catalog.count(*) FILTER (WHERE p.k <> 'completed')
                         FROM (VALUES ('completed'), ('compensated'), ('cancelled')) AS p(k)
                        WHERE pg_catalog.jsonb_typeof(definition -> 'publish') = 'object'
                          AND definition -> 'publish' ? p.k)
@@ -1401,7 +1408,8 @@ BEGIN
            || CASE WHEN definition ? 'deadline' THEN pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
                   'id', 'd0', 'shape', 'deadline',
                   'lines', pg_catalog.jsonb_build_array('deadline after ' || (definition -> 'deadline' ->> 'after'),
-                           CASE WHEN definition -> 'deadline' ? 'publish' THEN 'then publish' ELSE 'then stuck' END),
+                           CASE WHEN definition -> 'deadline' ? 'publish'
+                                THEN 'then publish ' || (definition -> 'deadline' ->> 'publish') ELSE 'then stuck' END),
                   'classes', '["deadline"]'::jsonb)) ELSE '[]' END
       INTO nodes;
 
@@ -1553,7 +1561,11 @@ $diagram$;
  * letter, or done (a finished delivery leaves no row: the subscriptions of
  * its type older than the event stand for them when their number matches
  * the event's deliveries, else a note says how many were done).  A filter
- * that failed is a crossed arrow; an event delivered nowhere is a note.
+ * that failed is a crossed arrow.  An event that started a saga (start_saga:
+ * saga.instances.event_id) or ended await steps (history "succeeded" with
+ * {"event_id"}) goes to a participant "saga <definition>", labelled "starts
+ * saga N" or "ends <step> of saga N".  An event nothing received is a note,
+ * with its hops only past the hop limit.
  */
 CREATE FUNCTION saga.flow_diagram(correlation_id text)
 RETURNS text
@@ -1573,6 +1585,8 @@ DECLARE
     ev record;
     r record;
     f record;
+    b record;
+    bridged jsonb := '{}';                 -- event id -> what it did to sagas: started, ended a step
     pub text;
     pkey text;
     tid text;
@@ -1621,6 +1635,24 @@ BEGIN
      WHERE fl.correlation_id = cid;
     hop_limit := COALESCE(hop_limit, pg_catalog.current_setting('saga.max_hops', true)::integer, 32);
 
+    -- what the events did to the sagas of this correlation id: the sagas an event started
+    -- (start_saga: saga.instances.event_id) and the await steps it ended (history "succeeded"
+    -- with detail {"event_id"}); both sagas carry the event's correlation id
+    SELECT COALESCE(pg_catalog.jsonb_object_agg(y.ev, y.arr), '{}') INTO bridged
+      FROM (SELECT x.ev, pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'name', x.name, 'what', x.what, 'start', x.k = 0) ORDER BY x.k, x.sid, x.hid) AS arr
+              FROM (SELECT i.event_id::text AS ev, 0 AS k, i.id AS sid, 0::bigint AS hid, i.name,
+                           'starts saga ' || i.id AS what
+                      FROM saga.instances i
+                     WHERE i.correlation_id = cid AND i.event_id IS NOT NULL
+                    UNION ALL
+                    SELECT h.detail ->> 'event_id', 1, i.id, h.id, i.name,
+                           'ends ' || h.step || ' of saga ' || i.id
+                      FROM saga.instances i
+                      JOIN saga.history h ON h.saga_id = i.id
+                     WHERE i.correlation_id = cid AND h.event = 'succeeded' AND h.detail ? 'event_id') x
+             GROUP BY x.ev) y;
+
     FOR ev IN SELECT e.id, e.type, e.publisher, e.hops, e.deliveries, e.late, e.published_at
                 FROM saga.events e WHERE e.correlation_id = cid
                ORDER BY e.published_at, e.id LIMIT max_events LOOP
@@ -1647,18 +1679,18 @@ BEGIN
         -- the recipients: pending and leased deliveries, dead letters, failed filters
         known := 0;
         arrows := 0;
-        FOR r IN SELECT x.topic, x.state, x.arrow
-                   FROM (SELECT o.topic, CASE WHEN o.lease_owner IS NOT NULL THEN 'leased' ELSE 'pending' END
+        FOR r IN SELECT x.topic, x.state, x.arrow, x.saga
+                   FROM (SELECT o.topic, NULL::text AS saga, CASE WHEN o.lease_owner IS NOT NULL THEN 'leased' ELSE 'pending' END
                                 || CASE WHEN o.headers ->> 'replay' = 'true' THEN ', replay' ELSE '' END AS state,
                                 '-)' AS arrow, o.headers ->> 'replay' = 'true' AS replay
                            FROM saga.outbox o WHERE o.event_id = ev.id AND o.kind = 'event'
                          UNION ALL
-                         SELECT d.topic, 'dead letter'
+                         SELECT d.topic, NULL, 'dead letter'
                                 || CASE WHEN d.headers ->> 'replay' = 'true' THEN ', replay' ELSE '' END,
                                 '-x', d.headers ->> 'replay' = 'true'
                            FROM saga.dead_letters d WHERE d.event_id = ev.id
                          UNION ALL
-                         SELECT s.topic, 'filter error', '-x', true
+                         SELECT s.topic, s.options ->> 'start_saga', 'filter error', '-x', true
                            FROM saga.filter_errors fe JOIN saga.subscriptions s ON s.id = fe.subscription_id
                           WHERE fe.event_id = ev.id) x
                   ORDER BY x.topic COLLATE "C", x.state COLLATE "C" LOOP
@@ -1667,21 +1699,46 @@ BEGIN
             END IF;
             arrows := arrows + 1;
             CONTINUE WHEN arrows > max_arrows;
-                        pkey := 'topic:' || r.topic;
+            pkey := CASE WHEN r.saga IS NOT NULL THEN 'saga:' || r.saga ELSE 'topic:' || r.topic END;
             IF NOT parts ? pkey THEN
                 parts := parts || pg_catalog.jsonb_build_object(pkey, 'p' || pg_catalog.cardinality(decl));
-                decl := decl || ('    participant ' || (parts ->> pkey) || ' as ' || saga.diagram_escape(r.topic, 'mermaid'));
+                decl := decl || ('    participant ' || (parts ->> pkey) || ' as '
+                                 || saga.diagram_escape(CASE WHEN r.saga IS NOT NULL THEN 'saga ' || r.saga
+                                                             ELSE r.topic END, 'mermaid'));
             END IF;
             body := body || ('    ' || pub || r.arrow || (parts ->> pkey) || ': '
                              || saga.diagram_escape(label || ' (' || CASE WHEN ev.late THEN 'late, ' ELSE '' END
                                                     || r.state || ')', 'mermaid'));
         END LOOP;
 
-        -- the done deliveries: the subscriptions that stand for them, when they add up
+        -- the sagas it started (each counts as a delivery) and the await steps it ended
+        FOR b IN SELECT x.value ->> 'name' AS name, x.value ->> 'what' AS what, (x.value ->> 'start')::boolean AS start
+                   FROM pg_catalog.jsonb_array_elements(COALESCE(bridged -> (ev.id::text), '[]'))
+                        WITH ORDINALITY AS x(value, o)
+                  ORDER BY x.o LOOP
+            IF b.start THEN
+                known := known + 1;
+            END IF;
+            arrows := arrows + 1;
+            CONTINUE WHEN arrows > max_arrows;
+            pkey := 'saga:' || b.name;
+            IF NOT parts ? pkey THEN
+                parts := parts || pg_catalog.jsonb_build_object(pkey, 'p' || pg_catalog.cardinality(decl));
+                decl := decl || ('    participant ' || (parts ->> pkey) || ' as '
+                                 || saga.diagram_escape('saga ' || b.name, 'mermaid'));
+            END IF;
+            body := body || ('    ' || pub || '->>' || (parts ->> pkey) || ': '
+                             || saga.diagram_escape(label || ' (' || CASE WHEN ev.late THEN 'late, ' ELSE '' END
+                                                    || b.what || ')', 'mermaid'));
+        END LOOP;
+
+        -- the done deliveries: the subscriptions that stand for them (start_saga ones are
+        -- the sagas above), when they add up
         IF ev.deliveries > known THEN
             SELECT pg_catalog.array_agg(s.topic ORDER BY s.topic COLLATE "C") INTO cands
               FROM saga.subscriptions s
              WHERE s.event_type = ev.type AND s.created_at <= ev.published_at
+               AND NOT s.options ? 'start_saga'
                AND NOT EXISTS (SELECT FROM saga.outbox o WHERE o.event_id = ev.id AND o.subscription_id = s.id)
                AND NOT EXISTS (SELECT FROM saga.dead_letters d WHERE d.event_id = ev.id AND d.subscription_id = s.id)
                AND NOT EXISTS (SELECT FROM saga.filter_errors fe WHERE fe.event_id = ev.id AND fe.subscription_id = s.id);
@@ -1715,7 +1772,7 @@ BEGIN
                              || saga.diagram_escape(label || CASE WHEN ev.late THEN ' (late)' ELSE '' END
                                 || CASE WHEN ev.hops > hop_limit
                                         THEN ': not delivered, past the hop limit (hops ' || ev.hops || ' > ' || hop_limit || ')'
-                                        ELSE ': not delivered (hops ' || ev.hops || ')' END, 'mermaid'));
+                                        ELSE ': not delivered' END, 'mermaid'));
         END IF;
     END LOOP;
 
@@ -1834,13 +1891,13 @@ GRANT EXECUTE ON FUNCTION saga.diagram_escape(text, text), saga.diagram_render(j
     TO saga_reader, saga_admin, saga_worker;
 
 COMMENT ON FUNCTION saga.diagram(text, text, integer) IS
-'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits, and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. At most 500 edges are drawn (Mermaid''s own default maxEdges), the first in that order; past that a last node (o0) says how many were left out (nodes are all drawn, bounded by the definition limits), so the text is bounded and the time linear in the document. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.diagram(name, format, version) -> text: draw the latest (or the given) version of the saga definition or choreography of that name, as a Mermaid flowchart (format ''mermaid'', the default: the text starts with "flowchart LR") or Graphviz DOT (''dot'': "digraph"). A saga definition: its steps (topic steps as boxes, SQL steps as subroutines, await steps as hexagons), their "after" edges, compensations as dashed edges back to the steps they follow, the pivot, the events it publishes or awaits (a compensated or cancelled end that publishes is reached by a dashed edge from the start node, "on failure" or "on cancel"), and its deadline. A choreography: participants and events, on, emits, fails (red) and compensation (dashed) edges, the start event, the completed events, and the deadline. Deterministic. At most 500 edges are drawn (Mermaid''s own default maxEdges), the first in that order; past that a last node (o0) says how many were left out (nodes are all drawn, bounded by the definition limits), so the text is bounded and the time linear in the document. Errors: 22004 null name or format, 22023 unknown format, 42704 no such name or version. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.diagram(bigint, text) IS
 'saga.diagram(saga_id, format) -> text: draw one saga as saga.diagram(name) draws its definition version, with each step''s status (pending, ready, running, succeeded, failed, compensating, compensated, skipped: a style class each), attempt and error, and the saga''s status and correlation id; at most 500 edges, as saga.diagram(name). Errors: 22004 null argument, 22023 unknown format, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.flow_diagram(text) IS
-'saga.flow_diagram(correlation_id) -> text: a Mermaid sequenceDiagram of the events of a correlation id in publish order (at most 1000; a last note counts the rest), each from the participant of its flows'' choreography that emits its type (else "deadline" for a deadline event, else the publishing role, as an actor) to the topics that have its delivery: done (solid), pending or leased (open arrow), dead letter or filter error (crossed); late events marked, undelivered ones (0 deliveries, e.g. past the hop limit) as a note, and a note with each flow''s status. Errors: 22004 null correlation_id, 42704 no events or flows with that correlation id. Granted to saga_reader, saga_admin and saga_worker.';
+'saga.flow_diagram(correlation_id) -> text: a Mermaid sequenceDiagram of the events of a correlation id in publish order (at most 1000; a last note counts the rest), each from the participant of its flows'' choreography that emits its type (else "deadline" for a deadline event, else the publishing role, as an actor) to the topics that have its delivery: done (solid), pending or leased (open arrow), dead letter or filter error (crossed); an event that started a saga (start_saga) or ended await steps as an arrow to a participant "saga <definition>" ("starts saga N", "ends <step> of saga N"); late events marked, events nothing received as a note (with the hops when past the hop limit), and a note with each flow''s status. Errors: 22004 null correlation_id, 42704 no events or flows with that correlation id. Granted to saga_reader, saga_admin and saga_worker.';
 
 COMMENT ON FUNCTION saga.timeline(bigint) IS
 'saga.timeline(saga_id) -> text: a Mermaid gantt of one saga''s step runs and compensations from saga.history, each from its dispatch to its outcome (done, crit for a failure, active while unfinished, up to the latest history entry), times as Unix milliseconds (dateFormat x). Errors: 22004 null saga_id, 42704 no such saga. Granted to saga_reader, saga_admin and saga_worker.';

@@ -188,6 +188,18 @@ SELECT saga.start('dg_bridge', '{}', correlation_id => 'dg-br') AS dgb \gset
 SELECT saga.complete((:dgb << 10), '{"payment": 1}');
 SELECT saga.diagram(:dgb);
 
+-- a flow through a saga: an event that starts one (start_saga subscription), the
+-- event that ends its await step, the one its step publishes (from its role, as
+-- any event nobody in a choreography emits) and one nothing receives; saga ids masked
+SELECT saga.subscribe('DgOrderIn', 'dg_starter', '{"start_saga": "dg_bridge"}') IS NOT NULL AS subscribed;
+SELECT saga.publish('DgOrderIn', '{}', correlation_id => 'dg-br-2') AS b1 \gset
+SELECT id AS dgb2 FROM saga.instances WHERE event_id = :b1 \gset
+SELECT saga.complete((:dgb2 << 10), '{"payment": 2}');
+SELECT saga.publish('DgShipped', '{}', correlation_id => 'dg-br-2') IS NOT NULL AS shipped;
+SELECT saga.publish('DgNobody', '{}', correlation_id => 'dg-br-2') IS NOT NULL AS unheard;
+SELECT type, deliveries, hops FROM saga.events WHERE correlation_id = 'dg-br-2' ORDER BY id;
+SELECT regexp_replace(saga.flow_diagram('dg-br-2'), 'saga [0-9]+', 'saga N', 'g');
+
 -- the cap: the largest legal definition, 512 steps each after all the previous
 -- ones, with a compensation (130,816 "after" edges and as many compensations),
 -- is drawn with its first 500 edges and a last node counting the rest

@@ -80,7 +80,7 @@ CREATE TABLE diagram_cases (n serial, name text, kind text, text text, expect te
 INSERT INTO diagram_cases (name, kind, text, expect)
 SELECT d || '.' || f, CASE f WHEN 'dot' THEN 'dot' ELSE 'mermaid' END, saga.diagram(d, f),
        CASE d WHEN 'evil' THEN ARRAY['"dg ""q"" -->[x]{y}(z)%%;#`<b>&ü"."f--> ""end"" %%|a|"', 'subgraph', 'end']
-              WHEN 'orders' THEN ARRAY['PaymentDeclined', 'deadline after 10 minutes']
+              WHEN 'orders' THEN ARRAY['PaymentDeclined', 'deadline after 10 minutes', 'then publish OrderTimedOut']
               ELSE ARRAY['charge_payment', 'a'] END
   FROM unnest(ARRAY['linear', 'fan', 'evil', 'orders', 'quiet']) WITH ORDINALITY AS x(d, o),
        unnest(ARRAY['mermaid', 'dot']) WITH ORDINALITY AS y(f, p)
@@ -117,7 +117,19 @@ SELECT saga.start('await_def', '{}', correlation_id => 'await-1') AS s5 \gset
 SELECT saga.complete((:s5::bigint << 10), '{}');
 INSERT INTO diagram_cases (name, kind, text, expect)
 SELECT 'await+publish.' || f, CASE f WHEN 'dot' THEN 'dot' ELSE 'mermaid' END,
-       saga.diagram('await_def', f), ARRAY['PaymentConfirmed', 'OrderCancelled']
+       saga.diagram('await_def', f), ARRAY['PaymentConfirmed', 'OrderCancelled', 'on failure', 'on cancel']
   FROM unnest(ARRAY['mermaid', 'dot']) WITH ORDINALITY AS y(f, p) ORDER BY p;
 INSERT INTO diagram_cases (name, kind, text, expect)
 VALUES ('await saga', 'mermaid', saga.diagram(:s5), ARRAY['PaymentConfirmed', 'ready, attempt 1']);
+-- a flow through a saga: an event starts it (a start_saga subscription), another ends its
+-- await step, one nothing receives
+SELECT saga.subscribe('OrderSubmitted', 'await_starter', '{"start_saga": "await_def"}');
+SELECT saga.publish('OrderSubmitted', '{}', correlation_id => 'bridge "1" --> %%') AS b1 \gset
+SELECT id AS s6 FROM saga.instances WHERE event_id = :b1 \gset
+SELECT saga.complete((:s6::bigint << 10), '{}');
+SELECT saga.publish('PaymentConfirmed', '{}', correlation_id => 'bridge "1" --> %%');
+SELECT saga.publish('Unheard', '{}', correlation_id => 'bridge "1" --> %%');
+INSERT INTO diagram_cases (name, kind, text, expect)
+VALUES ('flow bridge', 'mermaid', saga.flow_diagram('bridge "1" --> %%'),
+        ARRAY['saga await_def', 'OrderSubmitted (starts saga ' || :s6 || ')',
+              'PaymentConfirmed (ends wait_payment of saga ' || :s6 || ')', 'Unheard: not delivered']);
