@@ -157,7 +157,8 @@ saga_make_workdir() {
 saga_free_port() {
 	local port hex
 	for _ in $(seq 1 50); do
-		port=$((20000 + RANDOM % 40000))
+		# SAGA_PORT_MIN / SAGA_PORT_SPAN: a range of ports of its own (default 20000 + 40000)
+		port=$((${SAGA_PORT_MIN:-20000} + RANDOM % ${SAGA_PORT_SPAN:-40000}))
 		hex=$(printf ':%04X ' "$port")
 		if ! grep -qs "$hex" /proc/net/tcp /proc/net/tcp6 &&
 			[ ! -e "/var/run/postgresql/.s.PGSQL.$port" ] && [ ! -e "/tmp/.s.PGSQL.$port" ]; then
