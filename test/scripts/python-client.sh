@@ -7,6 +7,7 @@
 # clients/python/tests as postgres, with Debian's /usr/bin/python3, against the copy of the tree
 # in the scratch directory.  The last line is "N passed, N failed" (pytest's errors count as
 # failures); exit 1 on a failure.  Run from the top of the tree: bash test/scripts/python-client.sh
+# SAGA_PYTEST_ARGS: more pytest arguments, split on spaces (say "-k lost -o log_cli=true").
 set -euo pipefail
 
 # shellcheck source=scripts/common.sh
@@ -51,7 +52,8 @@ main() {
 
 	set +e
 	saga_as_pg env PYTHONDONTWRITEBYTECODE=1 timeout 300 "$PYTHON" -m pytest -p no:cacheprovider \
-		-q -rfE --log-level=DEBUG --durations=5 src/clients/python/tests 2>&1 | tee "$out"
+		-q -rfE --log-level=DEBUG --durations=5 ${SAGA_PYTEST_ARGS:-} src/clients/python/tests 2>&1 |
+		tee "$out"
 	rc=${PIPESTATUS[0]}
 	set -e
 

@@ -149,13 +149,16 @@ def test_lost_connection_reconnects_and_carries_on(db: Any, workers: Any, uniq: 
         return {"n": task.payload["input"]["n"]}
 
     name = f"{uniq}-w"
-    workers({topic: charge}, name=name, lease=10.0, poll_interval=0.5)
+    workers({topic: charge}, name=name, lease=10.0, heartbeat_every=0.1, poll_interval=0.5)
     first = start(db, uniq, {"n": 1})
     assert started.wait(15)
-    # every connection of the worker (claim, listen, report) dies while the handler runs
+    connections = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    wait_for(lambda: scalar(db, connections, name) == 3, 10,
+             "the claim, listen and report (heartbeat) connections")
+    # every connection of the worker dies while the handler runs
     killed = scalar(db, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                         " WHERE application_name = %s", name)
-    assert killed >= 2
+    assert killed == 3
     go.set()   # its report goes through on a new connection, under the same lease
     wait_status(db, first, "completed")
     assert step_run(db, first, "charge")["attempts"] == 1
