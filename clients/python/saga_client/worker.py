@@ -29,8 +29,9 @@ import threading
 import time
 import traceback
 from collections import deque
-from datetime import timedelta
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
+from datetime import datetime, timedelta
+from typing import (Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, TypeVar, Union,
+                    cast)
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -66,6 +67,16 @@ def _seconds(value: Seconds) -> float:
 
 def _json(value: Any) -> str:
     return json.dumps(value, default=str)
+
+
+def _scalar(conn: "psycopg.Connection[Any]", query: str, params: Sequence[Any]) -> object:
+    row = conn.execute(query, params).fetchone()
+    return None if row is None else cast(object, row[0])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def error_document(exc: BaseException) -> Dict[str, Any]:
@@ -273,8 +284,8 @@ class Worker:
             except (ConnectionLost, psycopg.OperationalError) as exc:
                 self._close_listener()
                 delay = backoff.next()
-                log.warning("worker %s: %s; retrying in %.1f s", self.name,
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
+                log.warning("worker %s: %s; retrying in %.1f s", self.name, _first_line(exc),
+                            delay)
                 self._stopping.wait(delay)
 
     def _capacity(self) -> int:
@@ -410,25 +421,30 @@ class Worker:
         else:
             self._report("complete", _COMPLETE, (task.id, text, task.lease), task)
 
-    def _report(self, what: str, query: str, params: Sequence[Any], task: Task) -> Optional[bool]:
+    def _report(self, what: str, query: str, params: Sequence[Any], task: Task,
+                patience: Optional[float] = None) -> Optional[bool]:
         """Send a report under the task's lease.  Retries across reconnections until the lease
-        has ended (a report that already went through returns false, so re-sending is safe);
-        a refusal (55000: the lease is lost) is logged and dropped, never retried."""
+        has ended, or for ``patience`` seconds at most (a report that already went through
+        returns false, so re-sending is safe); a refusal (55000: the lease is lost) is logged
+        and dropped, never retried."""
         backoff = Backoff(0.05, min(self.reconnect_max, 2.0))
+        give_up = time.monotonic() + patience if patience is not None else None
         while True:
             try:
-                ok = self._reports.run(lambda c: c.execute(query, params).fetchone()[0])
+                ok = self._reports.run(lambda c: _scalar(c, query, params))
             except pgerrors.ObjectNotInPrerequisiteState as exc:
                 log.warning("%s of task %d under lease %d refused (the lease is lost): %s;"
                             " dropped", what, task.id, task.lease, exc)
                 return None
             except ConnectionLost as exc:
-                if self._abandon.is_set() or task._lease_left() <= 0:
+                if (self._abandon.is_set() or task._lease_left() <= 0
+                        or (give_up is not None and time.monotonic() >= give_up)):
                     log.error("%s of task %d not sent: %s; its lease has ended, the engine"
                               " will deliver it again", what, task.id, exc)
                     return None
                 delay = backoff.next()
-                log.warning("%s of task %d: %s; retrying in %.2f s", what, task.id, exc, delay)
+                log.warning("%s of task %d: %s; retrying in %.2f s", what, task.id,
+                            _first_line(exc), delay)
                 self._abandon.wait(delay)
                 continue
             except psycopg.Error as exc:
@@ -457,13 +473,13 @@ class Worker:
             if task.id not in self._held:
                 return True
         try:
-            expires = self._reports.run(
-                lambda c: c.execute(_HEARTBEAT, (task.id, task.lease)).fetchone()[0])
+            expires = self._reports.run(lambda c: _scalar(c, _HEARTBEAT, (task.id, task.lease)))
         except pgerrors.ObjectNotInPrerequisiteState as exc:
             self._lose(task, "lease_lost", str(exc))
             return True
         except ConnectionLost as exc:
-            log.warning("heartbeats: %s; next round in %.1f s", exc, self.heartbeat_every)
+            log.warning("heartbeats: %s; next round in %.1f s", _first_line(exc),
+                        self.heartbeat_every)
             return False
         except psycopg.Error as exc:
             log.error("heartbeat of task %d failed: %s (SQLSTATE %s)", task.id, exc,
@@ -472,7 +488,7 @@ class Worker:
         if expires is None:
             self._lose(task, "saga_stopped", "the saga no longer wants this action")
         else:
-            task.lease_expires_at = expires
+            task.lease_expires_at = expires if isinstance(expires, datetime) else None
             task._expires = time.monotonic() + self.lease.total_seconds()
         return True
 
@@ -525,7 +541,8 @@ class Worker:
             self._queue.clear()
             self._cv.notify_all()
         for task in unstarted:
-            ok = self._report("release", _RELEASE, (task.id, task.lease), task)
+            # a courtesy (the lease would lapse anyway): do not hold up a shutdown for it
+            ok = self._report("release", _RELEASE, (task.id, task.lease), task, patience=2.0)
             with self._cv:
                 self._held.pop(task.id, None)
             if ok:
