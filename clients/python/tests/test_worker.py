@@ -4,6 +4,7 @@ wake-ups and shutdown."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -165,6 +166,30 @@ def test_lost_connection_reconnects_and_carries_on(db: Any, workers: Any, uniq: 
     second = start(db, uniq, {"n": 2})   # and it claims new work again
     wait_status(db, second, "completed")
     wait_for(lambda: listening(db, name), 10, "the worker to LISTEN again")
+
+
+def test_report_under_a_lost_lease_is_dropped(db: Any, workers: Any, uniq: str,
+                                              caplog: Any) -> None:
+    topic = f"{uniq}_pay"
+    define(db, uniq, [{"name": "charge", "topic": topic}])
+    second_done = threading.Event()
+
+    def charge(task: Task) -> Dict[str, Any]:
+        if task.attempt == 1:
+            assert second_done.wait(15)   # outlives its lease: no heartbeat before it ends
+        else:
+            second_done.set()
+        return {"attempt": task.attempt}
+
+    caplog.set_level(logging.DEBUG, logger="saga_client")
+    workers({topic: charge}, concurrency=2, lease=0.5, heartbeat_every=60.0)
+    saga_id = start(db, uniq, {})
+    wait_status(db, saga_id, "completed")
+    assert step_run(db, saga_id, "charge")["result"] == {"attempt": 2}
+    wait_for(lambda: any("refused (the lease is lost)" in r.getMessage()
+                         for r in caplog.records), 10, "the late report to be refused")
+    assert sum("complete of task" in r.getMessage() and "refused" in r.getMessage()
+               for r in caplog.records) == 1   # logged once, not retried
 
 
 def test_heartbeat_keeps_a_long_task_leased(db: Any, workers: Any, uniq: str) -> None:
