@@ -39,7 +39,7 @@ install_missing() {
 }
 
 main() {
-	local out rc passed failed errors
+	local out rc passed failed errors summary extra=()
 	saga_traps
 	trap on_exit EXIT
 	saga_init_privileges
@@ -50,9 +50,12 @@ main() {
 	saga_psql -c "CREATE EXTENSION saga" >/dev/null 2>&1
 	out=$SAGA_WORK/pytest.out
 
+	read -ra extra <<<"${SAGA_PYTEST_ARGS:-}"
 	set +e
-	saga_as_pg env PYTHONDONTWRITEBYTECODE=1 timeout 300 "$PYTHON" -m pytest -p no:cacheprovider \
-		-q -rfE --log-level=DEBUG --durations=5 ${SAGA_PYTEST_ARGS:-} src/clients/python/tests 2>&1 |
+	# SAGA_TEST_PGDATA and SAGA_TEST_SERVER_LOG: for the test that restarts the server
+	saga_as_pg env PYTHONDONTWRITEBYTECODE=1 SAGA_TEST_PGDATA="$SAGA_PGDATA" \
+		SAGA_TEST_SERVER_LOG="$SAGA_SERVER_LOG" timeout 300 "$PYTHON" -m pytest -p no:cacheprovider \
+		-q -rfE --log-level=DEBUG --durations=5 "${extra[@]}" src/clients/python/tests 2>&1 |
 		tee "$out"
 	rc=${PIPESTATUS[0]}
 	set -e

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, Dict, List
 
+import psycopg
 import pytest
 from conftest import listening, scalar, wait_for, wait_status
 
@@ -303,3 +304,32 @@ def test_sigterm_stops_run_gracefully(db: Any, uniq: str, tmp_path: Any) -> None
     assert proc.returncode == 0 and "stopped cleanly" in out
     assert scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                   name) == 0
+
+
+@pytest.mark.skipif(not os.environ.get("SAGA_TEST_PGDATA"),
+                    reason="needs SAGA_TEST_PGDATA (test/scripts/python-client.sh sets it)")
+def test_server_restart_reconnects_with_backoff(dsn: str, db: Any, workers: Any, uniq: str,
+                                                caplog: Any) -> None:
+    topic = f"{uniq}_pay"
+    define(db, uniq, [{"name": "charge", "topic": topic}])
+    caplog.set_level(logging.INFO, logger="saga_client")
+    workers({topic: lambda t: {"n": t.payload["input"]["n"]}}, name=f"{uniq}-w",
+            poll_interval=0.5, reconnect_max=0.5)
+    first = start(db, uniq, {"n": 1})
+    wait_status(db, first, "completed")
+    pgdata = os.environ["SAGA_TEST_PGDATA"]
+    log_file = os.environ.get("SAGA_TEST_SERVER_LOG", os.path.join(pgdata, "restart.log"))
+    subprocess.run(["pg_ctl", "-D", pgdata, "-m", "fast", "-w", "stop"], check=True,
+                   stdout=subprocess.DEVNULL)
+    try:
+        # while the server is down the worker's attempts fail, and it backs off
+        wait_for(lambda: sum("retrying in" in r.getMessage() for r in caplog.records) >= 3,
+                 15, "failed reconnection attempts")
+    finally:
+        subprocess.run(["pg_ctl", "-D", pgdata, "-l", log_file, "-w", "start"], check=True,
+                       stdout=subprocess.DEVNULL)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        second = start(conn, uniq, {"n": 2})
+        wait_status(conn, second, "completed")
+        assert scalar(conn, "SELECT result FROM saga.step_runs WHERE saga_id = %s", second) == \
+            {"n": 2}
