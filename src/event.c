@@ -1458,7 +1458,7 @@ bury(int64 task_id, Jsonb *error)
 				2, types, values, NULL, SPI_OK_INSERT, "recording a dead letter");
 }
 
-static void pg_attribute_noreturn()
+pg_noreturn static void
 lease_lost(int64 task_id, int32 lease, int32 deliveries)
 {
 	ereport(ERROR,
