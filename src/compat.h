@@ -19,6 +19,7 @@
 
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
+#include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/regproc.h"
@@ -64,6 +65,11 @@ object_aclcheck(Oid classid, Oid objectid, Oid roleid, AclMode mode)
 #define SagaMyLocalTransactionId() (MyProc->vxid.lxid)
 #else
 #define SagaMyLocalTransactionId() (MyProc->lxid)
+#endif
+
+/* 17 replaced the flag IsBackgroundWorker by a test of MyBackendType */
+#if PG_VERSION_NUM < 170000
+#define AmBackgroundWorkerProcess() IsBackgroundWorker
 #endif
 
 #endif							/* SAGA_COMPAT_H */
