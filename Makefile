@@ -43,4 +43,4 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-src/%.o: src/saga.h
+src/%.o: src/saga.h src/compat.h

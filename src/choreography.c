@@ -256,7 +256,7 @@ parse_participant(ChoreoParse *cp, const char *name, JsonbValue *pv, Participant
 		(void) SagaDocString(&cp->doc, &v, psprintf("%s.description", path));
 }
 
-static void pg_attribute_noreturn()
+pg_noreturn static void
 rule_error(ChoreoParse *cp, const char *path, const char *rule, const char *what)
 {
 	ereport(ERROR,

@@ -124,7 +124,7 @@ def_cache_validate(void)
 	def_cache_stale = false;
 }
 
-static void pg_attribute_noreturn()
+pg_noreturn static void
 def_error(int sqlstate, const DefParse *p, const char *path, const char *msg)
 {
 	ereport(ERROR,
@@ -257,7 +257,7 @@ echo(const char *s)
 	return psprintf("%s...", pnstrdup(s, pg_mbcliplen(s, len, 64)));
 }
 
-static void pg_attribute_noreturn()
+pg_noreturn static void
 interval_out_of_range(const DefParse *p, const char *text, const char *path)
 {
 	ereport(ERROR,

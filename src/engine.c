@@ -1541,7 +1541,7 @@ lock_task(int64 task_id, TaskRow *row, bool take)
 	return true;
 }
 
-static void pg_attribute_noreturn()
+pg_noreturn static void
 task_not_found(int64 task_id)
 {
 	ereport(ERROR,
@@ -1549,7 +1549,7 @@ task_not_found(int64 task_id)
 			 errmsg("task %lld does not exist", (long long) task_id)));
 }
 
-static void pg_attribute_noreturn()
+pg_noreturn static void
 task_finished(SagaState *st, int64 task_id, int step)
 {
 	ereport(ERROR,

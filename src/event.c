@@ -377,7 +377,7 @@ lock_event_type(Oid relid, const char *type, LOCKMODE mode)
 	Oid			key = (Oid) hash_bytes((const unsigned char *) type, strlen(type));
 
 	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, relid, key, 0);
-	if (LockAcquire(&tag, mode, false, IsBackgroundWorker) == LOCKACQUIRE_NOT_AVAIL)
+	if (LockAcquire(&tag, mode, false, AmBackgroundWorkerProcess()) == LOCKACQUIRE_NOT_AVAIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("could not lock the subscriptions of event type \"%s\"", type),
@@ -956,7 +956,7 @@ lock_awaited(const char *type, const char *correlation_id, LOCKMODE mode)
 	uint32		c = hash_bytes((const unsigned char *) correlation_id, strlen(correlation_id));
 
 	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, SagaRelid("outbox"), t ^ (c >> 16), c & 0xFFFF);
-	if (LockAcquire(&tag, mode, false, IsBackgroundWorker) == LOCKACQUIRE_NOT_AVAIL)
+	if (LockAcquire(&tag, mode, false, AmBackgroundWorkerProcess()) == LOCKACQUIRE_NOT_AVAIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("could not lock the await steps of event type \"%s\" and correlation id \"%s\"",
@@ -1458,7 +1458,7 @@ bury(int64 task_id, Jsonb *error)
 				2, types, values, NULL, SPI_OK_INSERT, "recording a dead letter");
 }
 
-static void pg_attribute_noreturn()
+pg_noreturn static void
 lease_lost(int64 task_id, int32 lease, int32 deliveries)
 {
 	ereport(ERROR,

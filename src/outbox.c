@@ -360,7 +360,7 @@ SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us, Timestamp
 }
 
 /* a heartbeat or release for a task no longer in the outbox: 42704 if it never was */
-static void pg_attribute_noreturn()
+pg_noreturn static void
 task_left_outbox(int64 task_id)
 {
 	if (!SagaOutboxTaskExisted(task_id))

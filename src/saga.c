@@ -641,7 +641,7 @@ check_guest_search_path(HeapTuple proctup, const char *fname)
 Oid
 SagaGuestFunction(const char *fname, Oid definer, bool missing_ok)
 {
-	List	   *names = stringToQualifiedNameList(fname);
+	List	   *names = stringToQualifiedNameList(fname, NULL);
 	Oid			argtype = JSONBOID;
 	char	   *schema = NULL;
 	char	   *name;
@@ -704,13 +704,13 @@ SagaGuestFunction(const char *fname, Oid definer, bool missing_ok)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("function %s is in a temporary schema", fname),
 				 errdetail("A temporary function would be looked up in the session that runs the step.")));
-	if (pg_namespace_aclcheck(nsp, definer, ACL_USAGE) != ACLCHECK_OK)
+	if (object_aclcheck(NamespaceRelationId, nsp, definer, ACL_USAGE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for schema %s", get_namespace_name(nsp)),
 				 errdetail("SQL steps run as role \"%s\", which lacks USAGE on the schema of function %s.",
 						   GetUserNameFromId(definer, false), fname)));
-	if (pg_proc_aclcheck(fn, definer, ACL_EXECUTE) != ACLCHECK_OK)
+	if (object_aclcheck(ProcedureRelationId, fn, definer, ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for function %s", fname),

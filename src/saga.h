@@ -24,6 +24,8 @@
 #include "utils/array.h"
 #include "utils/jsonb.h"
 
+#include "compat.h"
+
 /*
  * Task ids encode their saga, step and kind, so a task keeps its id across
  * retries and a late report finds its saga without an index on the task.
@@ -199,8 +201,8 @@ typedef struct SagaDocParse
 	bool		range_is_invalid;	/* an interval out of range is 22023, not 22008 */
 } SagaDocParse;
 
-extern void SagaDocError(int sqlstate, const SagaDocParse *p, const char *path,
-						 const char *msg) pg_attribute_noreturn();
+pg_noreturn extern void SagaDocError(int sqlstate, const SagaDocParse *p, const char *path,
+									 const char *msg);
 extern void SagaDocExpect(const SagaDocParse *p, JsonbValue *v, const char *want,
 						  const char *path);
 extern void SagaDocCheckKeys(const SagaDocParse *p, JsonbContainer *obj,

@@ -287,13 +287,13 @@ SagaAnnounce(const char *topic)
 
 	if (!saga_notify)
 		return;
-	if (checked_in != MyProc->lxid)
+	if (checked_in != SagaMyLocalTransactionId())
 	{
 		Latch	   *latch;
 
 		via_worker = shared != NULL && my_slot == NULL &&
 			find_slot(MyDatabaseId, &latch) != NULL;
-		checked_in = MyProc->lxid;
+		checked_in = SagaMyLocalTransactionId();
 	}
 	if (!via_worker)
 	{

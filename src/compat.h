@@ -1,0 +1,75 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *	  What differs between the PostgreSQL majors saga builds against
+ *	  (15, 16, 17, 18), in one place.
+ *
+ * The code is written against the newest API; each macro or inline here
+ * maps it to the older one, so the build on 15 compiles to what it compiled
+ * to before this file existed.  Included from saga.h, so every file sees it;
+ * each shim includes the headers it needs.  Test other majors with
+ * scripts/other-major.sh.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SAGA_COMPAT_H
+#define SAGA_COMPAT_H
+
+#include "postgres.h"
+
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_proc.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/acl.h"
+#include "utils/regproc.h"
+
+#if PG_VERSION_NUM < 150000
+#error "saga needs PostgreSQL 15 or later"
+#endif
+
+/*
+ * 18 replaced pg_attribute_noreturn(), written after the declarator, by
+ * pg_noreturn, written first (C11 _Noreturn).  GCC and clang take the
+ * attribute at the start of a declaration as well.
+ */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
+/*
+ * 16 folded the per-catalog pg_xxx_aclcheck() functions into
+ * object_aclcheck(classid, ...).
+ */
+#if PG_VERSION_NUM < 160000
+static inline AclResult
+object_aclcheck(Oid classid, Oid objectid, Oid roleid, AclMode mode)
+{
+	if (classid == NamespaceRelationId)
+		return pg_namespace_aclcheck(objectid, roleid, mode);
+	Assert(classid == ProcedureRelationId);
+	return pg_proc_aclcheck(objectid, roleid, mode);
+}
+#endif
+
+/*
+ * 16 gave stringToQualifiedNameList() a soft-error context; NULL throws
+ * as 15 does.
+ */
+#if PG_VERSION_NUM < 160000
+#define stringToQualifiedNameList(string, escontext) stringToQualifiedNameList(string)
+#endif
+
+/* 17 moved PGPROC's local transaction id into its virtual transaction id */
+#if PG_VERSION_NUM >= 170000
+#define SagaMyLocalTransactionId() (MyProc->vxid.lxid)
+#else
+#define SagaMyLocalTransactionId() (MyProc->lxid)
+#endif
+
+/* 17 replaced the flag IsBackgroundWorker by a test of MyBackendType */
+#if PG_VERSION_NUM < 170000
+#define AmBackgroundWorkerProcess() IsBackgroundWorker
+#endif
+
+#endif							/* SAGA_COMPAT_H */
