@@ -115,7 +115,7 @@ saga_copy_extensions() {
 			"$sys_ext"/*) dest=$ext/${f##*/} ;;
 			*) continue ;;
 			esac
-			[ -f "$f" ] && ! cmp -s "$f" "$dest" || continue
+			if [ ! -f "$f" ] || cmp -s "$f" "$dest"; then continue; fi
 			saga_log "copying $f to $dest"
 			saga_as_root cp "$f" "$dest"
 		done < <(dpkg -L "$pkg")
