@@ -9,8 +9,11 @@
 PG_MAJOR=15
 PG_BIN=${SAGA_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}   # SAGA_PG_BIN: another installation (a private copy)
 PG_CONFIG=$PG_BIN/pg_config
-SAGA_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
+SAGA_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap postgresql-15-cron
 	libtap-parser-sourcehandler-pgtap-perl libipc-run-perl make gcc)
+# the extensions among them that tests load (pgTAP; pg_cron for test/t/007_pg_cron.pl): Debian
+# installs them into the system tree only, saga_copy_extensions copies them to a private one
+SAGA_EXTENSION_PACKAGES=(postgresql-15-pgtap postgresql-15-cron)
 
 SAGA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SAGA_WORK=       # scratch directory of this run (its src/ and pg/ belong to postgres)
@@ -94,6 +97,29 @@ saga_install_packages() {
 	saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null &&
 		saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 		--no-install-recommends "${SAGA_PACKAGES[@]}" </dev/null
+}
+
+# with SAGA_PG_BIN (a private installation): copy the files of SAGA_EXTENSION_PACKAGES that
+# Debian put under /usr/lib/postgresql/15/lib and /usr/share/postgresql/15/extension into its
+# matching directories, where missing or different; the system installation needs nothing
+saga_copy_extensions() {
+	local sys_lib=/usr/lib/postgresql/$PG_MAJOR/lib sys_ext=/usr/share/postgresql/$PG_MAJOR/extension
+	local lib ext pkg f dest
+	[ "$PG_BIN" != "/usr/lib/postgresql/$PG_MAJOR/bin" ] || return 0
+	lib=$("$PG_CONFIG" --pkglibdir)
+	ext=$("$PG_CONFIG" --sharedir)/extension
+	for pkg in "${SAGA_EXTENSION_PACKAGES[@]}"; do
+		while IFS= read -r f; do
+			case $f in
+			"$sys_lib"/*.so) dest=$lib/${f##*/} ;;
+			"$sys_ext"/*) dest=$ext/${f##*/} ;;
+			*) continue ;;
+			esac
+			if [ ! -f "$f" ] || cmp -s "$f" "$dest"; then continue; fi
+			saga_log "copying $f to $dest"
+			saga_as_root cp "$f" "$dest"
+		done < <(dpkg -L "$pkg")
+	done
 }
 
 # build in the repository with warnings as errors, then install into PostgreSQL 15

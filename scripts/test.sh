@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/test.sh: run every test of saga.  Usage: bash scripts/test.sh  (as root or with sudo)
 #
-# 1. installs the Debian packages it needs (apt only when something is missing);
+# 1. installs the Debian packages it needs (apt only when something is missing) and, with
+#    SAGA_PG_BIN, copies the extensions among them (pgTAP, pg_cron) into that installation;
 # 2. builds with -Werror and installs into PostgreSQL 15;
 # 3. as postgres, in a copy of the tree: `make installcheck` for the pg_regress suite (sql/,
 #    expected/), then for the isolation specs (test/isolation/), then for the TAP tests
@@ -256,6 +257,7 @@ main() {
 	saga_init_privileges
 	saga_stage_begin "packages"
 	saga_install_packages
+	saga_copy_extensions
 	saga_stage_end
 
 	saga_stage_begin "build and install"
