@@ -12,7 +12,8 @@ OBJS = \
 	src/choreography.o \
 	src/api.o \
 	src/worker.o \
-	src/wakeup.o
+	src/wakeup.o \
+	src/cdc.o
 
 DATA = $(wildcard saga--*.sql)
 PGFILEDESC = "saga - sagas inside PostgreSQL"

@@ -1912,6 +1912,33 @@ COMMENT ON FUNCTION saga.diagram_choreography_graph(jsonb, text[]) IS
 'internal to the diagrams: the graph of a choreography document; the first 500 edges, edges_left_out counts the rest';
 
 /*
+ * Change data capture: with saga.cdc on (and wal_level = logical) every
+ * dispatch of a task (written to the outbox, or given back by a retry, a
+ * release, a lapse or saga.retry) is written as a transactional logical
+ * decoding message with the prefix 'saga' (src/cdc.c), for Debezium and any
+ * other consumer of logical decoding.  The WHEN clause keeps the trigger
+ * from being called at all while saga.cdc is off; a backend that has not
+ * loaded the library yet calls it once, which loads it.
+ */
+CREATE SEQUENCE saga.dispatches_id_seq AS bigint;
+COMMENT ON SEQUENCE saga.dispatches_id_seq IS
+'the ids of the logical decoding messages of dispatches (saga.cdc): one per dispatch, unique';
+
+CREATE FUNCTION saga.outbox_dispatch() RETURNS trigger
+    LANGUAGE C SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'saga_outbox_dispatch';
+COMMENT ON FUNCTION saga.outbox_dispatch() IS
+'trigger of saga.outbox: with saga.cdc on and wal_level = logical, writes one transactional logical decoding message (prefix ''saga'') per dispatch of a task, a JSON object {id, aggregate_type (the topic), aggregate_id (the correlation id), type (action, compensate, event), task_id, saga_id, step, event_id, attempt, visible_at (ISO 8601, UTC), payload (a JSON string), headers, traceparent}; see README, "Change data capture". Not callable otherwise (39P01).';
+REVOKE ALL ON FUNCTION saga.outbox_dispatch() FROM PUBLIC;
+REVOKE ALL ON SEQUENCE saga.dispatches_id_seq FROM PUBLIC;
+
+CREATE TRIGGER outbox_dispatch
+    AFTER INSERT OR UPDATE OF visible_at, lease_owner, attempt ON saga.outbox
+    FOR EACH ROW
+    WHEN (pg_catalog.current_setting('saga.cdc', true) IS DISTINCT FROM 'off')
+    EXECUTE FUNCTION saga.outbox_dispatch();
+
+/*
  * Installed where no background worker will serve it (the library not
  * preloaded, or the database not in saga.databases), the extension works
  * but its time-based work waits for saga.tick(): say so now rather than

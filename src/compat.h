@@ -72,4 +72,13 @@ object_aclcheck(Oid classid, Oid objectid, Oid roleid, AclMode mode)
 #define AmBackgroundWorkerProcess() IsBackgroundWorker
 #endif
 
+/* 17 gave LogLogicalMessage() a flush argument (false: as before) */
+#if PG_VERSION_NUM >= 170000
+#define SagaLogLogicalMessage(prefix, message, size, transactional) \
+	LogLogicalMessage(prefix, message, size, transactional, false)
+#else
+#define SagaLogLogicalMessage(prefix, message, size, transactional) \
+	LogLogicalMessage(prefix, message, size, transactional)
+#endif
+
 #endif							/* SAGA_COMPAT_H */

@@ -62,6 +62,7 @@ _PG_init(void)
 	SagaDefinitionInit();
 	SagaEventInit();
 	SagaChoreographyInit();
+	SagaCdcInit();
 	SagaWorkerInit();
 	RegisterXactCallback(saga_xact_callback, NULL);
 	RegisterSubXactCallback(saga_subxact_callback, NULL);
@@ -785,9 +786,10 @@ void
 SagaExecuteLatest(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
 				  Datum *values, const char *nulls, int expected, const char *what)
 {
+	/* fire_triggers: saga.outbox has one (saga.outbox_dispatch, for saga.cdc) */
 	SagaSpiCheck(SPI_execute_snapshot(SagaPrepare(cache, sql, nargs, argtypes),
 									  values, nulls, GetLatestSnapshot(), InvalidSnapshot,
-									  false, false, 0),
+									  false, true, 0),
 				 expected, what);
 }
 

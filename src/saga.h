@@ -455,6 +455,11 @@ extern char *saga_databases;
 
 extern void SagaWorkerInit(void);
 
+/* cdc.c */
+extern bool saga_cdc;
+
+extern void SagaCdcInit(void);
+
 /* wakeup.c */
 #define SAGA_MAX_WORKERS	32
 #define SAGA_TOPIC_SIZE		(SAGA_MAX_TOPIC_LEN + 1)

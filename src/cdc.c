@@ -1,0 +1,266 @@
+/*-------------------------------------------------------------------------
+ *
+ * cdc.c
+ *	  Change data capture: every dispatch as a transactional logical
+ *	  decoding message (README, "Change data capture").
+ *
+ * A dispatch is a task becoming available to a service: a task written to
+ * the outbox (a step's action or compensation, an event delivery, a replay,
+ * a redelivered dead letter), and a task given back, the lease cleared, by
+ * a retry (visible after its backoff), a release, a lapse, or saga.retry
+ * taking a parked compensation up again.  A claim, a heartbeat, a
+ * transactional poll's lock and the task's end are not dispatches.  With
+ * saga.cdc on (and wal_level = logical), the trigger outbox_dispatch on
+ * saga.outbox writes one message with the prefix "saga" per dispatch, in
+ * the transaction of the dispatch: it is decoded once if that transaction
+ * commits and never if it rolls back, also in a subtransaction.
+ *
+ * Why messages and not rows: an insert-only stream table would have to be
+ * in a publication, and pg_dump leaves out the publication membership of
+ * an extension's tables while DROP EXTENSION silently removes it; and
+ * saga.outbox itself changes by UPDATE, which Debezium's outbox router
+ * drops.  A message needs only a publication, which may be empty and
+ * belongs to the user.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "replication/message.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "saga.h"
+
+#define CDC_PREFIX		"saga"
+
+bool		saga_cdc = false;
+
+PG_FUNCTION_INFO_V1(saga_outbox_dispatch);
+
+/* a column of the trigger's row, by name; NULL sets *isnull */
+static Datum
+column(TriggerData *td, HeapTuple tup, const char *name, bool *isnull)
+{
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+	int			attno = SPI_fnumber(desc, name);
+
+	if (attno <= 0)
+		elog(ERROR, "saga: saga.outbox has no column \"%s\"", name);
+	return heap_getattr(tup, attno, desc, isnull);
+}
+
+static bool
+text_is(TriggerData *td, HeapTuple tup, const char *name, const char *value)
+{
+	bool		isnull;
+	Datum		d = column(td, tup, name, &isnull);
+
+	return !isnull && strcmp(TextDatumGetCString(d), value) == 0;
+}
+
+static void
+put_text(JsonbParseState **ps, const char *key, TriggerData *td, HeapTuple tup,
+		 const char *name)
+{
+	bool		isnull;
+	Datum		d = column(td, tup, name, &isnull);
+
+	if (isnull)
+	{
+		JsonbValue	null = {.type = jbvNull};
+
+		SagaJbKey(ps, key);
+		pushJsonbValue(ps, WJB_VALUE, &null);
+	}
+	else
+		SagaJbStr(ps, key, TextDatumGetCString(d));
+}
+
+static void
+put_int8(JsonbParseState **ps, const char *key, TriggerData *td, HeapTuple tup,
+		 const char *name)
+{
+	bool		isnull;
+	Datum		d = column(td, tup, name, &isnull);
+
+	if (isnull)
+	{
+		JsonbValue	null = {.type = jbvNull};
+
+		SagaJbKey(ps, key);
+		pushJsonbValue(ps, WJB_VALUE, &null);
+	}
+	else
+		SagaJbInt(ps, key, DatumGetInt64(d));
+}
+
+/* ISO 8601 in UTC, whatever the session's DateStyle and TimeZone */
+static char *
+iso_utc(TimestampTz t)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	return psprintf("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year, tm.tm_mon, tm.tm_mday,
+					tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+}
+
+/*
+ * Whether this change of a task is a dispatch.  The trigger fires for
+ * inserts and for updates that set visible_at, lease_owner or attempt; its
+ * WHEN clause already checked saga.cdc.
+ */
+static bool
+is_dispatch(TriggerData *td, HeapTuple newtup, HeapTuple oldtup)
+{
+	bool		isnull;
+	Datum		visible = column(td, newtup, "visible_at", &isnull);
+
+	/* the engine's own rows: SQL steps waiting for the worker, await steps */
+	if (text_is(td, newtup, "topic", SAGA_SQL_RETRY_TOPIC) ||
+		text_is(td, newtup, "topic", SAGA_AWAIT_TOPIC))
+		return false;
+	/* parked: a compensation that failed for good waits for saga.retry */
+	if (isnull || TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(visible)))
+		return false;
+	/* leased: a claim or a heartbeat */
+	(void) column(td, newtup, "lease_owner", &isnull);
+	if (!isnull)
+		return false;
+	if (oldtup != NULL)
+	{
+		bool		oldnull;
+		Datum		oldvisible = column(td, oldtup, "visible_at", &oldnull);
+		bool		was_leased;
+		bool		attnull;
+
+		bool		owner_null;
+
+		(void) column(td, oldtup, "lease_owner", &owner_null);
+		was_leased = !owner_null;
+		if (!was_leased && !oldnull &&
+			DatumGetTimestampTz(oldvisible) == DatumGetTimestampTz(visible) &&
+			DatumGetInt32(column(td, oldtup, "attempt", &attnull)) ==
+			DatumGetInt32(column(td, newtup, "attempt", &attnull)))
+			return false;		/* nothing made it available again */
+	}
+	return true;
+}
+
+/*
+ * saga.outbox_dispatch(): the AFTER ROW trigger of saga.outbox.  The
+ * message is a JSON object with every key always present (Debezium's
+ * outbox router fails on a missing one): id (unique per dispatch, from
+ * saga.dispatches_id_seq), aggregate_type (the topic), aggregate_id (the
+ * correlation id), type (action, compensate or event), task_id, saga_id,
+ * step, event_id, attempt, visible_at (not to be worked on before), payload
+ * (the task's payload as a JSON string), headers (the task's headers) and
+ * traceparent.  Without wal_level = logical nothing could decode it: no
+ * message is written.
+ */
+Datum
+saga_outbox_dispatch(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	HeapTuple	newtup;
+	HeapTuple	oldtup = NULL;
+	JsonbParseState *ps = NULL;
+	Jsonb	   *headers;
+	Jsonb	   *payload;
+	JsonbValue *tp;
+	bool		isnull;
+	char	   *message;
+	int64		id;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("saga.outbox_dispatch() must be called as an AFTER ROW trigger of saga.outbox")));
+	if (!saga_cdc || !XLogLogicalInfoActive())
+		return PointerGetDatum(NULL);
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		newtup = td->tg_newtuple;
+		oldtup = td->tg_trigtuple;
+	}
+	else
+		newtup = td->tg_trigtuple;
+	if (!is_dispatch(td, newtup, oldtup))
+		return PointerGetDatum(NULL);
+
+	id = nextval_internal(get_relname_relid("dispatches_id_seq", get_namespace_oid("saga", false)),
+						  false);
+	headers = DatumGetJsonbP(column(td, newtup, "headers", &isnull));
+	payload = DatumGetJsonbP(column(td, newtup, "payload", &isnull));
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbStr(&ps, "id", psprintf("%lld", (long long) id));
+	put_text(&ps, "aggregate_type", td, newtup, "topic");
+	{
+		JsonbValue	key = {.type = jbvString, .val.string = {14, "correlation_id"}};
+		JsonbValue *corr = findJsonbValueFromContainer(&headers->root, JB_FOBJECT, &key);
+
+		if (corr != NULL && corr->type == jbvString)
+		{
+			SagaJbKey(&ps, "aggregate_id");
+			pushJsonbValue(&ps, WJB_VALUE, corr);
+		}
+		else
+			put_int8(&ps, "aggregate_id", td, newtup, "id");
+	}
+	put_text(&ps, "type", td, newtup, "kind");
+	put_int8(&ps, "task_id", td, newtup, "id");
+	put_int8(&ps, "saga_id", td, newtup, "saga_id");
+	put_text(&ps, "step", td, newtup, "step");
+	put_int8(&ps, "event_id", td, newtup, "event_id");
+	SagaJbInt(&ps, "attempt", DatumGetInt32(column(td, newtup, "attempt", &isnull)));
+	SagaJbStr(&ps, "visible_at",
+			  iso_utc(DatumGetTimestampTz(column(td, newtup, "visible_at", &isnull))));
+	SagaJbStr(&ps, "payload", JsonbToCString(NULL, &payload->root, VARSIZE(payload)));
+	SagaJbJsonb(&ps, "headers", headers);
+	{
+		JsonbValue	key = {.type = jbvString, .val.string = {11, "traceparent"}};
+
+		tp = findJsonbValueFromContainer(&headers->root, JB_FOBJECT, &key);
+		SagaJbKey(&ps, "traceparent");
+		if (tp != NULL && tp->type == jbvString)
+			pushJsonbValue(&ps, WJB_VALUE, tp);
+		else
+		{
+			JsonbValue	null = {.type = jbvNull};
+
+			pushJsonbValue(&ps, WJB_VALUE, &null);
+		}
+	}
+	message = JsonbToCString(NULL, &JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL))->root, 0);
+
+	SagaLogLogicalMessage(CDC_PREFIX, message, strlen(message), true);
+	return PointerGetDatum(NULL);
+}
+
+void
+SagaCdcInit(void)
+{
+	DefineCustomBoolVariable("saga.cdc",
+							 "Writes every dispatch of a task as a logical decoding message.",
+							 "Transactional messages with the prefix \"saga\", for change data capture (Debezium); needs wal_level = logical.",
+							 &saga_cdc, false, PGC_SUSET, 0, NULL, NULL, NULL);
+}
