@@ -1920,17 +1920,12 @@ COMMENT ON FUNCTION saga.diagram_choreography_graph(jsonb, text[]) IS
  * from being called at all while saga.cdc is off; a backend that has not
  * loaded the library yet calls it once, which loads it.
  */
-CREATE SEQUENCE saga.dispatches_id_seq AS bigint;
-COMMENT ON SEQUENCE saga.dispatches_id_seq IS
-'the ids of the logical decoding messages of dispatches (saga.cdc): one per dispatch, unique';
-
 CREATE FUNCTION saga.outbox_dispatch() RETURNS trigger
     LANGUAGE C SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'saga_outbox_dispatch';
 COMMENT ON FUNCTION saga.outbox_dispatch() IS
-'trigger of saga.outbox: with saga.cdc on and wal_level = logical, writes one transactional logical decoding message (prefix ''saga'') per dispatch of a task, a JSON object {id, aggregate_type (the topic), aggregate_id (the correlation id), type (action, compensate, event), task_id, saga_id, step, event_id, attempt, visible_at (ISO 8601, UTC), payload (a JSON string), headers, traceparent}; see README, "Change data capture". Not callable otherwise (39P01).';
+'trigger of saga.outbox: with saga.cdc on and wal_level = logical, writes one transactional logical decoding message (prefix ''saga'') per dispatch of a task, a JSON object {id (a random UUID), aggregate_type (the topic), aggregate_id (the correlation id), type (action, compensate, event), task_id, saga_id, step, event_id, attempt, visible_at (ISO 8601, UTC), payload (a JSON string; null when the message would pass 512 kB), payload_omitted, headers, traceparent}; see README, "Change data capture". Not callable otherwise (39P01).';
 REVOKE ALL ON FUNCTION saga.outbox_dispatch() FROM PUBLIC;
-REVOKE ALL ON SEQUENCE saga.dispatches_id_seq FROM PUBLIC;
 
 CREATE TRIGGER outbox_dispatch
     AFTER INSERT OR UPDATE OF visible_at, lease_owner, attempt ON saga.outbox

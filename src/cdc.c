@@ -29,7 +29,6 @@
 #include "access/htup_details.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
-#include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -45,6 +44,15 @@
 #include "saga.h"
 
 #define CDC_PREFIX		"saga"
+
+/*
+ * A message larger than this leaves the payload out (payload null,
+ * payload_omitted true): Kafka refuses records over about 1 MB by default,
+ * and one record it refuses stops a Debezium connector, whose slot then
+ * keeps WAL until the disk fills.  The payload stays in saga.outbox while
+ * the task is there to be done.
+ */
+#define CDC_MAX_MESSAGE	(512 * 1024)
 
 bool		saga_cdc = false;
 
@@ -164,15 +172,77 @@ is_dispatch(TriggerData *td, HeapTuple newtup, HeapTuple oldtup)
 	return true;
 }
 
+/* the message of one dispatch; omit: the payload left out */
+static char *
+build_message(TriggerData *td, HeapTuple newtup, Jsonb *headers, const char *payload_text,
+			  bool omit)
+{
+	JsonbParseState *ps = NULL;
+	JsonbValue	null = {.type = jbvNull};
+	JsonbValue	corr_key = {.type = jbvString, .val.string = {14, "correlation_id"}};
+	JsonbValue	tp_key = {.type = jbvString, .val.string = {11, "traceparent"}};
+	JsonbValue *corr = findJsonbValueFromContainer(&headers->root, JB_FOBJECT, &corr_key);
+	JsonbValue *tp = findJsonbValueFromContainer(&headers->root, JB_FOBJECT, &tp_key);
+	bool		isnull;
+
+	/*
+	 * The id is a random UUID rather than a sequence's number: consumers
+	 * deduplicate on it, and a sequence would start over after DROP and
+	 * CREATE EXTENSION and hand out ids they have already seen.
+	 */
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbStr(&ps, "id",
+			  DatumGetCString(DirectFunctionCall1(uuid_out,
+												  DirectFunctionCall1(gen_random_uuid, (Datum) 0))));
+	put_text(&ps, "aggregate_type", td, newtup, "topic");
+	if (corr != NULL && corr->type == jbvString)
+	{
+		SagaJbKey(&ps, "aggregate_id");
+		pushJsonbValue(&ps, WJB_VALUE, corr);
+	}
+	else
+	{
+		bool		idnull;
+
+		/* a string, as a correlation id is: Kafka keys of one type */
+		SagaJbStr(&ps, "aggregate_id",
+				  psprintf("%lld", (long long) DatumGetInt64(column(td, newtup, "id", &idnull))));
+	}
+	put_text(&ps, "type", td, newtup, "kind");
+	put_int8(&ps, "task_id", td, newtup, "id");
+	put_int8(&ps, "saga_id", td, newtup, "saga_id");
+	put_text(&ps, "step", td, newtup, "step");
+	put_int8(&ps, "event_id", td, newtup, "event_id");
+	SagaJbInt(&ps, "attempt", DatumGetInt32(column(td, newtup, "attempt", &isnull)));
+	SagaJbStr(&ps, "visible_at",
+			  iso_utc(DatumGetTimestampTz(column(td, newtup, "visible_at", &isnull))));
+	SagaJbKey(&ps, "payload");
+	if (omit)
+		pushJsonbValue(&ps, WJB_VALUE, &null);
+	else
+	{
+		JsonbValue	v = {.type = jbvString};
+
+		v.val.string.val = (char *) payload_text;
+		v.val.string.len = strlen(payload_text);
+		pushJsonbValue(&ps, WJB_VALUE, &v);
+	}
+	SagaJbBool(&ps, "payload_omitted", omit);
+	SagaJbJsonb(&ps, "headers", headers);
+	SagaJbKey(&ps, "traceparent");
+	pushJsonbValue(&ps, WJB_VALUE, (tp != NULL && tp->type == jbvString) ? tp : &null);
+	return JsonbToCString(NULL, &JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL))->root, 0);
+}
+
 /*
  * saga.outbox_dispatch(): the AFTER ROW trigger of saga.outbox.  The
  * message is a JSON object with every key always present (Debezium's
- * outbox router fails on a missing one): id (unique per dispatch, from
- * saga.dispatches_id_seq), aggregate_type (the topic), aggregate_id (the
- * correlation id), type (action, compensate or event), task_id, saga_id,
- * step, event_id, attempt, visible_at (not to be worked on before), payload
- * (the task's payload as a JSON string), headers (the task's headers) and
- * traceparent.  Without wal_level = logical nothing could decode it: no
+ * outbox router fails on a missing one): id (a random UUID, unique per
+ * dispatch), aggregate_type (the topic), aggregate_id (the correlation id),
+ * type (action, compensate or event), task_id, saga_id, step, event_id,
+ * attempt, visible_at (not to be worked on before), payload (the task's
+ * payload as a JSON string, or null past CDC_MAX_MESSAGE), payload_omitted,
+ * headers (the task's headers) and traceparent.  Without wal_level = logical nothing could decode it: no
  * message is written.
  */
 Datum
@@ -181,13 +251,11 @@ saga_outbox_dispatch(PG_FUNCTION_ARGS)
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	HeapTuple	newtup;
 	HeapTuple	oldtup = NULL;
-	JsonbParseState *ps = NULL;
 	Jsonb	   *headers;
 	Jsonb	   *payload;
-	JsonbValue *tp;
 	bool		isnull;
+	char	   *payload_text;
 	char	   *message;
-	int64		id;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
@@ -206,52 +274,12 @@ saga_outbox_dispatch(PG_FUNCTION_ARGS)
 	if (!is_dispatch(td, newtup, oldtup))
 		return PointerGetDatum(NULL);
 
-	id = nextval_internal(get_relname_relid("dispatches_id_seq", get_namespace_oid("saga", false)),
-						  false);
 	headers = DatumGetJsonbP(column(td, newtup, "headers", &isnull));
 	payload = DatumGetJsonbP(column(td, newtup, "payload", &isnull));
-
-	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-	SagaJbStr(&ps, "id", psprintf("%lld", (long long) id));
-	put_text(&ps, "aggregate_type", td, newtup, "topic");
-	{
-		JsonbValue	key = {.type = jbvString, .val.string = {14, "correlation_id"}};
-		JsonbValue *corr = findJsonbValueFromContainer(&headers->root, JB_FOBJECT, &key);
-
-		if (corr != NULL && corr->type == jbvString)
-		{
-			SagaJbKey(&ps, "aggregate_id");
-			pushJsonbValue(&ps, WJB_VALUE, corr);
-		}
-		else
-			put_int8(&ps, "aggregate_id", td, newtup, "id");
-	}
-	put_text(&ps, "type", td, newtup, "kind");
-	put_int8(&ps, "task_id", td, newtup, "id");
-	put_int8(&ps, "saga_id", td, newtup, "saga_id");
-	put_text(&ps, "step", td, newtup, "step");
-	put_int8(&ps, "event_id", td, newtup, "event_id");
-	SagaJbInt(&ps, "attempt", DatumGetInt32(column(td, newtup, "attempt", &isnull)));
-	SagaJbStr(&ps, "visible_at",
-			  iso_utc(DatumGetTimestampTz(column(td, newtup, "visible_at", &isnull))));
-	SagaJbStr(&ps, "payload", JsonbToCString(NULL, &payload->root, VARSIZE(payload)));
-	SagaJbJsonb(&ps, "headers", headers);
-	{
-		JsonbValue	key = {.type = jbvString, .val.string = {11, "traceparent"}};
-
-		tp = findJsonbValueFromContainer(&headers->root, JB_FOBJECT, &key);
-		SagaJbKey(&ps, "traceparent");
-		if (tp != NULL && tp->type == jbvString)
-			pushJsonbValue(&ps, WJB_VALUE, tp);
-		else
-		{
-			JsonbValue	null = {.type = jbvNull};
-
-			pushJsonbValue(&ps, WJB_VALUE, &null);
-		}
-	}
-	message = JsonbToCString(NULL, &JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL))->root, 0);
-
+	payload_text = JsonbToCString(NULL, &payload->root, VARSIZE(payload));
+	message = build_message(td, newtup, headers, payload_text, false);
+	if (strlen(message) > CDC_MAX_MESSAGE)
+		message = build_message(td, newtup, headers, payload_text, true);
 	SagaLogLogicalMessage(CDC_PREFIX, message, strlen(message), true);
 	return PointerGetDatum(NULL);
 }

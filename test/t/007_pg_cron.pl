@@ -38,7 +38,7 @@ $node->append_conf('postgresql.conf',
 $node->start;
 sql($node, 'CREATE EXTENSION pg_cron');
 sql($node, 'CREATE EXTENSION saga');
-sql($node, 'CREATE ROLE saga_ticker LOGIN IN ROLE saga_admin');
+sql($node, 'CREATE ROLE saga_ticker LOGIN; GRANT USAGE ON SCHEMA saga TO saga_ticker; GRANT EXECUTE ON FUNCTION saga.tick() TO saga_ticker');
 
 # Debian 12 ships 1.4; the per-minute form below works from 1.4 on (which
 # brought cron.schedule_in_database)

@@ -54,9 +54,11 @@ is($first{saga_id}, $saga, 'the saga id');
 is(decode_json($first{payload})->{input}{order}, 1, 'the payload, as a JSON string');
 is($first{traceparent}, $first{headers}{traceparent}, 'the traceparent, also among the headers');
 is_deeply([ sort keys %first ],
-	[ sort qw(transactional id aggregate_type aggregate_id type task_id saga_id step event_id attempt visible_at payload headers traceparent) ],
+	[ sort qw(transactional id aggregate_type aggregate_id type task_id saga_id step event_id attempt visible_at payload payload_omitted headers traceparent) ],
 	'every key, always');
 ok(exists $first{event_id} && !defined $first{event_id}, 'event_id is null for a saga task');
+like($first{id}, qr/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'the id is a random UUID');
+ok(!$first{payload_omitted}, 'the payload is there');
 
 sql($node, q{BEGIN; SELECT saga.start('cdc', '{}', correlation_id => 'cdc-rollback'); ROLLBACK;});
 is(scalar(messages()), 0, 'a rolled-back start: no message');
@@ -104,6 +106,15 @@ is(decode_json($m[0]{payload})->{n}, 7, 'a delivery\'s payload is the event\'s')
 my %ids;
 $ids{ $_->{id} }++ for @m, \%first;
 is(scalar(grep { $_ > 1 } values %ids), 0, 'every message has an id of its own');
+
+# a payload that would make the message pass 512 kB (backslashes escape to two
+# bytes, then four): left out, the task's row still has it
+my $big = sql($node, q{SELECT saga.start('cdc', jsonb_build_object('blob', repeat(chr(92), 200000)), correlation_id => 'cdc-big')});
+@m = messages();
+is(join(',', map { ($_->{payload} // 'null') . ':' . ($_->{payload_omitted} ? 'omitted' : 'kept') } @m),
+	'null:omitted', 'a payload past 512 kB is left out of the message, and it says so');
+is(sql($node, "SELECT length(payload ->> 'input') > 0 FROM saga.outbox WHERE id = $big << 10"), 't',
+	'the payload is in the outbox');
 
 sql($node, q{ALTER SYSTEM SET saga.cdc = off; SELECT pg_reload_conf()});
 poll_until($node, q{SELECT current_setting('saga.cdc')}, 'off');

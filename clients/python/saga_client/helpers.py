@@ -34,6 +34,7 @@ def publish(
         " idempotency_key => %s::text, traceparent => %s::text)",
         (event_type, json.dumps({} if payload is None else payload), correlation_id,
          causation_id, key, idempotency_key, traceparent),
+        prepare=False,  # the caller's connection may go through PgBouncer in transaction mode
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -58,6 +59,7 @@ def start(
         " idempotency_key => %s::text, traceparent => %s::text)",
         (name, json.dumps({} if input is None else input), correlation_id, idempotency_key,
          traceparent),
+        prepare=False,  # the caller's connection may go through PgBouncer in transaction mode
     ).fetchone()
     assert row is not None
     return int(row[0])

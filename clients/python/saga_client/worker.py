@@ -66,7 +66,9 @@ def _seconds(value: Seconds) -> float:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, default=str)
+    # NaN and Infinity are not JSON: the server would refuse the report, the lease would lapse
+    # and the task be done again; better a clear error now
+    return json.dumps(value, default=str, allow_nan=False)
 
 
 def _scalar(conn: "psycopg.Connection[Any]", query: str, params: Sequence[Any]) -> object:
