@@ -328,6 +328,28 @@ def test_prepared():
     p.close()
 
 
+def test_client_helpers():
+    # the Python client's publish and start on connections with psycopg's default
+    # prepare_threshold (5): they must not prepare, or the 6th call on a shared server
+    # connection fails with 42P05, 08P01 or 26000
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                    "clients", "python"))
+    from saga_client import publish, start
+    conns = [pooled(prepare_threshold=5) for _ in range(3)]
+    errors = []
+    for i in range(12):
+        for k, conn in enumerate(conns):
+            try:
+                start(conn, "pool_flow", {"n": i}, idempotency_key=f"helper-{k}-{i}")
+                publish(conn, "PoolHelper", {"n": i}, correlation_id=f"helper-{k}-{i}")
+            except psycopg.Error as e:
+                errors.append(e.sqlstate)
+    check("client helpers: 36 start and 36 publish calls from 3 clients with the default "
+          "prepare_threshold, no error", errors == [], errors)
+    for conn in conns:
+        conn.close()
+
+
 t0 = time.monotonic()
 section("sharing", test_sharing)
 saga_id = None
@@ -346,6 +368,7 @@ section("publish", test_publish)
 section("session state", test_session_state)
 section("LISTEN", test_listen)
 section("prepared statements", test_prepared)
+section("client helpers", test_client_helpers)
 print(f"       (client checks took {time.monotonic() - t0:.1f} s)", flush=True)
 print(f"clients: {passed} passed, {failed} failed", flush=True)
 sys.exit(1 if failed else 0)
