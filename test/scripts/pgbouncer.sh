@@ -35,8 +35,11 @@ fail() {
 
 # on exit: the summary line, also when something aborted the script (counted as a failure),
 # then common.sh's cleanup (pgbouncer, the cluster, the scratch directory) with our status
+# errexit is off here: under it, the `(exit "$rc")` that hands the status on to
+# saga_cleanup would end the trap before the cluster and PgBouncer are stopped
 on_exit() {
 	local rc=$?
+	set +e
 	if [ -z "${SUMMARY_DONE:-}" ]; then
 		FAILED=$((FAILED + 1))
 		printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
