@@ -1,12 +1,9 @@
 -- the baseline 3-step saga end to end: a start and three polled steps
-BEGIN;
 WITH s AS (INSERT INTO base.saga (state, input, updated_at) VALUES (0, '{"n": 1}', now()) RETURNING id),
      o AS (INSERT INTO base.outbox (saga_id, step, topic, payload)
            SELECT id, 0, 'e3', '{"input": {"n": 1}, "step": 0}' FROM s),
      h AS (INSERT INTO base.history (saga_id, at, event, step) SELECT id, now(), 'started', 0 FROM s)
 SELECT id FROM s;
-COMMIT;
-BEGIN;
 WITH t AS (SELECT id, saga_id, step FROM base.outbox
             WHERE topic = 'e3' AND visible_at <= now()
             ORDER BY visible_at, id FOR UPDATE SKIP LOCKED LIMIT 1),
@@ -19,8 +16,6 @@ WITH t AS (SELECT id, saga_id, step FROM base.outbox
            SELECT id, state, 'e3', jsonb_build_object('input', input, 'step', state) FROM s WHERE state >= 0),
      h AS (INSERT INTO base.history (saga_id, at, event, step) SELECT saga_id, now(), 'completed', step FROM d)
 SELECT count(*) FROM d;
-COMMIT;
-BEGIN;
 WITH t AS (SELECT id, saga_id, step FROM base.outbox
             WHERE topic = 'e3' AND visible_at <= now()
             ORDER BY visible_at, id FOR UPDATE SKIP LOCKED LIMIT 1),
@@ -33,8 +28,6 @@ WITH t AS (SELECT id, saga_id, step FROM base.outbox
            SELECT id, state, 'e3', jsonb_build_object('input', input, 'step', state) FROM s WHERE state >= 0),
      h AS (INSERT INTO base.history (saga_id, at, event, step) SELECT saga_id, now(), 'completed', step FROM d)
 SELECT count(*) FROM d;
-COMMIT;
-BEGIN;
 WITH t AS (SELECT id, saga_id, step FROM base.outbox
             WHERE topic = 'e3' AND visible_at <= now()
             ORDER BY visible_at, id FOR UPDATE SKIP LOCKED LIMIT 1),
@@ -47,4 +40,3 @@ WITH t AS (SELECT id, saga_id, step FROM base.outbox
            SELECT id, state, 'e3', jsonb_build_object('input', input, 'step', state) FROM s WHERE state >= 0),
      h AS (INSERT INTO base.history (saga_id, at, event, step) SELECT saga_id, now(), 'completed', step FROM d)
 SELECT count(*) FROM d;
-COMMIT;

@@ -1,6 +1,6 @@
--- baseline step: lock one ready row, delete it, advance the state, enqueue the next step, log.
+-- baseline step, one statement in its own transaction (autocommit): lock one ready row, delete it,
+-- advance the state, enqueue the next step, log.
 -- -D topic=... -D nsteps=... -D wrap=0|1 (wrap: step nsteps-1 is followed by step 0 again)
-BEGIN;
 WITH t AS (SELECT id, saga_id, step FROM base.outbox
             WHERE topic = :topic AND visible_at <= now()
             ORDER BY visible_at, id FOR UPDATE SKIP LOCKED LIMIT 1),
@@ -13,4 +13,3 @@ WITH t AS (SELECT id, saga_id, step FROM base.outbox
            SELECT id, state, :topic, jsonb_build_object('input', input, 'step', state) FROM s WHERE state >= 0),
      h AS (INSERT INTO base.history (saga_id, at, event, step) SELECT saga_id, now(), 'completed', step FROM d)
 SELECT count(*) FROM d;
-COMMIT;

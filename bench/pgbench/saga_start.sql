@@ -1,4 +1,2 @@
 -- saga.start of a 10-step chain (definition st), one per transaction
-BEGIN;
 SELECT saga.start('st', '{"n": 1}');
-COMMIT;
