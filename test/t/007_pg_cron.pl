@@ -4,7 +4,7 @@
 #
 # A node preloads pg_cron only.  A step timeout, a lease and a flow deadline
 # are made due and checked not to be acted on (no saga worker runs); then the
-# job "* * * * *" runs saga.tick() as a member of saga_admin, and its first run
+# job "* * * * *" runs saga.tick() as a role that may call saga.tick() and nothing else, and its first run
 # must do all three.  pg_cron 1.4 starts a job at a minute boundary, never
 # sooner, so the test waits for one boundary (0 to 60 s: everything is due
 # before the job exists, and the job exists 2 s before the boundary, so the
