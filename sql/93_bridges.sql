@@ -210,3 +210,12 @@ SET saga.max_hops = 5;
 SELECT saga.publish('BrFan', '{}', correlation_id => 'br-fan') IS NOT NULL AS published;
 RESET saga.max_hops;
 SELECT count(*) AS sagas FROM saga.instances WHERE correlation_id = 'br-fan';
+
+-- a start_saga subscription whose definition was deleted (no saga used it):
+-- the publisher does not fail; the subscription records why, as for a filter
+SELECT saga.define('br_gone', '{"steps": [{"name": "a", "topic": "t"}]}') AS v;
+SELECT saga.subscribe('BrGone', 'br_gone_start', '{"start_saga": "br_gone"}') AS gone_sub \gset
+DELETE FROM saga.definitions WHERE name = 'br_gone';
+SELECT saga.publish('BrGone', '{}', correlation_id => 'br-gone') AS gone_event \gset
+SELECT error FROM saga.filter_errors WHERE subscription_id = :gone_sub AND event_id = :gone_event;
+SELECT count(*) AS sagas FROM saga.instances WHERE correlation_id = 'br-gone';

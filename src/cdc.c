@@ -163,11 +163,19 @@ is_dispatch(TriggerData *td, HeapTuple newtup, HeapTuple oldtup)
 
 		(void) column(td, oldtup, "lease_owner", &owner_null);
 		was_leased = !owner_null;
+
+		/*
+		 * Available again: its lease ended (a release, a lapse, a retry of a
+		 * delivered task), a new attempt was scheduled, or a parked
+		 * compensation was taken up (saga.retry).  A task that was free and
+		 * stays free with the same attempt was dispatched already, whatever
+		 * its visible_at does (a task held back is not dispatched again).
+		 */
 		if (!was_leased && !oldnull &&
-			DatumGetTimestampTz(oldvisible) == DatumGetTimestampTz(visible) &&
+			!TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(oldvisible)) &&
 			DatumGetInt32(column(td, oldtup, "attempt", &attnull)) ==
 			DatumGetInt32(column(td, newtup, "attempt", &attnull)))
-			return false;		/* nothing made it available again */
+			return false;
 	}
 	return true;
 }

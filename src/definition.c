@@ -944,13 +944,21 @@ latest_id(const char *name)
  */
 static char **awaited_types = NULL;
 static int	nawaited_types = -1;	/* -1: not loaded */
+static int	nawaited_alloc = 0;		/* strings in awaited_types to free */
+static uint64 awaited_generation = 0;	/* bumped by every invalidation */
 static SPIPlanPtr plan_awaited = NULL;
 
 bool
 SagaTypeAwaited(const char *type)
 {
-	if (nawaited_types < 0)
+	/*
+	 * An invalidation processed during the read (the plan's revalidation
+	 * takes a lock, which accepts them) may come from a define the read's
+	 * snapshot predates: read again until none comes.
+	 */
+	while (nawaited_types < 0)
 	{
+		uint64		generation = awaited_generation;
 		SPIPlanPtr	plan = SagaPrepare(&plan_awaited,
 									   "SELECT DISTINCT s.value OPERATOR(pg_catalog.->>) 'await' "
 									   "FROM saga.definitions d, "
@@ -966,7 +974,7 @@ SagaTypeAwaited(const char *type)
 		old = MemoryContextSwitchTo(CacheMemoryContext);
 		if (awaited_types != NULL)
 		{
-			for (int i = 0; i < nawaited_types; i++)
+			for (int i = 0; i < nawaited_alloc; i++)
 				pfree(awaited_types[i]);
 			pfree(awaited_types);
 		}
@@ -981,7 +989,8 @@ SagaTypeAwaited(const char *type)
 				awaited_types[n++] = TextDatumGetCString(d);
 		}
 		MemoryContextSwitchTo(old);
-		nawaited_types = n;
+		nawaited_alloc = n;
+		nawaited_types = (generation == awaited_generation) ? n : -1;
 	}
 	for (int i = 0; i < nawaited_types; i++)
 		if (strcmp(awaited_types[i], type) == 0)
@@ -996,6 +1005,7 @@ latest_cache_flush(Datum arg, Oid relid)
 		return;
 	def_cache_stale = true;
 	nawaited_types = -1;
+	awaited_generation++;
 	if (latest_cache != NULL)
 	{
 		hash_destroy(latest_cache);

@@ -247,6 +247,7 @@ static Jsonb *
 outcome_payload(SagaState *st)
 {
 	JsonbParseState *ps = NULL;
+	Jsonb	   *full;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 	SagaJbInt(&ps, "saga_id", st->id);
@@ -258,6 +259,21 @@ outcome_payload(SagaState *st)
 		SagaJbJsonb(&ps, "errors", st->errors);
 	if (st->cancel_reason != NULL)
 		SagaJbStr(&ps, "reason", st->cancel_reason);
+	full = jb_finish(&ps);
+	if (VARSIZE(full) <= (Size) saga_max_payload_size)
+		return full;
+
+	/*
+	 * Input, results and errors are each bounded, not their sum: past the
+	 * bound on an event's payload the outcome says only what ended how
+	 * (the rest is in saga.instances and saga.step_runs).
+	 */
+	ps = NULL;
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbInt(&ps, "saga_id", st->id);
+	SagaJbStr(&ps, "saga", st->def->name);
+	SagaJbStr(&ps, "status", st->status);
+	SagaJbBool(&ps, "omitted", true);
 	return jb_finish(&ps);
 }
 
@@ -696,7 +712,13 @@ begin_compensation(SagaState *st)
 		for (int g = 0; g < ngone; g++)
 			if (gone[g] == ids[k])
 				deleted = true;
-		withdrawn(st, step, deleted ? STEP_SKIPPED : STEP_IN_DOUBT);
+		/*
+		 * An await step's row is never delivered: it is skipped even when
+		 * the publish of its event holds it right now (that publish then
+		 * finds the step no longer ready and leaves it).
+		 */
+		withdrawn(st, step, (deleted || st->def->steps[step].await != NULL)
+				  ? STEP_SKIPPED : STEP_IN_DOUBT);
 	}
 	compensate(st);
 }
@@ -1899,18 +1921,24 @@ SagaReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
  * snapshot: it gets 40001, to retry, rather than miss it.
  */
 void
-SagaAwaitEvent(const char *type, const char *correlation_id, int64 event_id, Jsonb *payload)
+SagaAwaitEvent(const char *type, const char *correlation_id, int64 event_id, Jsonb *payload,
+			   TimestampTz published_at)
 {
 	static SPIPlanPtr plan_waiting = NULL;
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(type), CStringGetTextDatum(correlation_id)};
+	static SPIPlanPtr plan_still_there = NULL;
+	Oid			types[3] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[3] = {CStringGetTextDatum(type), CStringGetTextDatum(correlation_id),
+	TimestampTzGetDatum(published_at)};
 	int64	   *ids;
 	int			n;
 
+	/* only sagas that started before the event (not one it started itself) */
 	SagaExecuteLatest(&plan_waiting,
-					  "SELECT id FROM saga.outbox WHERE awaits = $1 "
-					  "AND headers OPERATOR(pg_catalog.->>) 'correlation_id' = $2 ORDER BY id",
-					  2, types, values, NULL, SPI_OK_SELECT, "finding await steps");
+					  "SELECT o.id FROM saga.outbox o JOIN saga.sagas s ON s.id = o.saga_id "
+					  "WHERE o.awaits = $1 "
+					  "AND o.headers OPERATOR(pg_catalog.->>) 'correlation_id' = $2 "
+					  "AND s.started_at <= $3 ORDER BY o.id",
+					  3, types, values, NULL, SPI_OK_SELECT, "finding await steps");
 	n = (int) SPI_processed;
 	ids = palloc(sizeof(int64) * (n + 1));
 	for (int i = 0; i < n; i++)
@@ -1927,7 +1955,18 @@ SagaAwaitEvent(const char *type, const char *correlation_id, int64 event_id, Jso
 
 		if (!lock_task(ids[i], &row, true))
 		{
-			if (IsolationUsesXactSnapshot())
+			Oid			ttypes[1] = {INT8OID};
+			Datum		tvalues[1] = {Int64GetDatum(ids[i])};
+
+			/*
+			 * Gone as of now too (its timeout, its saga's end, or an event
+			 * this very loop published took it): nothing to do.  Still there
+			 * as of now but not in this REPEATABLE READ snapshot: committed
+			 * after it, which this transaction cannot lock.
+			 */
+			SagaExecuteLatest(&plan_still_there, "SELECT 1 FROM saga.outbox WHERE id = $1",
+							  1, ttypes, tvalues, NULL, SPI_OK_SELECT, "finding an await step");
+			if (SPI_processed > 0 && IsolationUsesXactSnapshot())
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("could not serialize access due to an await step that became ready concurrently"),
@@ -1936,9 +1975,16 @@ SagaAwaitEvent(const char *type, const char *correlation_id, int64 event_id, Jso
 			continue;			/* its timeout or its saga's end took it first */
 		}
 		st = load_saga(SAGA_TASK_SAGA(ids[i]));
-		if (st == NULL || step >= st->def->nsteps || st->def->steps[step].await == NULL ||
-			st->step_status[step] != STEP_READY)
+		if (st == NULL)
+			continue;
+		if (step >= st->def->nsteps || st->def->steps[step].await == NULL)
 			elog(ERROR, "saga: await task %lld does not match its saga", (long long) ids[i]);
+		if (st->step_status[step] != STEP_READY)
+		{
+			/* withdrawn while we waited for the saga: its row goes with this publish */
+			SagaTransitionEnd(st->id);
+			continue;
+		}
 		SagaNoteWork(st->id, ids[i], st->def->steps[step].name);
 		DELIVERY(st, step, false) = settled_by(&row, FENCE_ENGINE);
 		await_succeeded(st, step, event_id, payload);

@@ -377,7 +377,7 @@ lock_event_type(Oid relid, const char *type, LOCKMODE mode)
 	Oid			key = (Oid) hash_bytes((const unsigned char *) type, strlen(type));
 
 	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, relid, key, 0);
-	if (LockAcquire(&tag, mode, false, AmBackgroundWorkerProcess()) == LOCKACQUIRE_NOT_AVAIL)
+	if (LockAcquire(&tag, mode, false, saga_is_worker) == LOCKACQUIRE_NOT_AVAIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("could not lock the subscriptions of event type \"%s\"", type),
@@ -873,14 +873,23 @@ event_params(Datum *values, char *nulls, int64 id, const char *type, Jsonb *payl
  * those callers choose.
  */
 static int64
-start_from_event(const char *name, int64 event_id, Jsonb *payload, const char *correlation_id,
-				 const char *traceparent)
+start_from_event(const char *name, int64 sub_id, int64 event_id, Jsonb *payload,
+				 const char *correlation_id, const char *traceparent)
 {
 	SagaDef    *def = SagaDefinitionLatest(name);
 	int64		saga_id;
 
+	/*
+	 * Its versions were deleted (saga.definitions allows that for versions
+	 * no saga uses): the publisher must not fail for it; the subscription
+	 * records why, as for a filter that fails.
+	 */
 	if (def == NULL)
-		elog(ERROR, "saga: the definition \"%s\" of a start_saga subscription is gone", name);
+	{
+		record_filter_error(sub_id, event_id,
+							psprintf("saga definition \"%s\" of start_saga does not exist", name));
+		return 0;
+	}
 	SagaCascadeEnter();
 	PG_TRY();
 	{
@@ -909,11 +918,16 @@ start_from_event(const char *name, int64 event_id, Jsonb *payload, const char *c
 static int	cascade_depth = 0;
 static int	cascade_work = 0;
 
+/* a new outermost call (SagaEnter outside any guest): a budget of its own */
+void
+SagaCascadeReset(void)
+{
+	cascade_work = 0;
+}
+
 void
 SagaCascadeEnter(void)
 {
-	if (cascade_depth == 0)
-		cascade_work = 0;
 	if (cascade_depth >= SAGA_MAX_CASCADE_DEPTH || cascade_work >= SAGA_MAX_CASCADE)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -956,7 +970,7 @@ lock_awaited(const char *type, const char *correlation_id, LOCKMODE mode)
 	uint32		c = hash_bytes((const unsigned char *) correlation_id, strlen(correlation_id));
 
 	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, SagaRelid("outbox"), t ^ (c >> 16), c & 0xFFFF);
-	if (LockAcquire(&tag, mode, false, AmBackgroundWorkerProcess()) == LOCKACQUIRE_NOT_AVAIL)
+	if (LockAcquire(&tag, mode, false, saga_is_worker) == LOCKACQUIRE_NOT_AVAIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("could not lock the await steps of event type \"%s\" and correlation id \"%s\"",
@@ -1016,7 +1030,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 {
 	bool		has_cause = (cause != SAGA_NO_CAUSE);
 	int			nstart = 0;
-	char	  **starts;
+	int		   *start_idx;
 	Oid			relid = SagaRelid("subscriptions");
 	SubCacheEntry *entry;
 	int			nsubs;
@@ -1166,7 +1180,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 	d_subs = palloc(sizeof(Datum) * (nsubs + 1));
 	d_max = palloc(sizeof(Datum) * (nsubs + 1));
 	d_keys = palloc(sizeof(Datum) * (nsubs + 1));
-	starts = palloc(sizeof(char *) * (nsubs + 1));
+	start_idx = palloc(sizeof(int) * (nsubs + 1));
 	for (int i = 0; i < nsubs; i++)
 	{
 		if (!verdict.over_limit && errors[i] != NULL)
@@ -1175,7 +1189,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 			continue;
 		if (subs[i].start_saga[0] != '\0')
 		{
-			starts[nstart++] = subs[i].start_saga;
+			start_idx[nstart++] = i;
 			continue;
 		}
 		d_topics[ndeliver] = CStringGetTextDatum(subs[i].topic);
@@ -1312,11 +1326,12 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 
 	/* the bridges to sagas: those it starts, and the await steps it ends */
 	for (int i = 0; i < nstart; i++)
-		(void) start_from_event(starts[i], id, payload, corr, trace);
+		(void) start_from_event(subs[start_idx[i]].start_saga, subs[start_idx[i]].id, id, payload,
+								corr, trace);
 	if (!verdict.over_limit && SagaTypeAwaited(type))
 	{
 		lock_awaited(type, corr, RowExclusiveLock);
-		SagaAwaitEvent(type, corr, id, payload);
+		SagaAwaitEvent(type, corr, id, payload, now);
 	}
 	return id;
 }
@@ -1728,7 +1743,7 @@ replay_into(int64 sub_id, const char *type, const char *topic, const char *filte
 			if (start_saga != NULL)
 			{
 				/* the event's saga, started now unless it was before */
-				(void) start_from_event(start_saga, eid, payload, corr, trace);
+				(void) start_from_event(start_saga, sub_id, eid, payload, corr, trace);
 				written++;
 				continue;
 			}

@@ -240,6 +240,7 @@ SagaEnter(SagaUserSave *save)
 	{
 		saga_caller = save->userid;
 		nactive = 0;
+		SagaCascadeReset();
 	}
 	SetUserIdAndSecContext(owner, save->sec_context | SECURITY_LOCAL_USERID_CHANGE);
 

@@ -226,7 +226,7 @@ typedef struct SagaState SagaState;
 extern int64 SagaStart(SagaDef *def, Jsonb *input, const char *correlation_id,
 					   const char *idempotency_key, const char *traceparent, int64 event_id);
 extern void SagaAwaitEvent(const char *type, const char *correlation_id, int64 event_id,
-						   Jsonb *payload);
+						   Jsonb *payload, TimestampTz published_at);
 extern bool SagaTypeAwaited(const char *type);
 /* how a report proves it may settle its task */
 typedef enum SagaFence
@@ -347,6 +347,7 @@ extern int64 SagaPublish(const char *type, Jsonb *payload, const char *correlati
 extern bool SagaAwaitedEvent(const char *type, const char *correlation_id, TimestampTz since,
 							 int64 *event_id, Jsonb **payload);
 extern void SagaCascadeEnter(void);
+extern void SagaCascadeReset(void);
 extern void SagaCascadeLeave(void);
 extern void SagaLockAwaitedType(const char *type);
 extern bool SagaDeliveryReport(int64 task_id, bool success, Jsonb *payload, bool retryable,
@@ -452,6 +453,7 @@ extern int	saga_retention;
 extern int	saga_batch_size;
 
 extern char *saga_databases;
+extern bool saga_is_worker;
 
 extern void SagaWorkerInit(void);
 

@@ -57,6 +57,8 @@
 
 /* GUCs */
 char	   *saga_databases = NULL;
+/* this process is a saga worker: it never waits for a lock a client holds */
+bool		saga_is_worker = false;
 int			saga_retention = 7 * 24 * 3600;	/* seconds, -1 keeps forever */
 int			saga_batch_size = 500;
 int			saga_max_sleep = 60000; /* milliseconds */
@@ -733,6 +735,7 @@ saga_worker_main(Datum main_arg)
 		}
 	}
 	saga_actor = "saga worker";
+	saga_is_worker = true;
 	ereport(LOG, (errmsg("saga worker started")));
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "saga worker loop",
