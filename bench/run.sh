@@ -755,7 +755,7 @@ run_stage() { # run_stage STAGE TITLE FUNCTION: when the stage is wanted (ONLY)
 
 # other PostgreSQL servers on this machine compete for its CPUs and disk: note their data
 # directories (checked at every stage)
-declare -A FOREIGN
+declare -A FOREIGN=()   # assigned: with set -u an empty, unassigned array is "unbound"
 note_foreign_servers() {
 	local dir
 	while IFS= read -r dir; do
