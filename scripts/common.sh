@@ -83,9 +83,12 @@ saga_print_timings() {
 }
 
 # --- packages, build, install ---------------------------------------------------------------
+# saga_install_packages [PACKAGE...]: install those of the packages (default: SAGA_PACKAGES)
+# that are missing; apt runs only if one is
 saga_install_packages() {
 	local missing=() p
-	for p in "${SAGA_PACKAGES[@]}"; do
+	[ $# -gt 0 ] || set -- "${SAGA_PACKAGES[@]}"
+	for p in "$@"; do
 		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
 			missing+=("$p")
 	done
@@ -96,7 +99,7 @@ saga_install_packages() {
 	saga_log "installing: ${missing[*]}"
 	saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null &&
 		saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-		--no-install-recommends "${SAGA_PACKAGES[@]}" </dev/null
+		--no-install-recommends "${missing[@]}" </dev/null
 }
 
 # with SAGA_PG_BIN (a private installation): copy the files of SAGA_EXTENSION_PACKAGES that

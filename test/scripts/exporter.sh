@@ -52,19 +52,6 @@ exporter_stop() {
 	EXPORTER_PID=
 }
 
-install_missing() {
-	local missing=() p
-	for p in prometheus-postgres-exporter curl; do
-		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
-			missing+=("$p")
-	done
-	[ ${#missing[@]} -gt 0 ] || return 0
-	saga_log "installing: ${missing[*]}"
-	saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >/dev/null &&
-		saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends "${missing[@]}" </dev/null >/dev/null
-}
-
 # the value of one series: $1 metric name, $2 a label pair it must carry (optional)
 value() {
 	awk -v n="$1" -v l="${2:-}" '
@@ -101,7 +88,7 @@ main() {
 	saga_traps
 	trap on_exit EXIT
 	saga_init_privileges
-	install_missing || saga_die "could not install prometheus-postgres-exporter and curl"
+	saga_install_packages prometheus-postgres-exporter curl || saga_die "could not install prometheus-postgres-exporter and curl"
 	[ -x "$EXPORTER" ] || saga_die "$EXPORTER not found"
 	saga_build_install || saga_die "build or install failed"
 	saga_make_workdir exporter

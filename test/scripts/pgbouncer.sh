@@ -49,20 +49,6 @@ on_exit() {
 	saga_cleanup
 }
 
-install_missing() {
-	local missing=() p
-	for p in pgbouncer python3-psycopg; do
-		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
-			missing+=("$p")
-	done
-	[ ${#missing[@]} -gt 0 ] || return 0
-	saga_log "installing: ${missing[*]}"
-	# Debian's package would start its own pgbouncer service where services run; we do not use it
-	saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >/dev/null &&
-		saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends "${missing[@]}" </dev/null >/dev/null
-}
-
 # stop the pgbouncer we started (its pid file), and wait until it is gone
 bouncer_stop() {
 	local pid i
@@ -121,7 +107,8 @@ main() {
 	saga_traps
 	trap on_exit EXIT
 	saga_init_privileges
-	install_missing || saga_die "could not install pgbouncer and python3-psycopg"
+	# Debian's package would start its own pgbouncer service where services run; we do not use it
+	saga_install_packages pgbouncer python3-psycopg || saga_die "could not install pgbouncer and python3-psycopg"
 	[ -x "$PGBOUNCER" ] || saga_die "$PGBOUNCER not found"
 	saga_build_install || saga_die "build or install failed"
 	saga_make_workdir pgbouncer

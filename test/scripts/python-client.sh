@@ -29,25 +29,12 @@ on_exit() {
 	saga_cleanup
 }
 
-install_missing() {
-	local missing=() p
-	for p in python3 python3-psycopg python3-pytest; do
-		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
-			missing+=("$p")
-	done
-	[ ${#missing[@]} -gt 0 ] || return 0
-	saga_log "installing: ${missing[*]}"
-	saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >/dev/null &&
-		saga_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends "${missing[@]}" </dev/null >/dev/null
-}
-
 main() {
 	local out rc passed failed errors summary extra=()
 	saga_traps
 	trap on_exit EXIT
 	saga_init_privileges
-	install_missing || saga_die "could not install python3-psycopg and python3-pytest"
+	saga_install_packages python3 python3-psycopg python3-pytest || saga_die "could not install python3-psycopg and python3-pytest"
 	saga_build_install || saga_die "build or install failed"
 	saga_make_workdir pyclient
 	saga_cluster_start "saga.databases = 'postgres'"
