@@ -13,7 +13,8 @@ OBJS = \
 	src/api.o \
 	src/worker.o \
 	src/wakeup.o \
-	src/cdc.o
+	src/cdc.o \
+	src/rows.o
 
 DATA = $(wildcard saga--*.sql)
 PGFILEDESC = "saga - sagas inside PostgreSQL"

@@ -68,6 +68,7 @@ struct SagaState
 	bool		deadline_done;	/* the deadline no longer applies */
 	TimestampTz started_at;
 	int64		event_id;		/* the event that started it (start_saga), or 0 */
+	ItemPointerData tid;		/* its row's version: locked by load_saga, or ours */
 
 	/* events to publish once the transition is written ("publish") */
 	int			npublish;
@@ -93,12 +94,9 @@ struct SagaState
 };
 
 static SPIPlanPtr plan_load = NULL;
-static SPIPlanPtr plan_update = NULL;
-static SPIPlanPtr plan_insert = NULL;
 static SPIPlanPtr plan_insert_keyed = NULL;
-static SPIPlanPtr plan_insert_03 = NULL;
 static SPIPlanPtr plan_insert_keyed_03 = NULL;
-static SPIPlanPtr plan_update_03 = NULL;
+static SPIPlanPtr plan_delete_tasks = NULL;
 static SPIPlanPtr plan_load_03 = NULL;
 static SPIPlanPtr plan_task = NULL;
 static SPIPlanPtr plan_take = NULL;
@@ -1028,7 +1026,7 @@ load_saga(int64 saga_id)
 	"SELECT definition_id, status, pivoted, cancel_requested, " \
 	"cancel_reason, step_status, attempts, input, results, errors, " \
 	"incident, correlation_id, traceparent, deliveries, started_at, " \
-	event_id " FROM saga.sagas WHERE id = $1 FOR UPDATE"
+	event_id ", ctid FROM saga.sagas WHERE id = $1 FOR UPDATE"
 	if (SagaBridgesInstalled())
 		SagaExecute(&plan_load, LOAD_SAGA("COALESCE(event_id, 0)"),
 					1, argtypes, values, NULL, SPI_OK_SELECT, "locking a saga");
@@ -1067,6 +1065,7 @@ load_saga(int64 saga_id)
 	st->traceparent = getcstring(tup, desc, 13);
 	st->started_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 15, &isnull));
 	st->event_id = DatumGetInt64(SPI_getbinval(tup, desc, 16, &isnull));
+	st->tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 17, &isnull));
 	return st;
 }
 
@@ -1091,54 +1090,11 @@ int32_array(int32 *v, int n)
 }
 
 static Datum
-text_or_null(const char *s, char *nulls, int i)
+text_datum(const char *s, bool *isnull)
 {
-	nulls[i] = s == NULL ? 'n' : ' ';
+	*isnull = s == NULL;
 	return s == NULL ? (Datum) 0 : CStringGetTextDatum(s);
 }
-
-/*
- * The parameters both writes share, then the CTEs that apply the outbox
- * and history changes.  Data-modifying CTEs all run, so one statement (one
- * executor start, one snapshot) writes the saga row, its tasks and its
- * history; empty arrays simply write nothing.
- */
-#define SAVE_NPARAMS_COMMON 24
-#define SAVE_CTES(awcol, awvisible, awval, awunnest, awname) \
-	"d AS (DELETE FROM saga.outbox WHERE id = ANY($19)), " \
-	"o AS (INSERT INTO saga.outbox (id, topic, kind, saga_id, step, attempt, max_attempts, " \
-	"payload, headers, visible_at, created_at, timeout_at" awcol ") " \
-	"SELECT t.id, t.topic, t.kind, $1, t.step, 1, NULLIF(t.max_attempts, 0), " \
-	"pg_catalog.jsonb_build_object('input', $9, 'results', $7), " \
-	"pg_catalog.jsonb_build_object('saga_id', $1, 'step', t.step, 'kind', t.kind, 'attempt', 1, " \
-	"'idempotency_key', $1::text || '/' || t.step || '/' || t.kind, " \
-	"'correlation_id', $10, " \
-	"'traceparent', pg_catalog.substr($11, 1, 36) " \
-	"|| pg_catalog.lpad(pg_catalog.to_hex(t.id), 16, '0') || '-01'), " \
-	awvisible ", " \
-	"$12, CASE WHEN t.timeout > interval '0' THEN $12 + t.timeout END" awval " " \
-	"FROM ROWS FROM (pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]), " \
-	"pg_catalog.unnest($15::text[]), pg_catalog.unnest($16::text[]), " \
-	"pg_catalog.unnest($17::integer[]), pg_catalog.unnest($18::interval[])" awunnest ") " \
-	"AS t(id, topic, kind, step, max_attempts, timeout" awname ")), " \
-	"h AS (INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) " \
-	"SELECT $1, pg_catalog.clock_timestamp(), $23, $20, $21, $22 " \
-	"WHERE pg_catalog.cardinality($20) > 0) "
-
-/* 0.4 writes await steps' rows, and the event that started a saga; 0.3 had neither */
-#define SAVE_CTES_04(awaits) \
-	SAVE_CTES(", awaits", "CASE WHEN t.awaits IS NULL THEN $12 ELSE 'infinity' END", ", t.awaits", \
-			  ", pg_catalog.unnest(" awaits "::text[])", ", awaits")
-#define SAVE_CTES_03 SAVE_CTES("", "$12", "", "", "")
-
-#define SAVE_INSERT(evcol, evval) \
-	"WITH s AS (INSERT INTO saga.sagas (id, definition_id, name, version, " \
-	"status, pivoted, step_status, attempts, deliveries, input, results, " \
-	"errors, correlation_id, idempotency_key, traceparent, started_at, " \
-	"updated_at, finished_at, deadline_at" evcol ") " \
-	"VALUES ($1, $25, $26, $27, $2, $3, $4, $5, $6, $9, $7, $8, $10, $28, $11, " \
-	"$12, $12, CASE WHEN $24 THEN $12 END, " \
-	"$29" evval ") "
 
 static Datum
 datum_array(Datum *d, int n, Oid type, int len, bool byval, char align)
@@ -1146,73 +1102,249 @@ datum_array(Datum *d, int n, Oid type, int len, bool byval, char align)
 	return PointerGetDatum(construct_array(d, n, type, len, byval, align));
 }
 
-/* fill the shared parameters; types and values have room for the rest */
-static void
-save_params(SagaState *st, Oid *types, Datum *values, char *nulls, TimestampTz now)
+/*
+ * A new saga with an idempotency key: its row alone, before anything else
+ * happens, with ON CONFLICT, so a concurrent start with the same key waits
+ * for ours and then finds it.  Speculative insertion has no direct form,
+ * so this row still goes through SQL.  False if the key is taken.
+ */
+static bool
+insert_keyed(SagaState *st, TimestampTz now)
 {
-	static const Oid common[SAVE_NPARAMS_COMMON] = {
-		INT8OID, TEXTOID, BOOLOID, INT2ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, JSONBOID, JSONBOID,
-		JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, INT4ARRAYOID, INTERVALARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		JSONBARRAYOID, TEXTOID, BOOLOID
+	Oid			types[17] = {
+		INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, INT2ARRAYOID, INT4ARRAYOID, INT4ARRAYOID,
+		JSONBOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		INT8OID
 	};
+	Datum		values[17];
+	char		nulls[18];
+	bool		isnull;
 	int			n = st->def->nsteps;
-	int			nt = st->ntasks;
-	Datum	   *ids = palloc(sizeof(Datum) * (nt + 1));
-	Datum	   *topics = palloc(sizeof(Datum) * (nt + 1));
-	Datum	   *kinds = palloc(sizeof(Datum) * (nt + 1));
-	Datum	   *steps = palloc(sizeof(Datum) * (nt + 1));
-	Datum	   *maxes = palloc(sizeof(Datum) * (nt + 1));
-	Datum	   *timeouts = palloc(sizeof(Datum) * (nt + 1));
-	Datum	   *dels = palloc(sizeof(Datum) * (st->ndeletes + 1));
+
+	memset(nulls, ' ', 17);
+	nulls[17] = '\0';
+	values[0] = Int64GetDatum(st->id);
+	values[1] = Int32GetDatum(st->def->id);
+	values[2] = CStringGetTextDatum(st->def->name);
+	values[3] = Int32GetDatum(st->def->version);
+	values[4] = CStringGetTextDatum(st->status);
+	values[5] = PointerGetDatum(int16_array(st->step_status, n));
+	values[6] = PointerGetDatum(int32_array(st->attempts, n));
+	values[7] = PointerGetDatum(int32_array(st->deliveries, 2 * n));
+	values[8] = JsonbPGetDatum(st->input);
+	values[9] = JsonbPGetDatum(st->results);
+	values[10] = JsonbPGetDatum(st->errors);
+	values[11] = text_datum(st->correlation_id, &isnull);
+	nulls[11] = isnull ? 'n' : ' ';
+	values[12] = CStringGetTextDatum(st->idempotency_key);
+	values[13] = CStringGetTextDatum(st->traceparent);
+	values[14] = TimestampTzGetDatum(now);
+	/* deadlines are bounded at define: the sum cannot overflow */
+	values[15] = TimestampTzGetDatum(now + st->def->deadline);
+	nulls[15] = st->def->deadline > 0 ? ' ' : 'n';
+	values[16] = Int64GetDatum(st->event_id);
+#define INSERT_KEYED(evcol, evval) \
+	"INSERT INTO saga.sagas (id, definition_id, name, version, status, pivoted, step_status, " \
+	"attempts, deliveries, input, results, errors, correlation_id, idempotency_key, " \
+	"traceparent, started_at, updated_at, deadline_at" evcol ") " \
+	"VALUES ($1, $2, $3, $4, $5, false, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, " \
+	"$16" evval ") " \
+	"ON CONFLICT (name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING " \
+	"RETURNING ctid"
+	if (SagaBridgesInstalled())
+		SagaExecute(&plan_insert_keyed, INSERT_KEYED(", event_id", ", NULLIF($17, 0)"),
+					17, types, values, nulls, SPI_OK_INSERT_RETURNING, "starting a saga");
+	else
+		SagaExecute(&plan_insert_keyed_03, INSERT_KEYED("", ""),
+					16, types, values, nulls, SPI_OK_INSERT_RETURNING, "starting a saga");
+	if (SPI_processed == 0)
+		return false;
+	st->tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+												 1, &isnull));
+	return true;
+}
+
+/*
+ * Write the saga's row: insert a new one, or update the version load_saga
+ * locked.  finished_at is set once, when the saga finishes; deadline_at is
+ * cleared then, or when the deadline no longer applies.
+ */
+static void
+write_saga_row(SagaState *st, TimestampTz now)
+{
+	SagaRows   *r = SagaRowsOpen(ROWS_SAGAS);
+	int			n = st->def->nsteps;
+	bool		finished = saga_finished(st->status);
+	bool		isnull;
+	Datum		d;
+
+	if (st->is_new)
+	{
+		SagaRowsNew(r);
+		SagaRowsSet(r, SC_ID, Int64GetDatum(st->id), false);
+		SagaRowsSet(r, SC_DEFINITION_ID, Int32GetDatum(st->def->id), false);
+		SagaRowsSet(r, SC_NAME, CStringGetTextDatum(st->def->name), false);
+		SagaRowsSet(r, SC_VERSION, Int32GetDatum(st->def->version), false);
+		SagaRowsSet(r, SC_INPUT, JsonbPGetDatum(st->input), false);
+		d = text_datum(st->correlation_id, &isnull);
+		SagaRowsSet(r, SC_CORRELATION_ID, d, isnull);
+		d = text_datum(st->idempotency_key, &isnull);
+		SagaRowsSet(r, SC_IDEMPOTENCY_KEY, d, isnull);
+		SagaRowsSet(r, SC_TRACEPARENT, CStringGetTextDatum(st->traceparent), false);
+		SagaRowsSet(r, SC_STARTED_AT, TimestampTzGetDatum(now), false);
+		SagaRowsSet(r, SC_FINISHED_AT, TimestampTzGetDatum(now), !finished);
+		/* deadlines are bounded at define: the sum cannot overflow */
+		SagaRowsSet(r, SC_DEADLINE_AT, TimestampTzGetDatum(now + st->def->deadline),
+					st->def->deadline <= 0 || finished || st->deadline_done);
+		SagaRowsSet(r, SC_EVENT_ID, Int64GetDatum(st->event_id), st->event_id == 0);
+	}
+	else
+	{
+		SagaRowsFetch(r, &st->tid);
+		if (finished)
+		{
+			(void) SagaRowsOld(r, SC_FINISHED_AT, &isnull);
+			if (isnull)
+				SagaRowsSet(r, SC_FINISHED_AT, TimestampTzGetDatum(now), false);
+		}
+		else
+			SagaRowsSet(r, SC_FINISHED_AT, (Datum) 0, true);
+		if (finished || st->deadline_done)
+			SagaRowsSet(r, SC_DEADLINE_AT, (Datum) 0, true);
+	}
+	SagaRowsSet(r, SC_STATUS, CStringGetTextDatum(st->status), false);
+	SagaRowsSet(r, SC_PIVOTED, BoolGetDatum(st->pivoted), false);
+	SagaRowsSet(r, SC_STEP_STATUS, PointerGetDatum(int16_array(st->step_status, n)), false);
+	SagaRowsSet(r, SC_ATTEMPTS, PointerGetDatum(int32_array(st->attempts, n)), false);
+	SagaRowsSet(r, SC_DELIVERIES, PointerGetDatum(int32_array(st->deliveries, 2 * n)), false);
+	SagaRowsSet(r, SC_RESULTS, JsonbPGetDatum(st->results), false);
+	SagaRowsSet(r, SC_ERRORS, JsonbPGetDatum(st->errors), false);
+	SagaRowsSet(r, SC_CANCEL_REQUESTED, BoolGetDatum(st->cancel_requested), false);
+	d = text_datum(st->cancel_reason, &isnull);
+	SagaRowsSet(r, SC_CANCEL_REASON, d, isnull);
+	SagaRowsSet(r, SC_INCIDENT, st->incident ? JsonbPGetDatum(st->incident) : (Datum) 0,
+				st->incident == NULL);
+	SagaRowsSet(r, SC_UPDATED_AT, TimestampTzGetDatum(now), false);
+	if (st->is_new)
+		SagaRowsInsert(r, &st->tid);
+	else
+		SagaRowsUpdate(r, &st->tid);
+	SagaRowsClose(r);
+}
+
+/* a task's headers: what a service needs to act on it idempotently and in the saga's trace */
+static Jsonb *
+task_headers(SagaState *st, const SagaNewTask *t)
+{
+	JsonbParseState *ps = NULL;
+	char		parent[64];
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbInt(&ps, "saga_id", st->id);
+	SagaJbStr(&ps, "step", t->step);
+	SagaJbStr(&ps, "kind", t->kind);
+	SagaJbInt(&ps, "attempt", 1);
+	SagaJbStr(&ps, "idempotency_key", psprintf(INT64_FORMAT "/%s/%s", st->id, t->step, t->kind));
+	SagaJbStr(&ps, "correlation_id", st->correlation_id);
+	/* the saga's trace id, the task's id as the parent span (W3C Trace Context) */
+	snprintf(parent, sizeof(parent), "%.36s%016llx-01", st->traceparent,
+			 (unsigned long long) t->id);
+	SagaJbStr(&ps, "traceparent", parent);
+	return jb_finish(&ps);
+}
+
+/*
+ * The transition's new tasks, all with the same payload (the saga's input
+ * and the results so far); an await step's task is never visible.
+ */
+static void
+insert_tasks(SagaState *st, TimestampTz now)
+{
+	JsonbParseState *ps = NULL;
+	Datum		payload;
+	SagaRows   *r;
+	TimestampTz never;
+
+	if (st->ntasks == 0)
+		return;
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbJsonb(&ps, "input", st->input);
+	SagaJbJsonb(&ps, "results", st->results);
+	payload = JsonbPGetDatum(jb_finish(&ps));
+	TIMESTAMP_NOEND(never);
+
+	r = SagaRowsOpen(ROWS_OUTBOX);
+	for (int i = 0; i < st->ntasks; i++)
+	{
+		const SagaNewTask *t = &st->tasks[i];
+		bool		awaits = t->awaits != NULL;
+
+		if (awaits && !SagaRowsHas(r, TC_AWAITS))
+			SagaRequireBridges("await steps");
+		SagaRowsNew(r);
+		SagaRowsSet(r, TC_ID, Int64GetDatum(t->id), false);
+		SagaRowsSet(r, TC_TOPIC, CStringGetTextDatum(t->topic), false);
+		SagaRowsSet(r, TC_KIND, CStringGetTextDatum(t->kind), false);
+		SagaRowsSet(r, TC_SAGA_ID, Int64GetDatum(st->id), false);
+		SagaRowsSet(r, TC_STEP, CStringGetTextDatum(t->step), false);
+		SagaRowsSet(r, TC_ATTEMPT, Int32GetDatum(1), false);
+		SagaRowsSet(r, TC_MAX_ATTEMPTS, Int32GetDatum(t->max_attempts), t->max_attempts == 0);
+		SagaRowsSet(r, TC_DELIVERIES, Int32GetDatum(0), false);
+		SagaRowsSet(r, TC_PAYLOAD, payload, false);
+		SagaRowsSet(r, TC_HEADERS, JsonbPGetDatum(task_headers(st, t)), false);
+		SagaRowsSet(r, TC_VISIBLE_AT, TimestampTzGetDatum(awaits ? never : now), false);
+		SagaRowsSet(r, TC_CREATED_AT, TimestampTzGetDatum(now), false);
+		/* timeouts are bounded at define: the sum cannot overflow */
+		SagaRowsSet(r, TC_TIMEOUT_AT, TimestampTzGetDatum(now + t->timeout), t->timeout <= 0);
+		SagaRowsSet(r, TC_AWAITS, awaits ? CStringGetTextDatum(t->awaits) : (Datum) 0, !awaits);
+		SagaRowsInsert(r, NULL);
+	}
+	SagaRowsClose(r);
+}
+
+/* the transition's events: one history row */
+static void
+insert_history(SagaState *st, TimestampTz now)
+{
 	int			dims[1] = {st->nevents};
 	int			lbs[1] = {1};
+	SagaRows   *r;
 
-	memcpy(types, common, sizeof(common));
-	for (int i = 0; i < SAVE_NPARAMS_COMMON; i++)
-		nulls[i] = ' ';
+	if (st->nevents == 0)
+		return;
+	r = SagaRowsOpen(ROWS_HISTORY);
+	SagaRowsNew(r);
+	SagaRowsSet(r, HC_ID, DirectFunctionCall1(nextval_oid,
+												 ObjectIdGetDatum(SagaRelid("history_id_seq"))), false);
+	SagaRowsSet(r, HC_SAGA_ID, Int64GetDatum(st->id), false);
+	SagaRowsSet(r, HC_AT, TimestampTzGetDatum(now), false);
+	SagaRowsSet(r, HC_ACTOR, CStringGetTextDatum(SagaActorName()), false);
+	SagaRowsSet(r, HC_EVENTS, datum_array(st->ev_event, st->nevents, TEXTOID, -1, false,
+										  TYPALIGN_INT), false);
+	SagaRowsSet(r, HC_STEPS,
+				PointerGetDatum(construct_md_array(st->ev_step, st->ev_step_null, 1, dims, lbs,
+												   TEXTOID, -1, false, TYPALIGN_INT)), false);
+	SagaRowsSet(r, HC_DETAILS,
+				PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1, dims,
+												   lbs, JSONBOID, -1, false, TYPALIGN_INT)),
+				false);
+	SagaRowsInsert(r, NULL);
+	SagaRowsClose(r);
+}
 
-	for (int i = 0; i < nt; i++)
-	{
-		Interval   *iv = palloc0(sizeof(Interval));
+/* tasks the transition withdrew (a rare path: the statement is worth its plan) */
+static void
+delete_tasks(SagaState *st)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * st->ndeletes);
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
 
-		iv->time = st->tasks[i].timeout;
-		ids[i] = Int64GetDatum(st->tasks[i].id);
-		topics[i] = CStringGetTextDatum(st->tasks[i].topic);
-		kinds[i] = CStringGetTextDatum(st->tasks[i].kind);
-		steps[i] = CStringGetTextDatum(st->tasks[i].step);
-		maxes[i] = Int32GetDatum(st->tasks[i].max_attempts);
-		timeouts[i] = IntervalPGetDatum(iv);
-	}
 	for (int i = 0; i < st->ndeletes; i++)
-		dels[i] = Int64GetDatum(st->deletes[i]);
-
-	values[0] = Int64GetDatum(st->id);
-	values[1] = CStringGetTextDatum(st->status);
-	values[2] = BoolGetDatum(st->pivoted);
-	values[3] = PointerGetDatum(int16_array(st->step_status, n));
-	values[4] = PointerGetDatum(int32_array(st->attempts, n));
-	values[5] = PointerGetDatum(int32_array(st->deliveries, 2 * n));
-	values[6] = JsonbPGetDatum(st->results);
-	values[7] = JsonbPGetDatum(st->errors);
-	values[8] = JsonbPGetDatum(st->input);
-	values[9] = text_or_null(st->correlation_id, nulls, 9);
-	values[10] = CStringGetTextDatum(st->traceparent);
-	values[11] = TimestampTzGetDatum(now);
-	values[12] = datum_array(ids, nt, INT8OID, 8, true, TYPALIGN_DOUBLE);
-	values[13] = datum_array(topics, nt, TEXTOID, -1, false, TYPALIGN_INT);
-	values[14] = datum_array(kinds, nt, TEXTOID, -1, false, TYPALIGN_INT);
-	values[15] = datum_array(steps, nt, TEXTOID, -1, false, TYPALIGN_INT);
-	values[16] = datum_array(maxes, nt, INT4OID, 4, true, TYPALIGN_INT);
-	values[17] = datum_array(timeouts, nt, INTERVALOID, 16, false, TYPALIGN_DOUBLE);
-	values[18] = datum_array(dels, st->ndeletes, INT8OID, 8, true, TYPALIGN_DOUBLE);
-	values[19] = datum_array(st->ev_event, st->nevents, TEXTOID, -1, false, TYPALIGN_INT);
-	values[20] = PointerGetDatum(construct_md_array(st->ev_step, st->ev_step_null, 1, dims, lbs,
-													TEXTOID, -1, false, TYPALIGN_INT));
-	values[21] = PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1, dims,
-													lbs, JSONBOID, -1, false, TYPALIGN_INT));
-	values[22] = CStringGetTextDatum(SagaActorName());
-	values[23] = BoolGetDatum(saga_finished(st->status));
+		ids[i] = Int64GetDatum(st->deletes[i]);
+	values[0] = datum_array(ids, st->ndeletes, INT8OID, 8, true, TYPALIGN_DOUBLE);
+	SagaExecute(&plan_delete_tasks, "DELETE FROM saga.outbox WHERE id = ANY($1)",
+				1, types, values, NULL, SPI_OK_DELETE, "withdrawing tasks");
 }
 
 /*
@@ -1250,144 +1382,38 @@ flush_publish(SagaState *st)
 		publish_one(st, st->publish_types[i], st->publish_payloads[i]);
 }
 
+
 /*
- * Write the saga row, the outbox changes and the history in one statement.
- * A new saga whose idempotency key is already taken is not written: returns
- * false.
+ * Write the saga's row, then the outbox changes and the history, as direct
+ * row writes (rows.c) in the caller's transaction.  Withdrawn tasks go
+ * before new ones: a task keeps its id across attempts.  A new saga whose
+ * idempotency key is already taken is not written: returns false.
  */
 static bool
 save_saga(SagaState *st)
 {
-	Oid			types[SAVE_NPARAMS_COMMON + 7];
-	Datum		values[SAVE_NPARAMS_COMMON + 7];
-	char		nulls[SAVE_NPARAMS_COMMON + 8];
 	TimestampTz now = GetCurrentTimestamp();
-	int			rc;
-	bool		isnull;
-	Datum	   *awaits = palloc(sizeof(Datum) * (st->ntasks + 1));
-	bool	   *awaits_null = palloc(sizeof(bool) * (st->ntasks + 1));
-	int			dims[1] = {st->ntasks};
-	int			lbs[1] = {1};
-	Datum		awaits_array;
-	bool		schema_04 = SagaBridgesInstalled();
 
 	/* a transition went through: an incident of failed time-based work is over */
 	if (st->incident != NULL && jsonb_get(st->incident, "work_failed") != NULL)
 		st->incident = NULL;
-	save_params(st, types, values, nulls, now);
-	for (int i = 0; i < st->ntasks; i++)
+	if (st->is_new && st->idempotency_key != NULL)
 	{
-		if (st->tasks[i].awaits != NULL && !schema_04)
-			SagaRequireBridges("await steps");
-		awaits_null[i] = st->tasks[i].awaits == NULL;
-		awaits[i] = awaits_null[i] ? (Datum) 0 : CStringGetTextDatum(st->tasks[i].awaits);
-	}
-	awaits_array = PointerGetDatum(construct_md_array(awaits, awaits_null, 1, dims, lbs, TEXTOID,
-													  -1, false, TYPALIGN_INT));
-	if (st->is_new)
-	{
-		types[24] = INT4OID;
-		values[24] = Int32GetDatum(st->def->id);
-		types[25] = TEXTOID;
-		values[25] = CStringGetTextDatum(st->def->name);
-		types[26] = INT4OID;
-		values[26] = Int32GetDatum(st->def->version);
-		types[27] = TEXTOID;
-		values[27] = text_or_null(st->idempotency_key, nulls, 27);
-		/* deadlines are bounded at define: the sum cannot overflow */
-		types[28] = TIMESTAMPTZOID;
-		values[28] = TimestampTzGetDatum(now + st->def->deadline);
-		nulls[28] = st->def->deadline > 0 ? ' ' : 'n';
-		types[29] = TEXTARRAYOID;
-		values[29] = awaits_array;
-		types[30] = INT8OID;
-		values[30] = Int64GetDatum(st->event_id);
-		nulls[24] = nulls[25] = nulls[26] = nulls[29] = nulls[30] = ' ';
-		nulls[31] = '\0';
-		/* ON CONFLICT makes the insert speculative: only when a key can clash */
-		if (st->idempotency_key != NULL && schema_04)
-			rc = SPI_execute_plan(SagaPrepare(&plan_insert_keyed,
-											  SAVE_INSERT(", event_id", ", NULLIF($31, 0)")
-											  "ON CONFLICT (name, idempotency_key) "
-											  "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1), "
-											  SAVE_CTES_04("$30")
-											  "SELECT pg_catalog.count(*) FROM s",
-											  SAVE_NPARAMS_COMMON + 7, types),
-								  values, nulls, false, 0);
-		else if (schema_04)
-			rc = SPI_execute_plan(SagaPrepare(&plan_insert,
-											  SAVE_INSERT(", event_id", ", NULLIF($31, 0)")
-											  "RETURNING 1), "
-											  SAVE_CTES_04("$30")
-											  "SELECT pg_catalog.count(*) FROM s",
-											  SAVE_NPARAMS_COMMON + 7, types),
-								  values, nulls, false, 0);
-		else if (st->idempotency_key != NULL)
-			rc = SPI_execute_plan(SagaPrepare(&plan_insert_keyed_03,
-											  SAVE_INSERT("", "")
-											  "ON CONFLICT (name, idempotency_key) "
-											  "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1), "
-											  SAVE_CTES_03
-											  "SELECT pg_catalog.count(*) FROM s",
-											  SAVE_NPARAMS_COMMON + 7, types),
-								  values, nulls, false, 0);
-		else
-			rc = SPI_execute_plan(SagaPrepare(&plan_insert_03,
-											  SAVE_INSERT("", "") "RETURNING 1), "
-											  SAVE_CTES_03
-											  "SELECT pg_catalog.count(*) FROM s",
-											  SAVE_NPARAMS_COMMON + 7, types),
-								  values, nulls, false, 0);
-	}
-	else
-	{
-		types[24] = BOOLOID;
-		values[24] = BoolGetDatum(st->cancel_requested);
-		types[25] = TEXTOID;
-		values[25] = text_or_null(st->cancel_reason, nulls, 25);
-		types[26] = JSONBOID;
-		nulls[26] = st->incident == NULL ? 'n' : ' ';
-		values[26] = st->incident == NULL ? (Datum) 0 : JsonbPGetDatum(st->incident);
-		types[27] = BOOLOID;
-		values[27] = BoolGetDatum(st->deadline_done);
-		types[28] = TEXTARRAYOID;
-		values[28] = awaits_array;
-		nulls[24] = nulls[27] = nulls[28] = ' ';
-		nulls[29] = '\0';
-#define SAVE_UPDATE \
-	"WITH s AS (UPDATE saga.sagas SET status = $2, pivoted = $3, " \
-	"step_status = $4, attempts = $5, deliveries = $6, results = $7, " \
-	"errors = $8, cancel_requested = $25, cancel_reason = $26, " \
-	"incident = $27, updated_at = pg_catalog.clock_timestamp(), " \
-	"finished_at = CASE WHEN $24 THEN COALESCE(finished_at, " \
-	"pg_catalog.clock_timestamp()) END, " \
-	"deadline_at = CASE WHEN $24 OR $28 THEN NULL ELSE deadline_at END " \
-	"WHERE id = $1 RETURNING 1), "
-		if (schema_04)
-			rc = SPI_execute_plan(SagaPrepare(&plan_update,
-											  SAVE_UPDATE SAVE_CTES_04("$29")
-											  "SELECT pg_catalog.count(*) FROM s",
-											  SAVE_NPARAMS_COMMON + 5, types),
-								  values, nulls, false, 0);
-		else
-			rc = SPI_execute_plan(SagaPrepare(&plan_update_03,
-											  SAVE_UPDATE SAVE_CTES_03
-											  "SELECT pg_catalog.count(*) FROM s",
-											  SAVE_NPARAMS_COMMON + 5, types),
-								  values, nulls, false, 0);
-	}
-	SagaSpiCheck(rc, SPI_OK_SELECT, "writing a saga");
-	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) == 0)
-	{
-		/* a new saga lost its idempotency key to another: nothing was written */
-		if (st->is_new)
+		/* SagaStart takes the key before the saga does anything */
+		Assert(st->ntasks == 0 && st->nevents == 0 && st->ndeletes == 0);
+		if (!insert_keyed(st, now))
 		{
 			SagaTransitionEnd(st->id);
 			return false;
 		}
-		elog(ERROR, "saga: saga %lld vanished while locked", (long long) st->id);
 	}
+	else
+		write_saga_row(st, now);
 	st->is_new = false;
+	if (st->ndeletes > 0)
+		delete_tasks(st);
+	insert_tasks(st, now);
+	insert_history(st, now);
 	SagaTransitionEnd(st->id);
 
 	SagaOutboxEnqueued(st->tasks, st->ntasks, now);

@@ -486,4 +486,62 @@ extern bool SagaDatabaseListed(const char *dbname);
 extern bool SagaWorkerServes(int *pid, bool *preloaded, bool *listed);
 extern void SagaWarnUnserved(const char *what);
 
+/* rows.c: direct writes of the engine's rows (saga.sagas, saga.outbox, saga.history_log) */
+typedef enum SagaRowsTable
+{
+	ROWS_SAGAS,
+	ROWS_OUTBOX,
+	ROWS_HISTORY
+} SagaRowsTable;
+
+/* columns of saga.sagas, in rows.c's saga_columns order */
+typedef enum SagaColumn
+{
+	SC_ID, SC_DEFINITION_ID, SC_NAME, SC_VERSION, SC_STATUS, SC_PIVOTED, SC_CANCEL_REQUESTED,
+	SC_CANCEL_REASON, SC_STEP_STATUS, SC_ATTEMPTS, SC_DELIVERIES, SC_INPUT, SC_RESULTS,
+	SC_ERRORS, SC_INCIDENT, SC_CORRELATION_ID, SC_IDEMPOTENCY_KEY, SC_TRACEPARENT,
+	SC_STARTED_AT, SC_UPDATED_AT, SC_FINISHED_AT, SC_DEADLINE_AT, SC_EVENT_ID,
+	SC_NCOLUMNS
+} SagaColumn;
+
+/* columns of saga.outbox */
+typedef enum TaskColumn
+{
+	TC_ID, TC_TOPIC, TC_KIND, TC_SAGA_ID, TC_STEP, TC_ATTEMPT, TC_MAX_ATTEMPTS, TC_DELIVERIES,
+	TC_LEASE_OWNER, TC_LEASE_LENGTH, TC_PAYLOAD, TC_HEADERS, TC_VISIBLE_AT, TC_CREATED_AT,
+	TC_TIMEOUT_AT, TC_POLL_LOCK, TC_EVENT_ID, TC_SUBSCRIPTION_ID, TC_ERROR, TC_AWAITS,
+	TC_NCOLUMNS
+} TaskColumn;
+
+/* columns of saga.history_log */
+typedef enum HistoryColumn
+{
+	HC_ID, HC_SAGA_ID, HC_AT, HC_ACTOR, HC_EVENTS, HC_STEPS, HC_DETAILS,
+	HC_NCOLUMNS
+} HistoryColumn;
+
+#define ROWS_MAX_COLUMNS 24
+
+/* one table opened for direct writes (SagaRowsOpen .. SagaRowsClose) */
+typedef struct SagaRows
+{
+	Relation	rel;
+	struct EState *estate;
+	struct ResultRelInfo *rri;
+	struct TupleTableSlot *slot;	/* the row being built */
+	struct TupleTableSlot *old;	/* an update's row as it was */
+	const AttrNumber *attnum;	/* column -> attribute number, 0 if absent */
+	bool		triggers;		/* AFTER ROW triggers may be queued */
+} SagaRows;
+
+extern SagaRows *SagaRowsOpen(SagaRowsTable which);
+extern void SagaRowsNew(SagaRows *r);
+extern void SagaRowsSet(SagaRows *r, int column, Datum value, bool isnull);
+extern bool SagaRowsHas(SagaRows *r, int column);
+extern void SagaRowsInsert(SagaRows *r, ItemPointer tid);
+extern void SagaRowsFetch(SagaRows *r, ItemPointer tid);
+extern Datum SagaRowsOld(SagaRows *r, int column, bool *isnull);
+extern void SagaRowsUpdate(SagaRows *r, ItemPointer tid);
+extern void SagaRowsClose(SagaRows *r);
+
 #endif							/* SAGA_H */

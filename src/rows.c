@@ -1,0 +1,260 @@
+/*-------------------------------------------------------------------------
+ *
+ * rows.c
+ *	  Direct writes of the engine's own rows: a saga's row, its tasks and
+ *	  its history, without planning or starting the executor for them.
+ *
+ * A start or a step writes a handful of rows into three tables the
+ * extension owns.  Written as one SQL statement (data-modifying CTEs over
+ * unnest), executor start-up of four ModifyTable nodes and their function
+ * scans, and building jsonb in SQL, cost as much CPU as the rest of the
+ * transaction, commit included (perf, bench/README.md).  The rows are
+ * written here the way PostgreSQL's logical replication apply worker
+ * writes (execReplication.c): the relation opened once per call, a minimal
+ * EState, ExecSimpleRelationInsert/Update, which check the constraints,
+ * maintain every index (partial ones too) and queue AFTER ROW triggers
+ * (the CDC trigger on saga.outbox), fired when the writes end, as at the
+ * end of a statement.
+ *
+ * Columns are found by name, and the mapping is cached per relation: the
+ * library runs against the schema of an older version until ALTER
+ * EXTENSION UPDATE, which lacks some columns (those are skipped).  A
+ * column this file does not know of is written as NULL; should it have a
+ * default or refuse NULL, the write refuses instead of guessing, so a
+ * version that adds such a column must name it here.
+ *
+ * The caller runs as the engine's role (the tables' owner), so there are
+ * no privileges to check, and holds the lock of any row it updates.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "tcop/utility.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "saga.h"
+
+typedef struct RowsTable
+{
+	const char *relname;
+	int			ncols;
+	const char *const *names;
+	/* the mapping, valid while relid and natts match the relation */
+	Oid			relid;
+	int			natts;
+	AttrNumber	attnum[ROWS_MAX_COLUMNS];	/* 0: not in this schema */
+} RowsTable;
+
+/* in the order of the SagaColumn, TaskColumn and HistoryColumn enums */
+static const char *const saga_columns[] = {
+	"id", "definition_id", "name", "version", "status", "pivoted", "cancel_requested",
+	"cancel_reason", "step_status", "attempts", "deliveries", "input", "results", "errors",
+	"incident", "correlation_id", "idempotency_key", "traceparent", "started_at", "updated_at",
+	"finished_at", "deadline_at", "event_id"
+};
+static const char *const task_columns[] = {
+	"id", "topic", "kind", "saga_id", "step", "attempt", "max_attempts", "deliveries",
+	"lease_owner", "lease_length", "payload", "headers", "visible_at", "created_at", "timeout_at",
+	"poll_lock", "event_id", "subscription_id", "error", "awaits"
+};
+static const char *const history_columns[] = {
+	"id", "saga_id", "at", "actor", "events", "steps", "details"
+};
+
+StaticAssertDecl(lengthof(saga_columns) == SC_NCOLUMNS, "saga_columns matches SagaColumn");
+StaticAssertDecl(lengthof(task_columns) == TC_NCOLUMNS, "task_columns matches TaskColumn");
+StaticAssertDecl(lengthof(history_columns) == HC_NCOLUMNS,
+				 "history_columns matches HistoryColumn");
+
+static RowsTable tables[] = {
+	[ROWS_SAGAS] = {"sagas", SC_NCOLUMNS, saga_columns},
+	[ROWS_OUTBOX] = {"outbox", TC_NCOLUMNS, task_columns},
+	[ROWS_HISTORY] = {"history_log", HC_NCOLUMNS, history_columns},
+};
+
+/* (re)build a table's column mapping from the relation as it is now */
+static void
+map_columns(RowsTable *t, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int c = 0; c < t->ncols; c++)
+		t->attnum[c] = 0;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		bool		known = false;
+
+		if (att->attisdropped)
+			continue;
+		for (int c = 0; c < t->ncols && !known; c++)
+			if (strcmp(NameStr(att->attname), t->names[c]) == 0)
+			{
+				t->attnum[c] = att->attnum;
+				known = true;
+			}
+		if (!known && (att->attnotnull || att->atthasdef))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("column \"%s\" of saga.%s is unknown to the saga library",
+							NameStr(att->attname), t->relname),
+					 errdetail("The library writes the engine's rows itself and cannot fill a column with a default or NOT NULL that it does not know."),
+					 errhint("Install the saga library of the extension's version.")));
+	}
+	t->relid = RelationGetRelid(rel);
+	t->natts = desc->natts;
+}
+
+/*
+ * Open one of the engine's tables for direct writes (RowExclusiveLock, its
+ * indexes too), in the current memory context.  Refuses, as an INSERT
+ * would, in a read-only transaction or in parallel mode.
+ */
+SagaRows *
+SagaRowsOpen(SagaRowsTable which)
+{
+	RowsTable  *t = &tables[which];
+	SagaRows   *r = palloc0(sizeof(SagaRows));
+	Oid			relid = SagaRelid(t->relname);
+
+	PreventCommandIfReadOnly("a write of the saga engine");
+	PreventCommandIfParallelMode("a write of the saga engine");
+	if (!OidIsValid(relid))
+		elog(ERROR, "saga: relation saga.%s does not exist", t->relname);
+	r->rel = table_open(relid, RowExclusiveLock);
+	if (t->relid != relid || t->natts != RelationGetDescr(r->rel)->natts)
+		map_columns(t, r->rel);
+	r->attnum = t->attnum;
+
+	r->estate = CreateExecutorState();
+	r->estate->es_output_cid = GetCurrentCommandId(true);
+	r->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(r->rri, r->rel, 0, NULL, 0);
+	r->estate->es_opened_result_relations = list_make1(r->rri);
+	ExecOpenIndices(r->rri, false);
+	r->slot = ExecInitExtraTupleSlot(r->estate, RelationGetDescr(r->rel), &TTSOpsVirtual);
+	/* AFTER ROW triggers are queued as for a statement of their own */
+	r->triggers = r->rel->trigdesc != NULL;
+	if (r->triggers)
+		AfterTriggerBeginQuery();
+	return r;
+}
+
+/* start a new row: every column NULL until set */
+void
+SagaRowsNew(SagaRows *r)
+{
+	TupleTableSlot *slot = r->slot;
+
+	ExecClearTuple(slot);
+	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
+}
+
+/* set a column of the row being built; a column the schema lacks is skipped */
+void
+SagaRowsSet(SagaRows *r, int column, Datum value, bool isnull)
+{
+	AttrNumber	a = r->attnum[column];
+
+	if (a == 0)
+		return;
+	r->slot->tts_values[a - 1] = value;
+	r->slot->tts_isnull[a - 1] = isnull;
+}
+
+/* does this schema have the column */
+bool
+SagaRowsHas(SagaRows *r, int column)
+{
+	return r->attnum[column] != 0;
+}
+
+/* insert the row built; *tid (if given) gets where it went */
+void
+SagaRowsInsert(SagaRows *r, ItemPointer tid)
+{
+	ExecStoreVirtualTuple(r->slot);
+	ExecSimpleRelationInsert(r->rri, r->estate, r->slot);
+	if (tid != NULL)
+		*tid = r->slot->tts_tid;
+	ResetPerTupleExprContext(r->estate);
+}
+
+/*
+ * Start an update of the row version at tid, which the caller has locked:
+ * the new row begins as a copy of it.
+ */
+void
+SagaRowsFetch(SagaRows *r, ItemPointer tid)
+{
+	TupleTableSlot *old;
+
+	if (r->old == NULL)
+		r->old = ExecInitExtraTupleSlot(r->estate, RelationGetDescr(r->rel),
+										table_slot_callbacks(r->rel));
+	old = r->old;
+	if (!table_tuple_fetch_row_version(r->rel, tid, SnapshotAny, old))
+		elog(ERROR, "saga: row (%u,%u) of saga.%s is gone",
+			 ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid),
+			 RelationGetRelationName(r->rel));
+	slot_getallattrs(old);
+	ExecClearTuple(r->slot);
+	memcpy(r->slot->tts_values, old->tts_values, sizeof(Datum) * old->tts_nvalid);
+	memcpy(r->slot->tts_isnull, old->tts_isnull, sizeof(bool) * old->tts_nvalid);
+}
+
+/* a column of the row SagaRowsFetch read */
+Datum
+SagaRowsOld(SagaRows *r, int column, bool *isnull)
+{
+	AttrNumber	a = r->attnum[column];
+
+	if (a == 0)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	*isnull = r->old->tts_isnull[a - 1];
+	return r->old->tts_values[a - 1];
+}
+
+/*
+ * Write the row built over the one SagaRowsFetch read (a HOT update when
+ * no indexed column changed); *tid (if given) gets the new version.
+ */
+void
+SagaRowsUpdate(SagaRows *r, ItemPointer tid)
+{
+	ExecStoreVirtualTuple(r->slot);
+	/* no EPQ: the caller holds the row's lock, so no one else updates it */
+	ExecSimpleRelationUpdate(r->rri, r->estate, NULL, r->old, r->slot);
+	if (tid != NULL)
+		*tid = r->slot->tts_tid;
+	ResetPerTupleExprContext(r->estate);
+}
+
+/*
+ * Fire the AFTER ROW triggers the writes queued, release the executor
+ * state, and make the writes visible to what follows in the transaction
+ * (as SPI does after a statement).  The table stays locked until the
+ * transaction ends.
+ */
+void
+SagaRowsClose(SagaRows *r)
+{
+	if (r->triggers)
+		AfterTriggerEndQuery(r->estate);
+	ExecCloseIndices(r->rri);
+	ExecResetTupleTable(r->estate->es_tupleTable, false);
+	FreeExecutorState(r->estate);
+	table_close(r->rel, NoLock);
+	pfree(r);
+	CommandCounterIncrement();
+}
