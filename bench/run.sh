@@ -17,9 +17,10 @@
 #   DURATION_STEADY=600  seconds of the steady-load run (QUICK: 20)
 #   SAMPLE_EVERY=30      seconds between size samples (QUICK: 5)
 #   RETENTION=60         saga.retention during the steady run, seconds (QUICK: 5)
+#   MEM_CALLS=100000     statements one backend runs for the memory figure (QUICK: 10000)
 #   RESULTS=bench/RESULTS.md   where the report goes (ONLY=events: bench/RESULTS-events.md)
 #   ONLY=                only these stages, comma-separated (a stage's prerequisites are added):
-#                        starts steps pgq e2e failure notify events dispatch claim steady
+#                        starts steps pgq e2e failure notify events dispatch claim memory steady
 #                        (ONLY=events: the choreography lines of issue 9 alone)
 # shellcheck disable=SC2119  # helpers with optional arguments
 set -euo pipefail
@@ -32,14 +33,14 @@ SAGA_PACKAGES+=(postgresql-15-pgq3 libpq-dev)
 # the command that reproduces this run: the settings given in the environment
 GIVEN=""
 for v in QUICK ONLY DURATION ROUNDS CLIENTS JOBS DURATION_LATENCY CLAIM_BACKLOG DURATION_STEADY \
-	SAMPLE_EVERY RETENTION; do
+	SAMPLE_EVERY RETENTION MEM_CALLS; do
 	if [ -n "${!v:-}" ]; then GIVEN+="$v=${!v} "; fi
 done
 QUICK=${QUICK:-0}
 
 # the stages to run: all, or those of ONLY and what they need (failure and dispatch take their
 # rates from steps, steady from e2e)
-STAGES=(starts steps pgq e2e failure notify events dispatch claim steady)
+STAGES=(starts steps pgq e2e failure notify events dispatch claim memory steady)
 declare -A WANT
 ONLY=${ONLY:-}
 if [ -z "$ONLY" ]; then
@@ -57,10 +58,12 @@ wanted() { [ -n "${WANT[$1]:-}" ]; }
 if [ "$QUICK" = 1 ]; then
 	D=${DURATION:-3} D_LAT=${DURATION_LATENCY:-3} BACKLOG=${CLAIM_BACKLOG:-100000}
 	D_STEADY=${DURATION_STEADY:-20} SAMPLE=${SAMPLE_EVERY:-5} RETENTION_S=${RETENTION:-5}
+	MEM_N=${MEM_CALLS:-10000}
 	RESULTS_FILE=${RESULTS:-$SAGA_ROOT/bench/RESULTS-quick.md}
 else
 	D=${DURATION:-15} D_LAT=${DURATION_LATENCY:-10} BACKLOG=${CLAIM_BACKLOG:-1000000}
 	D_STEADY=${DURATION_STEADY:-600} SAMPLE=${SAMPLE_EVERY:-30} RETENTION_S=${RETENTION:-60}
+	MEM_N=${MEM_CALLS:-100000}
 	if [ -n "$ONLY" ]; then
 		RESULTS_FILE=${RESULTS:-$SAGA_ROOT/bench/RESULTS-${ONLY//,/-}.md}
 	else
@@ -158,7 +161,7 @@ run_pgbench() {
 
 record() { # record WORKLOAD RATE
 	R[$1]="${R[$1]:-} $2"
-	case $1 in saga_step | saga_poll50 | saga_claim50 | saga_claim50_1 | notify_* | ev_step | ev_step_claim)
+	case $1 in saga_step | saga_claim1 | saga_poll50 | saga_claim50 | saga_claim50_1 | notify_* | ev_step | ev_step_claim)
 		CHAIN_RATE=$(awk -v a="$CHAIN_RATE" -v b="$2" 'BEGIN { print (b > a ? b : a) }') ;;
 	esac
 	printf '    %-22s round %s: %10.1f /s\n' "$1" "$ROUND" "$2"
@@ -249,6 +252,17 @@ wl_saga_step() {
 	steps_run saga_step saga.outbox "$CLIENTS" saga_step.sql -D "topic='chain'" -D n=1
 	dry_check saga_step "$(pending chain)"
 }
+wl_saga_claim1() {
+	topup_chain
+	steps_run saga_claim1 saga.outbox "$CLIENTS" saga_claim.sql -D "topic='chain'" -D n=1
+	dry_check saga_claim1 "$(pending chain)"
+}
+# the machine's commit ceiling: a one-row INSERT per transaction (the table is emptied first)
+wl_ceiling() {
+	saga_psql -d "$DB" -c "TRUNCATE base.ceiling" >/dev/null
+	run_pgbench "ceiling.r$ROUND" "$DB" "$CLIENTS" "$D" ceiling.sql
+	record ceiling "$PGB_TPS"
+}
 wl_saga_poll50() {
 	topup_chain
 	steps_run saga_poll50 saga.outbox "$CLIENTS" saga_step.sql -D "topic='chain'" -D n=50
@@ -278,6 +292,8 @@ wl_pgq_consume_1() {
 # sagas/s end to end: sagas that finished during the run
 wl_base_e3() {
 	local t0 n
+	# each run starts from vacuumed tables, as the step runs do
+	saga_psql -d bench -c "VACUUM base.saga, base.outbox, base.history" >/dev/null
 	t0=$(q bench "SELECT clock_timestamp()")
 	run_pgbench "base_e3.r$ROUND" bench "$CLIENTS" "$D" base_e3.sql
 	n=$(q bench "SELECT count(*) FROM base.saga WHERE state = -1 AND updated_at >= '$t0'")
@@ -285,6 +301,7 @@ wl_base_e3() {
 }
 wl_saga_e3() {
 	local t0 n
+	saga_psql -d bench -c "VACUUM saga.sagas, saga.outbox, saga.history_log" >/dev/null
 	t0=$(q bench "SELECT clock_timestamp()")
 	run_pgbench "saga_e3.r$ROUND" bench "$CLIENTS" "$D" saga_e3.sql
 	n=$(q bench "SELECT count(*) FROM saga.sagas WHERE name = 'e3' AND status = 'completed'
@@ -391,8 +408,10 @@ stage_steps() {
 	saga_psql -d bench -c "SET synchronous_commit = off" \
 		-c "SELECT base.start_many('chain', ($CHAIN_POOL - (SELECT count(*) FROM base.outbox WHERE topic = 'chain'))::int)" >/dev/null
 	saga_psql -d bench -c "VACUUM ANALYZE" >/dev/null
-	rotate base_step saga_step saga_poll50 saga_claim50
+	rotate base_step saga_step saga_claim1 ceiling saga_poll50 saga_claim50
 	add_row "steps/s ($CLIENTS clients, one task per transaction)" "baseline" base_step "transactional poll" saga_step
+	add_row "... leased: claim(1) + complete(lease), one statement per transaction" "baseline" base_step "claim(1) + complete" saga_claim1
+	add_row "... against the commit ceiling ($CLIENTS clients, a one-row INSERT per transaction)" "commit ceiling" ceiling "transactional poll" saga_step
 	add_row "steps/s, batches of 50 per transaction" "baseline, 1 per tx" base_step "poll LIMIT 50 + complete" saga_poll50
 	add_row "steps/s, batches of 50 per transaction" "baseline, 1 per tx" base_step "claim(50) + complete(lease)" saga_claim50
 }
@@ -740,6 +759,64 @@ stage_steady() {
 	STEADY_RATE=$rate
 }
 
+# ---------- memory per backend ------------------------------------------------------------------
+
+# One psql session (one backend) runs MEM_N statements, a saga started and its step completed per
+# two; it pauses in pg_sleep after the first 1,000 and after the last, and the backend's
+# /proc/<pid>/status is read in each pause: RssAnon (its private memory) and VmRSS (with the
+# shared buffers it touched).  synchronous_commit = off: the figure is memory, not commits.
+MEM_LINES=()
+mem_pause_read() { # mem_pause_read APPNAME: "RssAnon VmRSS" (kB) of the backend sleeping under it
+	local pid="" i
+	for i in $(seq 1 600); do
+		pid=$(q bench "SELECT pid FROM pg_stat_activity WHERE application_name = '$1'
+		                 AND wait_event = 'PgSleep'")
+		[ -n "$pid" ] && break
+		sleep 0.2
+	done
+	[ -n "$pid" ] || saga_die "memory: backend $1 never paused"
+	awk '/^RssAnon:/ { a = $2 } /^VmRSS:/ { r = $2 } END { print a, r }' "/proc/$pid/status"
+	# wait until it has left this pause
+	while [ -n "$(q bench "SELECT 1 FROM pg_stat_activity WHERE pid = $pid AND wait_event = 'PgSleep'")" ]; do
+		sleep 0.2
+	done
+}
+mem_run() { # mem_run NAME START_SQL STEP_SQL: prints "anon_1k rss_1k anon_end rss_end" (kB)
+	local name=$1 f="$OUT/mem_$1.sql" psql_pid first last
+	awk -v app="mem_$name" -v n="$MEM_N" -v a="$2" -v b="$3" 'BEGIN {
+		printf "SET application_name = %s;\nSET synchronous_commit = off;\n", "\x27" app "\x27"
+		for (i = 0; i < n; i += 2) {
+			print a; print b
+			if (i + 2 == 1000) print "SELECT pg_sleep(2);"
+		}
+		print "SELECT pg_sleep(2);"
+	}' >"$f"
+	chmod 644 "$f"
+	saga_psql -d bench -o /dev/null -f "$f" &
+	psql_pid=$!
+	BG_PIDS+=("$psql_pid")
+	first=$(mem_pause_read "mem_$name")
+	last=$(mem_pause_read "mem_$name")
+	wait "$psql_pid" || saga_die "memory: the $name session failed"
+	BG_PIDS=()
+	echo "$first $last"
+}
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+stage_memory() {
+	local base saga b1 br1 b2 br2 s1 sr1 s2 sr2
+	base=$(mem_run base \
+		"WITH s AS (INSERT INTO base.saga (state, input, updated_at) VALUES (0, '{\"n\": 1}', now()) RETURNING id), o AS (INSERT INTO base.outbox (saga_id, step, topic, payload) SELECT id, 0, 'mem', '{\"input\": {\"n\": 1}, \"step\": 0}' FROM s), h AS (INSERT INTO base.history (saga_id, at, event, step) SELECT id, now(), 'started', 0 FROM s) SELECT id FROM s;" \
+		"WITH t AS (SELECT id, saga_id, step FROM base.outbox WHERE topic = 'mem' AND visible_at <= now() ORDER BY visible_at, id FOR UPDATE SKIP LOCKED LIMIT 1), d AS (DELETE FROM base.outbox o USING t WHERE o.id = t.id RETURNING t.saga_id, t.step), s AS (UPDATE base.saga s SET state = -1, updated_at = now() FROM d WHERE s.id = d.saga_id RETURNING s.id), h AS (INSERT INTO base.history (saga_id, at, event, step) SELECT saga_id, now(), 'completed', step FROM d) SELECT count(*) FROM d;")
+	saga=$(mem_run saga "SELECT saga.start('mem', '{\"n\": 1}');" \
+		"SELECT saga.complete(id, '{\"ok\": true}') FROM (SELECT id FROM saga.outbox WHERE topic = 'mem' AND visible_at <= now() ORDER BY visible_at, id FOR UPDATE SKIP LOCKED LIMIT 1) t;")
+	printf '    memory (kB: RssAnon, VmRSS after 1,000 and after %s): baseline %s; saga %s\n' "$MEM_N" "$base" "$saga"
+	read -r b1 br1 b2 br2 <<<"$base"
+	read -r s1 sr1 s2 sr2 <<<"$saga"
+	MEM_LINES+=("| baseline: start + step statements | $(mb "$b1") | $(mb "$b2") | $(mb "$br1") | $(mb "$br2") |")
+	MEM_LINES+=("| saga: saga.start + transactional poll and saga.complete | $(mb "$s1") | $(mb "$s2") | $(mb "$sr1") | $(mb "$sr2") |")
+	MEM_LINES+=("| saga / baseline | $(ratio "$s1" "$b1") | **$(ratio "$s2" "$b2")** | $(ratio "$sr1" "$br1") | $(ratio "$sr2" "$br2") |")
+}
+
 # ---------- report -----------------------------------------------------------------------------
 
 command_line() { printf '%sbash bench/run.sh' "$GIVEN"; }
@@ -801,6 +878,11 @@ write_report() {
 			printf '\n## Latency (single client; %s s per measurement)\n\n' "$D_LAT"
 			printf '| measurement | A | B | B/A |\n| --- | --- | --- | --- |\n'
 			for line in "${LAT_LINES[@]}"; do printf '%s\n' "$line"; done
+		fi
+		if [ ${#MEM_LINES[@]} -gt 0 ]; then
+			printf '\n## Memory per backend (one session, %s statements)\n\n' "$MEM_N"
+			printf '| session | RssAnon after 1,000 (MB) | RssAnon after %s (MB) | VmRSS after 1,000 (MB) | VmRSS after %s (MB) |\n| --- | --- | --- | --- | --- |\n' "$MEM_N" "$MEM_N"
+			for line in "${MEM_LINES[@]}"; do printf '%s\n' "$line"; done
 		fi
 		if [ ${#SIZE_SERIES[@]} -gt 0 ]; then
 			steady_report
@@ -867,6 +949,7 @@ main() {
 	run_stage events "choreography: publish, flows, deliveries, fan-out" stage_events
 	run_stage dispatch "dispatch latency" stage_dispatch_latency
 	run_stage claim "claim latency" stage_claim_latency
+	run_stage memory "memory per backend" stage_memory
 	run_stage steady "steady load, sizes" stage_steady
 	note_foreign_servers
 

@@ -28,6 +28,8 @@ CREATE TABLE base.history (
     step    int
 );
 CREATE INDEX ON base.history (saga_id, id);
+-- the commit ceiling: a one-row INSERT per transaction
+CREATE TABLE base.ceiling (id bigint, at timestamptz);
 
 -- start n baseline sagas on a topic (preloading)
 CREATE FUNCTION base.start_many(topic text, n int) RETURNS bigint LANGUAGE sql AS $$
@@ -50,6 +52,7 @@ SELECT saga.define('chain', pg_temp.chain(10, 'chain'));    -- step throughput
 SELECT saga.define('st', pg_temp.chain(10, 'st'));          -- starts
 SELECT saga.define('e3', pg_temp.chain(3, 'e3'));           -- end to end
 SELECT saga.define('disp', pg_temp.chain(1, 'disp'));       -- dispatch latency
+SELECT saga.define('mem', pg_temp.chain(1, 'mem'));         -- memory per backend
 SELECT saga.define('lat', pg_temp.chain(10, 'lat'));        -- claim latency, own topic
 SELECT saga.define('bulk', pg_temp.chain(10, 'bulk'));      -- claim latency, the 1M backlog
 -- failure vs success: s2 succeeds (s3 is dispatched) or fails for good (s1 is compensated)

@@ -89,7 +89,6 @@ static Oid	sub_cache_relid = InvalidOid;
 static SPIPlanPtr plan_subs = NULL;
 static SPIPlanPtr plan_cause = NULL;
 static SPIPlanPtr plan_by_key = NULL;
-static SPIPlanPtr plan_publish = NULL;
 static SPIPlanPtr plan_publish_flows = NULL;
 static SPIPlanPtr plan_event_keyed = NULL;
 static SPIPlanPtr plan_deliver_keyed = NULL;
@@ -797,11 +796,14 @@ record_filter_error(int64 sub_id, int64 event_id, const char *error)
 
 /* ---------- publish ---------- */
 
-/* the headers every delivery of an event has, but its idempotency key */
+/*
+ * A delivery's headers; without delivery_key (NULL), those every delivery of
+ * the event has, for the statement to add each one's idempotency key.
+ */
 static Jsonb *
 delivery_headers(int64 event_id, const char *type, const char *correlation_id,
 				 const char *traceparent, int64 causation_id, bool has_cause,
-				 const char *key, bool replay)
+				 const char *key, bool replay, const char *delivery_key)
 {
 	JsonbParseState *ps = NULL;
 
@@ -818,6 +820,8 @@ delivery_headers(int64 event_id, const char *type, const char *correlation_id,
 		SagaJbStr(&ps, "causation_id", NULL);
 	SagaJbStr(&ps, "key", key);
 	SagaJbBool(&ps, "replay", replay);
+	if (delivery_key != NULL)
+		SagaJbStr(&ps, "idempotency_key", delivery_key);
 	return JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 }
 
@@ -835,6 +839,67 @@ event_by_key(const char *type, const char *key)
 	if (SPI_processed == 0)
 		return 0;
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * The common publish, of no flow and without an idempotency key: the event
+ * row and a delivery per subscription (topics, subscription ids and
+ * max_attempts in the arrays), as direct row writes (rows.c).
+ */
+static void
+write_event(int64 id, const char *type, Jsonb *payload, const char *corr, int64 causation_id,
+			bool has_cause, const char *key, const char *trace, TimestampTz now, int hops,
+			int deliveries, bool late, int n, Datum *topics, Datum *subs, Datum *max_attempts)
+{
+	SagaRows   *r = SagaRowsOpen(ROWS_EVENTS);
+	Oid			seq;
+
+	SagaRowsNew(r);
+	SagaRowsSet(r, EC_ID, Int64GetDatum(id), false);
+	SagaRowsSet(r, EC_TYPE, CStringGetTextDatum(type), false);
+	SagaRowsSet(r, EC_PAYLOAD, JsonbPGetDatum(payload), false);
+	SagaRowsSet(r, EC_CORRELATION_ID, CStringGetTextDatum(corr), false);
+	SagaRowsSet(r, EC_CAUSATION_ID, Int64GetDatum(causation_id), !has_cause);
+	SagaRowsSet(r, EC_KEY, key ? CStringGetTextDatum(key) : (Datum) 0, key == NULL);
+	SagaRowsSet(r, EC_TRACEPARENT, CStringGetTextDatum(trace), false);
+	SagaRowsSet(r, EC_PUBLISHED_AT, TimestampTzGetDatum(now), false);
+	SagaRowsSet(r, EC_PUBLISHER, CStringGetTextDatum(SagaActorName()), false);
+	SagaRowsSet(r, EC_HOPS, Int32GetDatum(hops), false);
+	SagaRowsSet(r, EC_DELIVERIES, Int32GetDatum(deliveries), false);
+	SagaRowsSet(r, EC_LATE, BoolGetDatum(late), false);
+	SagaRowsInsert(r, NULL);
+	SagaRowsClose(r);
+	if (n == 0)
+		return;
+
+	seq = SagaRelid("deliveries_id_seq");
+	r = SagaRowsOpen(ROWS_OUTBOX);
+	for (int i = 0; i < n; i++)
+	{
+		/* deliveries count down from -1: the ids of saga tasks are positive */
+		int64		task_id = -DatumGetInt64(DirectFunctionCall1(nextval_oid,
+																 ObjectIdGetDatum(seq)));
+		char	   *ikey = psprintf("%lld:%lld", (long long) id,
+									(long long) DatumGetInt64(subs[i]));
+
+		SagaRowsNew(r);
+		SagaRowsSet(r, TC_ID, Int64GetDatum(task_id), false);
+		SagaRowsSet(r, TC_TOPIC, topics[i], false);
+		SagaRowsSet(r, TC_KIND, CStringGetTextDatum("event"), false);
+		SagaRowsSet(r, TC_ATTEMPT, Int32GetDatum(1), false);
+		SagaRowsSet(r, TC_MAX_ATTEMPTS, max_attempts[i], false);
+		SagaRowsSet(r, TC_DELIVERIES, Int32GetDatum(0), false);
+		SagaRowsSet(r, TC_PAYLOAD, JsonbPGetDatum(payload), false);
+		SagaRowsSet(r, TC_HEADERS,
+					JsonbPGetDatum(delivery_headers(id, type, corr, trace, causation_id, has_cause,
+													key, false, ikey)), false);
+		SagaRowsSet(r, TC_VISIBLE_AT, TimestampTzGetDatum(now), false);
+		SagaRowsSet(r, TC_CREATED_AT, TimestampTzGetDatum(now), false);
+		SagaRowsSet(r, TC_EVENT_ID, Int64GetDatum(id), false);
+		SagaRowsSet(r, TC_SUBSCRIPTION_ID, subs[i], false);
+		SagaRowsInsert(r, NULL);
+	}
+	SagaRowsClose(r);
 }
 
 /* the event row's parameters, $1 to $11, as both publish statements take them */
@@ -1199,7 +1264,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 														  (long long) subs[i].id));
 		ndeliver++;
 	}
-	headers = delivery_headers(id, type, corr, trace, causation_id, has_cause, key, false);
+	headers = delivery_headers(id, type, corr, trace, causation_id, has_cause, key, false, NULL);
 
 	if (idempotency_key == NULL && (verdict.nflows > 0 || verdict.nnew > 0))
 	{
@@ -1253,40 +1318,8 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 					   id, now);
 	}
 	else if (idempotency_key == NULL)
-	{
-		Oid			types[EVENT_PARAMS + 7];
-		Datum		values[EVENT_PARAMS + 7];
-		char		nulls[EVENT_PARAMS + 7];
-		const Oid	more[7] = {INT4OID, BOOLOID, JSONBOID, TEXTARRAYOID, INT8ARRAYOID,
-		INT4ARRAYOID, TEXTARRAYOID};
-
-		memcpy(types, event_types, sizeof(event_types));
-		memcpy(types + EVENT_PARAMS, more, sizeof(more));
-		memset(nulls, ' ', sizeof(nulls));
-		event_params(values, nulls, id, type, payload, corr, causation_id, has_cause, key,
-					 NULL, trace, now, hops);
-		values[11] = Int32GetDatum(ndeliver + nstart);
-		values[12] = BoolGetDatum(verdict.late);
-		values[13] = JsonbPGetDatum(headers);
-		values[14] = text_array(d_topics, ndeliver);
-		values[15] = int8_array(d_subs, ndeliver);
-		values[16] = int4_array(d_max, ndeliver);
-		values[17] = text_array(d_keys, ndeliver);
-		SagaExecute(&plan_publish,
-					"WITH e AS (INSERT INTO saga.events (id, type, payload, correlation_id, "
-					"causation_id, key, idempotency_key, traceparent, published_at, publisher, hops, "
-					"deliveries, late) "
-					"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)) "
-					"INSERT INTO saga.outbox (id, topic, kind, attempt, max_attempts, payload, headers, "
-					"visible_at, created_at, event_id, subscription_id) "
-					"SELECT -pg_catalog.nextval('saga.deliveries_id_seq'::pg_catalog.regclass), "
-					"d.topic, 'event', 1, d.max_attempts, $3, "
-					"$14 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('idempotency_key', d.ikey), "
-					"$9, $9, $1, d.sub "
-					"FROM ROWS FROM (pg_catalog.unnest($15), pg_catalog.unnest($16), "
-					"pg_catalog.unnest($17), pg_catalog.unnest($18)) AS d(topic, sub, max_attempts, ikey)",
-					EVENT_PARAMS + 7, types, values, nulls, SPI_OK_INSERT, "publishing an event");
-	}
+		write_event(id, type, payload, corr, causation_id, has_cause, key, trace, now, hops,
+					ndeliver + nstart, verdict.late, ndeliver, d_topics, d_subs, d_max);
 	else
 	{
 		Oid			types[9] = {INT8OID, JSONBOID, TIMESTAMPTZOID, INT4OID, BOOLOID, JSONBOID,
@@ -1751,7 +1784,7 @@ replay_into(int64 sub_id, const char *type, const char *topic, const char *filte
 			payloads[m] = JsonbPGetDatum(payload);
 			headers[m] = JsonbPGetDatum(delivery_headers(eid, type, corr, trace,
 														 cause_null ? 0 : DatumGetInt64(cause),
-														 !cause_null, key, replay));
+														 !cause_null, key, replay, NULL));
 			keys[m] = CStringGetTextDatum(replay
 										  ? psprintf("%lld:%lld:replay:%lld", (long long) eid,
 													 (long long) sub_id,
