@@ -214,6 +214,7 @@ saga_claim(PG_FUNCTION_ARGS)
 	SagaUserSave save;
 	TimestampTz now;
 	int64	   *ids;
+	ItemPointerData *tids;
 	SagaTaskFate *fates;
 	int			n;
 	int			ndeliver = 0;
@@ -243,7 +244,7 @@ saga_claim(PG_FUNCTION_ARGS)
 
 	SagaEnter(&save);
 	now = GetCurrentTimestamp();
-	n = SagaOutboxCandidates(topic, now, max_tasks, &ids, &fates);
+	n = SagaOutboxCandidates(topic, now, max_tasks, &ids, &tids, &fates);
 
 	/* failures first: they may withdraw sibling tasks we were about to hand out */
 	for (int i = 0; i < n; i++)
@@ -252,6 +253,7 @@ saga_claim(PG_FUNCTION_ARGS)
 		switch (fates[i])
 		{
 			case TASK_DELIVER:
+				tids[ndeliver] = tids[i];
 				ids[ndeliver++] = ids[i];
 				break;
 			case TASK_WITHDRAWN:
@@ -266,7 +268,7 @@ saga_claim(PG_FUNCTION_ARGS)
 		}
 	}
 	if (ndeliver > 0)
-		SagaOutboxLease(ids, ndeliver, worker, lease_us, now, rsinfo, caller_cxt);
+		SagaOutboxLease(ids, tids, ndeliver, worker, lease_us, now, rsinfo, caller_cxt);
 
 	SagaLeave(&save);
 	return (Datum) 0;

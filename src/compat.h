@@ -19,10 +19,14 @@
 
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
+#include "executor/executor.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/regproc.h"
+#if PG_VERSION_NUM >= 160000
+#include "parser/parse_relation.h"
+#endif
 
 #if PG_VERSION_NUM < 150000
 #error "saga needs PostgreSQL 15 or later"
@@ -80,5 +84,30 @@ object_aclcheck(Oid classid, Oid objectid, Oid roleid, AclMode mode)
 #define SagaLogLogicalMessage(prefix, message, size, transactional) \
 	LogLogicalMessage(prefix, message, size, transactional)
 #endif
+
+/*
+ * The range table of an EState built by hand (rows.c): one relation.
+ * Returns where the columns an UPDATE sets go (UPDATE OF triggers read
+ * them): the entry itself before 16, its RTEPermissionInfo since; 18 also
+ * takes the relations left after pruning.
+ */
+static inline Bitmapset **
+SagaInitRangeTable(EState *estate, RangeTblEntry *rte)
+{
+#if PG_VERSION_NUM >= 160000
+	List	   *perminfos = NIL;
+	RTEPermissionInfo *perminfo = addRTEPermissionInfo(&perminfos, rte);
+
+#if PG_VERSION_NUM >= 180000
+	ExecInitRangeTable(estate, list_make1(rte), perminfos, bms_make_singleton(1));
+#else
+	ExecInitRangeTable(estate, list_make1(rte), perminfos);
+#endif
+	return &perminfo->updatedCols;
+#else
+	ExecInitRangeTable(estate, list_make1(rte));
+	return &rte->updatedCols;
+#endif
+}
 
 #endif							/* SAGA_COMPAT_H */

@@ -1200,7 +1200,8 @@ write_saga_row(SagaState *st, TimestampTz now)
 	}
 	else
 	{
-		SagaRowsFetch(r, &st->tid);
+		if (!SagaRowsFetch(r, &st->tid))
+			elog(ERROR, "saga: saga %lld changed while locked", (long long) st->id);
 		if (finished)
 		{
 			(void) SagaRowsOld(r, SC_FINISHED_AT, &isnull);

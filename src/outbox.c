@@ -25,6 +25,8 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -39,7 +41,6 @@ static SPIPlanPtr plan_unpark = NULL;
 static SPIPlanPtr plan_saga_exists = NULL;
 static SPIPlanPtr plan_retry = NULL;
 static SPIPlanPtr plan_candidates = NULL;
-static SPIPlanPtr plan_lease = NULL;
 static SPIPlanPtr plan_heartbeat = NULL;
 static SPIPlanPtr plan_release = NULL;
 
@@ -233,14 +234,14 @@ usecs_interval(int64 usecs)
 
 /*
  * The visible tasks of a topic that a claim takes, oldest first, locked
- * (SKIP LOCKED) for the caller's transaction, each with what is to become
- * of it: delivered, or settled first because its saga withdrew it, its
- * timeout passed or its lapsed lease used up its last attempt.  Returns how
- * many; *ids and *fates are palloc'd.
+ * (SKIP LOCKED) for the caller's transaction, each with where its row is
+ * and what is to become of it: delivered, or settled first because its
+ * saga withdrew it, its timeout passed or its lapsed lease used up its last
+ * attempt.  Returns how many; *ids, *tids and *fates are palloc'd.
  */
 int
 SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
-					 int64 **ids, SagaTaskFate **fates)
+					 int64 **ids, ItemPointerData **tids, SagaTaskFate **fates)
 {
 	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, INT4OID};
 	Datum		values[3] = {CStringGetTextDatum(topic), TimestampTzGetDatum(now),
@@ -250,12 +251,13 @@ SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
 				"SELECT o.id, o.lease_owner IS NOT NULL "
 				"AND o.attempt >= COALESCE(o.max_attempts, 2147483647), "
 				"o.timeout_at <= $2, "
-				SAGA_SQL_WITHDRAWN " "
+				SAGA_SQL_WITHDRAWN ", o.ctid "
 				"FROM saga.outbox o WHERE o.topic = $1 AND o.visible_at <= $2 "
 				"ORDER BY o.visible_at, o.id LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
 				3, types, values, NULL, SPI_OK_SELECT, "finding tasks to claim");
 
 	*ids = palloc(sizeof(int64) * (SPI_processed + 1));
+	*tids = palloc(sizeof(ItemPointerData) * (SPI_processed + 1));
 	*fates = palloc(sizeof(SagaTaskFate) * (SPI_processed + 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -267,6 +269,8 @@ SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
 		bool		withdrawn = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
 
 		(*ids)[i] = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+		(*tids)[i] = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+																  5, &isnull));
 		if (withdrawn)
 			(*fates)[i] = TASK_WITHDRAWN;
 		else if (!timeout_null && DatumGetBool(timed_out))
@@ -279,84 +283,163 @@ SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
 	return (int) SPI_processed;
 }
 
+/* a history detail of a lease: {"kind", "worker", "lease", <key>: attempt[, "lease_seconds"]} */
+static Datum
+lease_detail(Datum kind, Datum worker, int32 lease, const char *attempt_key, int32 attempt,
+			 Datum lease_seconds)
+{
+	JsonbParseState *ps = NULL;
+	JsonbValue	v;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	SagaJbStr(&ps, "kind", TextDatumGetCString(kind));
+	SagaJbStr(&ps, "worker", TextDatumGetCString(worker));
+	SagaJbInt(&ps, "lease", lease);
+	SagaJbInt(&ps, attempt_key, attempt);
+	if (lease_seconds != (Datum) 0)
+	{
+		SagaJbKey(&ps, "lease_seconds");
+		v.type = jbvNumeric;
+		v.val.numeric = DatumGetNumeric(lease_seconds);
+		pushJsonbValue(&ps, WJB_VALUE, &v);
+	}
+	return JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
+}
+
 /*
- * Lease the given tasks (locked by SagaOutboxCandidates) to a worker for
- * lease_us, and put them into the claim's result in the order given.  A
- * lease that lapsed without a report was an attempt.  A lease never
- * outlasts the step's timeout: lease_expires_at is capped at it, so the
- * service knows when its work stops counting.
+ * Lease the given tasks (locked by SagaOutboxCandidates, at tids) to a
+ * worker for lease_us, and put them into the claim's result in the order
+ * given.  A lease that lapsed without a report was an attempt.  A lease
+ * never outlasts the step's timeout: lease_expires_at is capped at it, so
+ * the service knows when its work stops counting.  The rows are written
+ * directly (rows.c): a claim is the hot path of leased work.
+ *
+ * Who had the task when: each lease is a "claimed" event in the saga's
+ * history, after a "lease_lapsed" when the last lease had lapsed unreported
+ * (the claim counts that attempt).  Event deliveries have no saga and no
+ * history.
  */
 void
-SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us, TimestampTz now,
-				ReturnSetInfo *rsinfo, MemoryContext result_cxt)
+SagaOutboxLease(int64 *ids, ItemPointerData *tids, int n, const char *worker, int64 lease_us,
+				TimestampTz now, ReturnSetInfo *rsinfo, MemoryContext result_cxt)
 {
-	Oid			types[5] = {INT8ARRAYOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID, TEXTOID};
-	Datum		values[5];
-	Datum	   *d = palloc(sizeof(Datum) * n);
+	SagaRows   *r = SagaRowsOpen(ROWS_OUTBOX);
+	SagaRows   *h = NULL;
+	Datum		worker_d = CStringGetTextDatum(worker);
+	Datum		lease_d = IntervalPGetDatum(usecs_interval(lease_us));
+	/* the interval's epoch as date_part gives it, a float8, in JSON as numeric_in reads it */
+	Datum		lease_seconds = DirectFunctionCall3(numeric_in,
+													CStringGetDatum(float8out_internal(lease_us / 1000000.0)),
+													ObjectIdGetDatum(InvalidOid),
+													Int32GetDatum(-1));
+	/* leases are bounded (SagaCheckInterval): the sum cannot overflow */
+	TimestampTz expires = now + lease_us;
+	Oid			history_seq = InvalidOid;
 
 	for (int i = 0; i < n; i++)
-		d[i] = Int64GetDatum(ids[i]);
-	values[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	values[1] = CStringGetTextDatum(worker);
-	values[2] = IntervalPGetDatum(usecs_interval(lease_us));
-	values[3] = TimestampTzGetDatum(now);
-	values[4] = CStringGetTextDatum(SagaActorName());
+	{
+		static const int out_columns[10] = {
+			TC_ID, TC_TOPIC, TC_KIND, TC_SAGA_ID, TC_STEP, TC_ATTEMPT, TC_DELIVERIES, TC_PAYLOAD,
+			TC_HEADERS, TC_VISIBLE_AT
+		};
+		Datum		out[10];
+		bool		outnull[10];
+		bool		isnull;
+		bool		lapsed;
+		Datum		old_owner;
+		int32		old_lease;
+		int32		attempt;
+		TimestampTz visible = expires;
+		Datum		d;
+		MemoryContext old;
 
-	/*
-	 * Who had the task when: each lease is a "claimed" event in the saga's
-	 * history, after a "lease_lapsed" when the last lease had lapsed
-	 * unreported (the claim counts that attempt).  Event deliveries have no
-	 * saga and no history.
-	 */
-	SagaExecute(&plan_lease,
-				"WITH p AS (SELECT id, lease_owner AS old_owner, deliveries AS old_lease "
-				"FROM saga.outbox WHERE id = ANY($1)), "
-				"u AS (UPDATE saga.outbox o SET deliveries = o.deliveries + 1, "
-				"lease_owner = $2, lease_length = $3, "
-				"visible_at = LEAST($4 + $3, COALESCE(o.timeout_at, 'infinity')), "
-				"attempt = o.attempt + (o.lease_owner IS NOT NULL)::integer, "
-				"headers = CASE WHEN o.lease_owner IS NOT NULL THEN o.headers || "
-				"pg_catalog.jsonb_build_object('attempt', o.attempt + 1) "
-				"ELSE o.headers END "
-				"FROM p WHERE o.id = p.id "
-				"RETURNING o.id, o.topic, o.kind, o.saga_id, o.step, o.attempt, "
-				"o.deliveries, o.payload, o.headers, o.visible_at, p.old_owner, p.old_lease), "
-				"h AS (INSERT INTO saga.history_log (saga_id, at, actor, events, steps, details) "
-				"SELECT u.saga_id, pg_catalog.clock_timestamp(), $5, "
-				"CASE WHEN u.old_owner IS NULL THEN '{claimed}'::pg_catalog.text[] "
-				"ELSE '{lease_lapsed,claimed}'::pg_catalog.text[] END, "
-				"CASE WHEN u.old_owner IS NULL THEN ARRAY[u.step] ELSE ARRAY[u.step, u.step] END, "
-				"CASE WHEN u.old_owner IS NULL THEN ARRAY[c.detail] "
-				"ELSE ARRAY[pg_catalog.jsonb_build_object('kind', u.kind, 'worker', u.old_owner, "
-				"'lease', u.old_lease, 'next_attempt', u.attempt), c.detail] END "
-				"FROM u CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_build_object('kind', u.kind, "
-				"'worker', $2, 'lease', u.deliveries, 'attempt', u.attempt, "
-				"'lease_seconds', pg_catalog.date_part('epoch', $3)) AS detail) c "
-				"WHERE u.saga_id IS NOT NULL) "
-				"SELECT id, topic, kind, saga_id, step, attempt, deliveries, payload, headers, visible_at "
-				"FROM u",
-				5, types, values, NULL, SPI_OK_SELECT, "leasing tasks");
-	if (SPI_processed > 0)
-		SagaWakeAt(now + lease_us);
+		/*
+		 * The tasks stay locked, and withdrawing leaves alone those we lock
+		 * (SagaOutboxWithdraw); should a settle above have removed one all
+		 * the same, it is not handed out, as a statement would not find it.
+		 */
+		if (!SagaRowsFetch(r, &tids[i]))
+			continue;
+		if (DatumGetInt64(SagaRowsOld(r, TC_ID, &isnull)) != ids[i])
+			elog(ERROR, "saga: task %lld moved while locked", (long long) ids[i]);
+		old_owner = SagaRowsOld(r, TC_LEASE_OWNER, &isnull);
+		lapsed = !isnull;
+		old_lease = DatumGetInt32(SagaRowsOld(r, TC_DELIVERIES, &isnull));
+		attempt = DatumGetInt32(SagaRowsOld(r, TC_ATTEMPT, &isnull)) + (lapsed ? 1 : 0);
+		d = SagaRowsOld(r, TC_TIMEOUT_AT, &isnull);
+		if (!isnull && DatumGetTimestampTz(d) < visible)
+			visible = DatumGetTimestampTz(d);
 
-	/* hand them out in the order they were found: oldest first */
-	for (int i = 0; i < n; i++)
-		for (uint64 r = 0; r < SPI_processed; r++)
+		SagaRowsSet(r, TC_DELIVERIES, Int32GetDatum(old_lease + 1), false);
+		SagaRowsSet(r, TC_LEASE_OWNER, worker_d, false);
+		SagaRowsSet(r, TC_LEASE_LENGTH, lease_d, false);
+		SagaRowsSet(r, TC_VISIBLE_AT, TimestampTzGetDatum(visible), false);
+		SagaRowsSet(r, TC_ATTEMPT, Int32GetDatum(attempt), false);
+		if (lapsed)
 		{
-			bool		isnull;
-			HeapTuple	tup = SPI_tuptable->vals[r];
-			Datum		values_out[10];
-			bool		nulls_out[10];
-			MemoryContext old;
+			JsonbParseState *ps = NULL;
+			Jsonb	   *headers = DatumGetJsonbP(SagaRowsOld(r, TC_HEADERS, &isnull));
+			Jsonb	   *patch;
 
-			if (DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)) != ids[i])
-				continue;
-			for (int c = 0; c < 10; c++)
-				values_out[c] = SPI_getbinval(tup, SPI_tuptable->tupdesc, c + 1, &nulls_out[c]);
-			old = MemoryContextSwitchTo(result_cxt);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values_out, nulls_out);
-			MemoryContextSwitchTo(old);
+			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+			SagaJbInt(&ps, "attempt", attempt);
+			patch = JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
+			SagaRowsSet(r, TC_HEADERS, DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(headers),
+														   JsonbPGetDatum(patch)), false);
 		}
+		SagaRowsUpdate(r, NULL);
+
+		/* the leased row, as claim returns it */
+		for (int c = 0; c < 10; c++)
+			out[c] = SagaRowsNewValue(r, out_columns[c], &outnull[c]);
+		old = MemoryContextSwitchTo(result_cxt);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
+		MemoryContextSwitchTo(old);
+
+		if (outnull[3])
+			continue;			/* an event delivery */
+		if (h == NULL)
+		{
+			h = SagaRowsOpen(ROWS_HISTORY);
+			history_seq = SagaRelid("history_id_seq");
+		}
+		{
+			Datum		claimed = lease_detail(out[2], worker_d, old_lease + 1, "attempt", attempt,
+											   lease_seconds);
+			Datum		events[2];
+			Datum		steps[2] = {out[4], out[4]};
+			Datum		details[2];
+			int			k = 0;
+
+			if (lapsed)
+			{
+				events[k] = CStringGetTextDatum("lease_lapsed");
+				details[k++] = lease_detail(out[2], old_owner, old_lease, "next_attempt", attempt,
+											(Datum) 0);
+			}
+			events[k] = CStringGetTextDatum("claimed");
+			details[k++] = claimed;
+			SagaRowsNew(h);
+			SagaRowsSet(h, HC_ID, DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(history_seq)),
+						false);
+			SagaRowsSet(h, HC_SAGA_ID, out[3], false);
+			SagaRowsSet(h, HC_AT, TimestampTzGetDatum(GetCurrentTimestamp()), false);
+			SagaRowsSet(h, HC_ACTOR, CStringGetTextDatum(SagaActorName()), false);
+			SagaRowsSet(h, HC_EVENTS, PointerGetDatum(construct_array(events, k, TEXTOID, -1, false,
+																	  TYPALIGN_INT)), false);
+			SagaRowsSet(h, HC_STEPS, PointerGetDatum(construct_array(steps, k, TEXTOID, -1, false,
+																	 TYPALIGN_INT)), false);
+			SagaRowsSet(h, HC_DETAILS, PointerGetDatum(construct_array(details, k, JSONBOID, -1,
+																	   false, TYPALIGN_INT)), false);
+			SagaRowsInsert(h, NULL);
+		}
+	}
+	/* last opened, first closed: each ends its own trigger query level */
+	if (h != NULL)
+		SagaRowsClose(h);
+	SagaRowsClose(r);
+	if (n > 0)
+		SagaWakeAt(expires);
 }
 
 /* a heartbeat or release for a task no longer in the outbox: 42704 if it never was */

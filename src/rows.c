@@ -1,10 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * rows.c
- *	  Direct writes of the engine's own rows: a saga's row, its tasks and
- *	  its history, without planning or starting the executor for them.
+ *	  Direct writes of the engine's own rows: a saga's row, its tasks, its
+ *	  history, an event and its deliveries, without planning or starting the
+ *	  executor for them.
  *
- * A start or a step writes a handful of rows into three tables the
+ * A start, a step or a publish writes a handful of rows into tables the
  * extension owns.  Written as one SQL statement (data-modifying CTEs over
  * unnest), executor start-up of four ModifyTable nodes and their function
  * scans, and building jsonb in SQL, cost as much CPU as the rest of the
@@ -14,7 +15,9 @@
  * EState, ExecSimpleRelationInsert/Update, which check the constraints,
  * maintain every index (partial ones too) and queue AFTER ROW triggers
  * (the CDC trigger on saga.outbox), fired when the writes end, as at the
- * end of a statement.
+ * end of a statement.  The columns an update sets are recorded in the
+ * range table's entry, as the planner records an UPDATE's SET list, so
+ * that UPDATE OF triggers fire as they would for the statement.
  *
  * Columns are found by name, and the mapping is cached per relation: the
  * library runs against the schema of an older version until ALTER
@@ -68,15 +71,22 @@ static const char *const history_columns[] = {
 	"id", "saga_id", "at", "actor", "events", "steps", "details"
 };
 
+static const char *const event_columns[] = {
+	"id", "type", "payload", "correlation_id", "causation_id", "key", "idempotency_key",
+	"traceparent", "published_at", "publisher", "hops", "deliveries", "late"
+};
+
 StaticAssertDecl(lengthof(saga_columns) == SC_NCOLUMNS, "saga_columns matches SagaColumn");
 StaticAssertDecl(lengthof(task_columns) == TC_NCOLUMNS, "task_columns matches TaskColumn");
 StaticAssertDecl(lengthof(history_columns) == HC_NCOLUMNS,
 				 "history_columns matches HistoryColumn");
+StaticAssertDecl(lengthof(event_columns) == EC_NCOLUMNS, "event_columns matches EventColumn");
 
 static RowsTable tables[] = {
 	[ROWS_SAGAS] = {"sagas", SC_NCOLUMNS, saga_columns},
 	[ROWS_OUTBOX] = {"outbox", TC_NCOLUMNS, task_columns},
 	[ROWS_HISTORY] = {"history_log", HC_NCOLUMNS, history_columns},
+	[ROWS_EVENTS] = {"events", EC_NCOLUMNS, event_columns},
 };
 
 /* (re)build a table's column mapping from the relation as it is now */
@@ -123,6 +133,7 @@ SagaRowsOpen(SagaRowsTable which)
 	RowsTable  *t = &tables[which];
 	SagaRows   *r = palloc0(sizeof(SagaRows));
 	Oid			relid = SagaRelid(t->relname);
+	RangeTblEntry *rte;
 
 	PreventCommandIfReadOnly("a write of the saga engine");
 	PreventCommandIfParallelMode("a write of the saga engine");
@@ -135,8 +146,14 @@ SagaRowsOpen(SagaRowsTable which)
 
 	r->estate = CreateExecutorState();
 	r->estate->es_output_cid = GetCurrentCommandId(true);
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = r->rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	r->updated = SagaInitRangeTable(r->estate, rte);
 	r->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(r->rri, r->rel, 0, NULL, 0);
+	InitResultRelInfo(r->rri, r->rel, 1, NULL, 0);
 	r->estate->es_opened_result_relations = list_make1(r->rri);
 	ExecOpenIndices(r->rri, false);
 	r->slot = ExecInitExtraTupleSlot(r->estate, RelationGetDescr(r->rel), &TTSOpsVirtual);
@@ -153,6 +170,7 @@ SagaRowsNew(SagaRows *r)
 {
 	TupleTableSlot *slot = r->slot;
 
+	r->updating = false;
 	ExecClearTuple(slot);
 	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
 }
@@ -167,6 +185,9 @@ SagaRowsSet(SagaRows *r, int column, Datum value, bool isnull)
 		return;
 	r->slot->tts_values[a - 1] = value;
 	r->slot->tts_isnull[a - 1] = isnull;
+	/* an update SETs it, as far as UPDATE OF triggers are concerned */
+	if (r->updating)
+		*r->updated = bms_add_member(*r->updated, a - FirstLowInvalidHeapAttributeNumber);
 }
 
 /* does this schema have the column */
@@ -189,9 +210,11 @@ SagaRowsInsert(SagaRows *r, ItemPointer tid)
 
 /*
  * Start an update of the row version at tid, which the caller has locked:
- * the new row begins as a copy of it.
+ * the new row begins as a copy of it.  False if that version is no longer
+ * the row's current one for this transaction (it deleted or updated the
+ * row since it learnt the tid); nothing is started then.
  */
-void
+bool
 SagaRowsFetch(SagaRows *r, ItemPointer tid)
 {
 	TupleTableSlot *old;
@@ -200,14 +223,16 @@ SagaRowsFetch(SagaRows *r, ItemPointer tid)
 		r->old = ExecInitExtraTupleSlot(r->estate, RelationGetDescr(r->rel),
 										table_slot_callbacks(r->rel));
 	old = r->old;
-	if (!table_tuple_fetch_row_version(r->rel, tid, SnapshotAny, old))
-		elog(ERROR, "saga: row (%u,%u) of saga.%s is gone",
-			 ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid),
-			 RelationGetRelationName(r->rel));
+	/* SnapshotSelf: our own changes count, to the current command */
+	if (!table_tuple_fetch_row_version(r->rel, tid, SnapshotSelf, old))
+		return false;
 	slot_getallattrs(old);
+	r->updating = true;
+	*r->updated = NULL;
 	ExecClearTuple(r->slot);
 	memcpy(r->slot->tts_values, old->tts_values, sizeof(Datum) * old->tts_nvalid);
 	memcpy(r->slot->tts_isnull, old->tts_isnull, sizeof(bool) * old->tts_nvalid);
+	return true;
 }
 
 /* a column of the row SagaRowsFetch read */
@@ -223,6 +248,21 @@ SagaRowsOld(SagaRows *r, int column, bool *isnull)
 	}
 	*isnull = r->old->tts_isnull[a - 1];
 	return r->old->tts_values[a - 1];
+}
+
+/* a column of the row just inserted or updated (valid until the next row) */
+Datum
+SagaRowsNewValue(SagaRows *r, int column, bool *isnull)
+{
+	AttrNumber	a = r->attnum[column];
+
+	if (a == 0)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	*isnull = r->slot->tts_isnull[a - 1];
+	return r->slot->tts_values[a - 1];
 }
 
 /*

@@ -298,9 +298,10 @@ typedef enum SagaTaskFate
 } SagaTaskFate;
 
 extern int	SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
-								 int64 **ids, SagaTaskFate **fates);
-extern void SagaOutboxLease(int64 *ids, int n, const char *worker, int64 lease_us,
-							TimestampTz now, ReturnSetInfo *rsinfo, MemoryContext result_cxt);
+								 int64 **ids, ItemPointerData **tids, SagaTaskFate **fates);
+extern void SagaOutboxLease(int64 *ids, ItemPointerData *tids, int n, const char *worker,
+							int64 lease_us, TimestampTz now, ReturnSetInfo *rsinfo,
+							MemoryContext result_cxt);
 extern TimestampTz SagaOutboxHeartbeat(int64 task_id, int32 lease, int64 extend_us, bool *cancelled);
 extern bool SagaOutboxRelease(int64 task_id, int32 lease);
 extern bool SagaOutboxTaskExisted(int64 task_id);
@@ -491,7 +492,8 @@ typedef enum SagaRowsTable
 {
 	ROWS_SAGAS,
 	ROWS_OUTBOX,
-	ROWS_HISTORY
+	ROWS_HISTORY,
+	ROWS_EVENTS
 } SagaRowsTable;
 
 /* columns of saga.sagas, in rows.c's saga_columns order */
@@ -520,6 +522,14 @@ typedef enum HistoryColumn
 	HC_NCOLUMNS
 } HistoryColumn;
 
+/* columns of saga.events */
+typedef enum EventColumn
+{
+	EC_ID, EC_TYPE, EC_PAYLOAD, EC_CORRELATION_ID, EC_CAUSATION_ID, EC_KEY, EC_IDEMPOTENCY_KEY,
+	EC_TRACEPARENT, EC_PUBLISHED_AT, EC_PUBLISHER, EC_HOPS, EC_DELIVERIES, EC_LATE,
+	EC_NCOLUMNS
+} EventColumn;
+
 #define ROWS_MAX_COLUMNS 24
 
 /* one table opened for direct writes (SagaRowsOpen .. SagaRowsClose) */
@@ -532,6 +542,8 @@ typedef struct SagaRows
 	struct TupleTableSlot *old;	/* an update's row as it was */
 	const AttrNumber *attnum;	/* column -> attribute number, 0 if absent */
 	bool		triggers;		/* AFTER ROW triggers may be queued */
+	bool		updating;		/* the row being built is an update's */
+	Bitmapset **updated;		/* the columns it sets (the range table's) */
 } SagaRows;
 
 extern SagaRows *SagaRowsOpen(SagaRowsTable which);
@@ -539,8 +551,9 @@ extern void SagaRowsNew(SagaRows *r);
 extern void SagaRowsSet(SagaRows *r, int column, Datum value, bool isnull);
 extern bool SagaRowsHas(SagaRows *r, int column);
 extern void SagaRowsInsert(SagaRows *r, ItemPointer tid);
-extern void SagaRowsFetch(SagaRows *r, ItemPointer tid);
+extern bool SagaRowsFetch(SagaRows *r, ItemPointer tid);
 extern Datum SagaRowsOld(SagaRows *r, int column, bool *isnull);
+extern Datum SagaRowsNewValue(SagaRows *r, int column, bool *isnull);
 extern void SagaRowsUpdate(SagaRows *r, ItemPointer tid);
 extern void SagaRowsClose(SagaRows *r);
 
