@@ -19,7 +19,8 @@
  * range table's entry, as the planner records an UPDATE's SET list, so
  * that UPDATE OF triggers fire as they would for the statement.
  *
- * Columns are found by name, and the mapping is cached per relation: the
+ * Columns are found by name (and must have the type this file writes), and
+ * the mapping is cached per relation until the relation changes: the
  * library runs against the schema of an older version until ALTER
  * EXTENSION UPDATE, which lacks some columns (those are skipped).  A
  * column this file does not know of is written as NULL; should it have a
@@ -27,7 +28,11 @@
  * version that adds such a column must name it here.
  *
  * The caller runs as the engine's role (the tables' owner), so there are
- * no privileges to check, and holds the lock of any row it updates.
+ * no privileges to check, and holds the lock of any row it updates.  What
+ * only a statement has is absent: statement-level triggers, transition
+ * tables, row-level security, ExecutorStart hooks.  The extension's tables
+ * have none of the first three; a hook (pgaudit, say) sees saga.start, not
+ * the rows it writes, as with any C function.
  *
  *-------------------------------------------------------------------------
  */
@@ -38,7 +43,11 @@
 #include "access/xact.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
+#include "catalog/pg_type.h"
 #include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -49,6 +58,7 @@ typedef struct RowsTable
 	const char *relname;
 	int			ncols;
 	const char *const *names;
+	const Oid  *types;			/* what each column must be */
 	/* the mapping, valid while relid and natts match the relation */
 	Oid			relid;
 	int			natts;
@@ -76,18 +86,50 @@ static const char *const event_columns[] = {
 	"traceparent", "published_at", "publisher", "hops", "deliveries", "late"
 };
 
+static const Oid saga_types[] = {
+	INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, BOOLOID, BOOLOID, TEXTOID, INT2ARRAYOID,
+	INT4ARRAYOID, INT4ARRAYOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID
+};
+static const Oid task_types[] = {
+	INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID, INTERVALOID,
+	JSONBOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, INT8OID, INT8OID,
+	JSONBOID, TEXTOID
+};
+static const Oid history_types[] = {
+	INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID
+};
+static const Oid event_types[] = {
+	INT8OID, TEXTOID, JSONBOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	TEXTOID, INT4OID, INT4OID, BOOLOID
+};
+
 StaticAssertDecl(lengthof(saga_columns) == SC_NCOLUMNS, "saga_columns matches SagaColumn");
 StaticAssertDecl(lengthof(task_columns) == TC_NCOLUMNS, "task_columns matches TaskColumn");
 StaticAssertDecl(lengthof(history_columns) == HC_NCOLUMNS,
 				 "history_columns matches HistoryColumn");
 StaticAssertDecl(lengthof(event_columns) == EC_NCOLUMNS, "event_columns matches EventColumn");
+StaticAssertDecl(lengthof(saga_types) == SC_NCOLUMNS, "saga_types matches SagaColumn");
+StaticAssertDecl(lengthof(task_types) == TC_NCOLUMNS, "task_types matches TaskColumn");
+StaticAssertDecl(lengthof(history_types) == HC_NCOLUMNS, "history_types matches HistoryColumn");
+StaticAssertDecl(lengthof(event_types) == EC_NCOLUMNS, "event_types matches EventColumn");
 
 static RowsTable tables[] = {
-	[ROWS_SAGAS] = {"sagas", SC_NCOLUMNS, saga_columns},
-	[ROWS_OUTBOX] = {"outbox", TC_NCOLUMNS, task_columns},
-	[ROWS_HISTORY] = {"history_log", HC_NCOLUMNS, history_columns},
-	[ROWS_EVENTS] = {"events", EC_NCOLUMNS, event_columns},
+	[ROWS_SAGAS] = {"sagas", SC_NCOLUMNS, saga_columns, saga_types},
+	[ROWS_OUTBOX] = {"outbox", TC_NCOLUMNS, task_columns, task_types},
+	[ROWS_HISTORY] = {"history_log", HC_NCOLUMNS, history_columns, history_types},
+	[ROWS_EVENTS] = {"events", EC_NCOLUMNS, event_columns, event_types},
 };
+static bool callback_registered = false;
+
+/* any change to one of the tables (ALTER TABLE, ALTER EXTENSION UPDATE) drops its mapping */
+static void
+rows_relcache_callback(Datum arg, Oid relid)
+{
+	for (size_t i = 0; i < lengthof(tables); i++)
+		if (relid == InvalidOid || relid == tables[i].relid)
+			tables[i].relid = InvalidOid;
+}
 
 /* (re)build a table's column mapping from the relation as it is now */
 static void
@@ -95,6 +137,7 @@ map_columns(RowsTable *t, Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
+	t->relid = InvalidOid;
 	for (int c = 0; c < t->ncols; c++)
 		t->attnum[c] = 0;
 	for (int i = 0; i < desc->natts; i++)
@@ -107,6 +150,13 @@ map_columns(RowsTable *t, Relation rel)
 		for (int c = 0; c < t->ncols && !known; c++)
 			if (strcmp(NameStr(att->attname), t->names[c]) == 0)
 			{
+				if (att->atttypid != t->types[c])
+					ereport(ERROR,
+							(errcode(ERRCODE_DATATYPE_MISMATCH),
+							 errmsg("column \"%s\" of saga.%s has type %s, not the %s the saga library writes",
+									NameStr(att->attname), t->relname,
+									format_type_be(att->atttypid), format_type_be(t->types[c])),
+							 errhint("Install the saga library of the extension's version.")));
 				t->attnum[c] = att->attnum;
 				known = true;
 			}
@@ -118,8 +168,8 @@ map_columns(RowsTable *t, Relation rel)
 					 errdetail("The library writes the engine's rows itself and cannot fill a column with a default or NOT NULL that it does not know."),
 					 errhint("Install the saga library of the extension's version.")));
 	}
-	t->relid = RelationGetRelid(rel);
 	t->natts = desc->natts;
+	t->relid = RelationGetRelid(rel);
 }
 
 /*
@@ -134,17 +184,25 @@ SagaRowsOpen(SagaRowsTable which)
 	SagaRows   *r = palloc0(sizeof(SagaRows));
 	Oid			relid = SagaRelid(t->relname);
 	RangeTblEntry *rte;
+	MemoryContext old;
 
 	PreventCommandIfReadOnly("a write of the saga engine");
 	PreventCommandIfParallelMode("a write of the saga engine");
 	if (!OidIsValid(relid))
 		elog(ERROR, "saga: relation saga.%s does not exist", t->relname);
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(rows_relcache_callback, (Datum) 0);
+		callback_registered = true;
+	}
 	r->rel = table_open(relid, RowExclusiveLock);
 	if (t->relid != relid || t->natts != RelationGetDescr(r->rel)->natts)
 		map_columns(t, r->rel);
 	r->attnum = t->attnum;
 
 	r->estate = CreateExecutorState();
+	/* what the executor keeps goes with its state, freed at SagaRowsClose */
+	old = MemoryContextSwitchTo(r->estate->es_query_cxt);
 	r->estate->es_output_cid = GetCurrentCommandId(true);
 	rte = makeNode(RangeTblEntry);
 	rte->rtekind = RTE_RELATION;
@@ -161,6 +219,7 @@ SagaRowsOpen(SagaRowsTable which)
 	r->triggers = r->rel->trigdesc != NULL;
 	if (r->triggers)
 		AfterTriggerBeginQuery();
+	MemoryContextSwitchTo(old);
 	return r;
 }
 
@@ -187,7 +246,12 @@ SagaRowsSet(SagaRows *r, int column, Datum value, bool isnull)
 	r->slot->tts_isnull[a - 1] = isnull;
 	/* an update SETs it, as far as UPDATE OF triggers are concerned */
 	if (r->updating)
+	{
+		MemoryContext old = MemoryContextSwitchTo(r->estate->es_query_cxt);
+
 		*r->updated = bms_add_member(*r->updated, a - FirstLowInvalidHeapAttributeNumber);
+		MemoryContextSwitchTo(old);
+	}
 }
 
 /* does this schema have the column */
@@ -220,8 +284,13 @@ SagaRowsFetch(SagaRows *r, ItemPointer tid)
 	TupleTableSlot *old;
 
 	if (r->old == NULL)
+	{
+		MemoryContext cxt = MemoryContextSwitchTo(r->estate->es_query_cxt);
+
 		r->old = ExecInitExtraTupleSlot(r->estate, RelationGetDescr(r->rel),
 										table_slot_callbacks(r->rel));
+		MemoryContextSwitchTo(cxt);
+	}
 	old = r->old;
 	/* SnapshotSelf: our own changes count, to the current command */
 	if (!table_tuple_fetch_row_version(r->rel, tid, SnapshotSelf, old))
