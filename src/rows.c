@@ -153,9 +153,10 @@ map_columns(RowsTable *t, Relation rel)
 				if (att->atttypid != t->types[c])
 					ereport(ERROR,
 							(errcode(ERRCODE_DATATYPE_MISMATCH),
-							 errmsg("column \"%s\" of saga.%s has type %s, not the %s the saga library writes",
-									NameStr(att->attname), t->relname,
-									format_type_be(att->atttypid), format_type_be(t->types[c])),
+							 errmsg("column \"%s\" of saga.%s has another type than the saga library writes",
+									NameStr(att->attname), t->relname),
+							 errdetail("The column is %s; the library writes %s.",
+									   format_type_be(att->atttypid), format_type_be(t->types[c])),
 							 errhint("Install the saga library of the extension's version.")));
 				t->attnum[c] = att->attnum;
 				known = true;
