@@ -161,3 +161,16 @@ SELECT id AS r2_task, lease AS r2_lease FROM saga.claim('cl_rel', 'slow', 1, '1 
 UPDATE saga.outbox SET visible_at = now() - interval '1 second' WHERE id = :r2_task;
 SELECT saga.release(:r2_task, :r2_lease) AS released;
 SELECT attempt FROM saga.claim('cl_rel', 'next', 1, '1 hour');
+
+-- one claim finds a task past its timeout and a sibling of the same saga: the timeout fails the
+-- saga first, and the sibling, no longer wanted, is settled instead of handed out
+SELECT saga.define('cl_sib', '{"steps": [
+  {"name": "slow", "topic": "cl_sib", "timeout": "1 hour"},
+  {"name": "quick", "topic": "cl_sib", "after": [], "timeout": "1 hour"}]}') AS version;
+SELECT saga.start('cl_sib') AS s1 \gset
+UPDATE saga.outbox SET timeout_at = now() - interval '1 second'
+ WHERE id = saga_test.task(:s1, 'slow');
+SELECT count(*) AS handed_out FROM saga.claim('cl_sib', 'w', 10, '1 hour');
+SELECT status FROM saga.instances WHERE id = :s1;
+SELECT step, status FROM saga.step_runs WHERE saga_id = :s1 ORDER BY step;
+SELECT count(*) AS left_in_outbox FROM saga.outbox WHERE saga_id = :s1;

@@ -182,3 +182,25 @@ SELECT status FROM saga.instances WHERE id = :g;
 SELECT saga.retry(:g);
 SELECT saga.complete(saga_test.task(:g, 'book', true));
 SELECT status, cancel_reason FROM saga.instances WHERE id = :g;
+
+-- a pivot reported after a cancel: the saga stays on its way back (no "pivoted"), the pivot is
+-- undone like any step, and with no compensation of its own it is an incident; retry and cancel
+-- still work on it afterwards
+SELECT saga.define('x_piv', '{"steps": [
+  {"name": "a", "topic": "x_piv", "compensate": {"topic": "x_piv"}},
+  {"name": "c", "topic": "x_piv", "pivot": true},
+  {"name": "d", "topic": "x_piv"}]}') AS version;
+SELECT saga.start('x_piv', '{}') AS p \gset
+SELECT saga.complete(id, '{}', lease => lease) FROM saga.claim('x_piv', 'w', 1, '1 hour');
+SELECT step, lease FROM saga.claim('x_piv', 'w', 1, '1 hour');
+SELECT saga.cancel(:p, 'changed my mind');
+SELECT saga.complete(saga_test.task(:p, 'c'), '{"charged": true}', lease => 1) AS recorded;
+SELECT status, pivoted, step_status, incident -> 'error' ->> 'reason' AS incident
+  FROM saga.sagas WHERE id = :p;
+SELECT event, step FROM saga.history WHERE saga_id = :p ORDER BY id;
+SELECT saga.fail(id, '{"reason": "gone"}', retryable => false, lease => lease)
+  FROM saga.claim('x_piv', 'w', 1, '1 hour');
+SELECT status FROM saga.instances WHERE id = :p;
+SELECT saga.retry(:p);
+SELECT saga.complete(id, '{}', lease => lease) FROM saga.claim('x_piv', 'w', 1, '1 hour');
+SELECT status, pivoted, step_status FROM saga.sagas WHERE id = :p;

@@ -267,6 +267,32 @@ saga_claim(PG_FUNCTION_ARGS)
 				break;
 		}
 	}
+
+	/*
+	 * A failure settled above may have stopped the saga of a task about to
+	 * be handed out; withdrawing leaves alone the tasks this claim locked,
+	 * so such a task is settled here, as the next claim would find it.
+	 */
+	if (ndeliver > 0 && ndeliver < n)
+	{
+		bool	   *withdrawn = palloc(sizeof(bool) * ndeliver);
+		int			keep = 0;
+
+		if (SagaOutboxWithdrawnOf(ids, ndeliver, withdrawn) > 0)
+		{
+			for (int i = 0; i < ndeliver; i++)
+			{
+				if (withdrawn[i])
+				{
+					(void) SagaIsolated(SagaSettleWithdrawnWork, ids[i], NULL, true);
+					continue;
+				}
+				ids[keep] = ids[i];
+				tids[keep++] = tids[i];
+			}
+			ndeliver = keep;
+		}
+	}
 	if (ndeliver > 0)
 		SagaOutboxLease(ids, tids, ndeliver, worker, lease_us, now, rsinfo, caller_cxt);
 

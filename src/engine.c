@@ -109,6 +109,7 @@ static void advance(SagaState *st);
 static int32 settled_by(const TaskRow *row, SagaFence fence);
 static void compensate(SagaState *st);
 static void raise_incident(SagaState *st, int step, int attempt, Jsonb *error);
+static Jsonb *incident_doc(SagaState *st, int step, int attempts, Jsonb *error);
 static void clear_incident(SagaState *st, int step);
 
 /*
@@ -506,10 +507,25 @@ step_succeeded_by(SagaState *st, int step, Jsonb *result, Jsonb *detail)
 	add_event(st, "succeeded", step, detail);
 	if (st->def->steps[step].publish != NULL)
 		queue_publish(st, st->def->steps[step].publish, result);
-	if (st->def->steps[step].pivot && !st->pivoted)
+	if (!st->def->steps[step].pivot || st->pivoted)
+		return;
+	if (strcmp(st->status, SAGA_RUNNING) == 0)
 	{
 		st->pivoted = true;
 		add_event(st, "pivoted", step, NULL);
+	}
+	else if (st->def->steps[step].compensate.topic == NULL &&
+			 st->def->steps[step].compensate.sql == NULL && st->incident == NULL)
+	{
+		/*
+		 * A cancel or a failure got there first, and the saga is going back:
+		 * a pivot reported now does not turn it forward (the steps after it
+		 * are withdrawn already).  It is undone like any step, but with no
+		 * compensation its effect stays: a person decides.
+		 */
+		st->incident = incident_doc(st, step, 0,
+									jsonb_reason("pivot succeeded after the saga began compensating"));
+		add_event(st, "incident", step, st->incident);
 	}
 }
 

@@ -41,6 +41,7 @@ static SPIPlanPtr plan_unpark = NULL;
 static SPIPlanPtr plan_saga_exists = NULL;
 static SPIPlanPtr plan_retry = NULL;
 static SPIPlanPtr plan_candidates = NULL;
+static SPIPlanPtr plan_withdrawn_of = NULL;
 static SPIPlanPtr plan_heartbeat = NULL;
 static SPIPlanPtr plan_release = NULL;
 
@@ -279,6 +280,40 @@ SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
 			(*fates)[i] = TASK_EXHAUSTED;
 		else
 			(*fates)[i] = TASK_DELIVER;
+	}
+	return (int) SPI_processed;
+}
+
+/*
+ * Which of the given tasks (locked by SagaOutboxCandidates) their saga no
+ * longer wants: a failure settled by the same claim may have stopped it.
+ * Sets withdrawn[i]; returns how many.
+ */
+int
+SagaOutboxWithdrawnOf(int64 *ids, int n, bool *withdrawn)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum	   *d = palloc(sizeof(Datum) * n);
+	Datum		values[1];
+	bool		isnull;
+
+	for (int i = 0; i < n; i++)
+	{
+		d[i] = Int64GetDatum(ids[i]);
+		withdrawn[i] = false;
+	}
+	values[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	SagaExecute(&plan_withdrawn_of,
+				"SELECT o.id FROM saga.outbox o WHERE o.id = ANY($1) AND " SAGA_SQL_WITHDRAWN,
+				1, types, values, NULL, SPI_OK_SELECT, "checking tasks to hand out");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+
+		for (int i = 0; i < n; i++)
+			if (ids[i] == id)
+				withdrawn[i] = true;
 	}
 	return (int) SPI_processed;
 }

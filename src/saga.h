@@ -299,6 +299,7 @@ typedef enum SagaTaskFate
 
 extern int	SagaOutboxCandidates(const char *topic, TimestampTz now, int max_tasks,
 								 int64 **ids, ItemPointerData **tids, SagaTaskFate **fates);
+extern int	SagaOutboxWithdrawnOf(int64 *ids, int n, bool *withdrawn);
 extern void SagaOutboxLease(int64 *ids, ItemPointerData *tids, int n, const char *worker,
 							int64 lease_us, TimestampTz now, ReturnSetInfo *rsinfo,
 							MemoryContext result_cxt);
