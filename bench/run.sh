@@ -21,7 +21,7 @@
 #   RESULTS=bench/RESULTS.md   where the report goes (ONLY=events: bench/RESULTS-events.md)
 #   ONLY=                only these stages, comma-separated (a stage's prerequisites are added):
 #                        starts steps pgq e2e failure notify events dispatch claim memory steady
-#                        (ONLY=events: the choreography lines of issue 9 alone)
+#                        (ONLY=events: the choreography lines alone)
 # shellcheck disable=SC2119  # helpers with optional arguments
 set -euo pipefail
 
@@ -413,7 +413,7 @@ stage_steps() {
 	add_row "... leased: claim(1) + complete(lease), one statement per transaction" "baseline" base_step "claim(1) + complete" saga_claim1
 	add_row "... against the commit ceiling ($CLIENTS clients, a one-row INSERT per transaction)" "commit ceiling" ceiling "transactional poll" saga_step
 	add_row "steps/s, batches of 50 per transaction" "baseline, 1 per tx" base_step "poll LIMIT 50 + complete" saga_poll50
-	add_row "steps/s, batches of 50 per transaction" "baseline, 1 per tx" base_step "claim(50) + complete(lease)" saga_claim50
+	add_row "... batches of 50, leased" "baseline, 1 per tx" base_step "claim(50) + complete(lease)" saga_claim50
 }
 
 stage_pgq_consume() {
@@ -453,7 +453,7 @@ stage_notify() {
 	fi
 }
 
-# ---------- choreography (issue 9): publish, flow tracking, deliveries, fan-out ------------------
+# ---------- choreography: publish, flow tracking, deliveries, fan-out ------------------
 # In database bench_events (setup_events.sql), dropped at the end of the stage: the deliveries
 # that nobody consumes (publish, flow and fan-out lines) stay in its outbox until then.
 
@@ -844,8 +844,8 @@ note_foreign_servers() {
 write_report() {
 	local f=$1 commit dirty settings line s
 	commit=$(git -C "$SAGA_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-	dirty=$(git -C "$SAGA_ROOT" status --porcelain -- src saga--0.1.sql 2>/dev/null | wc -l || echo 0)
-	settings=$(q bench "SELECT string_agg(name || ' = ' || setting || coalesce(unit, ''), ', ' ORDER BY name)
+	dirty=$(git -C "$SAGA_ROOT" status --porcelain -- src 'saga--*.sql' bench 2>/dev/null | wc -l || echo 0)
+	settings=$(q bench "SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORDER BY name)
 	                      FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers',
 	                      'max_connections', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'autovacuum')")
 	{
@@ -853,7 +853,7 @@ write_report() {
 		# shellcheck disable=SC2016  # the backquotes are markdown
 		printf 'Reproduce: `%s` (as root or with sudo; see bench/README.md).\n\n' "$(command_line)"
 		printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
-		if [ "$dirty" -gt 0 ]; then dirty=' + uncommitted changes in src/'; else dirty=''; fi
+		if [ "$dirty" -gt 0 ]; then dirty=' + uncommitted changes in src/, bench/ or the install scripts'; else dirty=''; fi
 		printf -- '- saga: commit %s%s\n' "$commit" "$dirty"
 		printf -- '- machine: %s CPUs (%s), %s GB RAM, %s\n' "$(nproc)" \
 			"$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" \
@@ -880,8 +880,10 @@ write_report() {
 			for line in "${LAT_LINES[@]}"; do printf '%s\n' "$line"; done
 		fi
 		if [ ${#MEM_LINES[@]} -gt 0 ]; then
-			printf '\n## Memory per backend (one session, %s statements)\n\n' "$MEM_N"
-			printf '| session | RssAnon after 1,000 (MB) | RssAnon after %s (MB) | VmRSS after 1,000 (MB) | VmRSS after %s (MB) |\n| --- | --- | --- | --- | --- |\n' "$MEM_N" "$MEM_N"
+			local n_fmt
+			n_fmt=$(sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$MEM_N")
+			printf '\n## Memory per backend (one session, %s statements)\n\n' "$n_fmt"
+			printf '| session | RssAnon after 1,000 (MB) | RssAnon after %s (MB) | VmRSS after 1,000 (MB) | VmRSS after %s (MB) |\n| --- | --- | --- | --- | --- |\n' "$n_fmt" "$n_fmt"
 			for line in "${MEM_LINES[@]}"; do printf '%s\n' "$line"; done
 		fi
 		if [ ${#SIZE_SERIES[@]} -gt 0 ]; then
@@ -892,15 +894,27 @@ write_report() {
 			if [ "$s" != events ] && wanted "$s"; then others=1; fi
 		done
 		if [ -n "$others" ]; then
-			printf '\nNotes: steps are counted as outbox rows deleted (one per completed task); sagas end to end as sagas finished during the run. '
-			printf 'The baseline is bench/pgbench/base_*.sql: one state row, one outbox row per ready step, one history row per transition, '
-			printf 'in one statement per transaction. Claim latency is bench/claim_latency.c (claim and complete are separate transactions, '
-			printf 'prepared statements); dispatch latency is bench/listen_latency.c (CLOCK_REALTIME, one process).\n'
+			printf '\nNotes: the baseline is bench/pgbench/base_*.sql: one state row, one outbox row per ready step, one history row per transition, '
+			printf 'in one statement per transaction.'
+			if wanted steps || wanted failure || wanted notify; then
+				printf ' Steps are counted as outbox rows deleted (one per completed task).'
+			fi
+			if wanted e2e; then printf ' Sagas end to end are sagas finished during the run.'; fi
+			if wanted claim; then
+				printf ' Claim latency is bench/claim_latency.c (claim and complete are separate transactions, prepared statements).'
+			fi
+			if wanted dispatch; then
+				printf ' Dispatch latency is bench/listen_latency.c (CLOCK_REALTIME, one process).'
+			fi
+			if wanted memory; then
+				printf ' Memory: RssAnon is the backend'"'"'s private memory; VmRSS adds the pages of shared buffers it has touched, more for saga as its statements touch more tables and indexes.'
+			fi
+			printf '\n'
 		fi
 		if wanted events; then
 			printf '\nChoreography lines (database bench_events, bench/setup_events.sql): the publish baseline is bench/pgbench/base_publish.sql, '
 			printf 'one statement into base.events and base.ev_outbox, copies of saga.events and saga.outbox (LIKE ... INCLUDING ALL, same fillfactor); '
-			printf 'deliveries and steps are counted as outbox rows deleted; flow tracking is the order choreography of DESIGN.md (deadline 1 day); '
+			printf 'deliveries and steps are counted as outbox rows deleted; flow tracking is the order choreography of the README (deadline 1 day); '
 			printf 'fan-out latency is one client, the statement from pgbench -r, the transaction (BEGIN, publish, COMMIT) from pgbench --log.\n'
 		fi
 	} >"$f"

@@ -24,7 +24,7 @@ BEGIN
     END LOOP;
 END $$;
 
--- flow tracking: the order choreography of DESIGN.md (section Choreography), with a deadline of
+-- flow tracking: the order choreography of the README (section "Choreography"), with a deadline of
 -- a day instead of 10 minutes so that no flow of the benchmark reaches it
 SELECT saga.define_choreography('order', '{
   "start": "OrderPlaced",

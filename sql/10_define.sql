@@ -19,7 +19,7 @@ SELECT name, version, step_names, owner = current_user AS owned_by_me,
        created_at <= now() AS created
   FROM saga.definitions WHERE name = 'd_chain';
 
--- the example of DESIGN.md, with a deadline
+-- the example of the design contract (README, "Define a saga"), with a deadline
 SELECT saga.define('d_full', $${
   "steps": [
     {"name": "charge_payment", "topic": "payments",

@@ -12,7 +12,7 @@ SELECT saga.define('w_chain', $${"steps": [
 SELECT saga.start('w_chain', '{"order_id": 1}') AS s1 \gset
 SELECT saga.start('w_chain', '{"order_id": 2}') AS s2 \gset
 
--- the poll of DESIGN.md: both first steps, oldest first
+-- the poll the README shows: both first steps, oldest first
 BEGIN;
 SELECT saga_id = :s1 AS is_s1, step, payload, headers ->> 'kind' AS kind, headers -> 'attempt' AS attempt
   FROM saga.outbox

@@ -423,7 +423,7 @@ participant_path(Participant *p, const char *suffix)
 	return psprintf("$.participants.%s%s", p->name, suffix);
 }
 
-/* the graph rules of DESIGN.md, "Choreography definitions" */
+/* the graph rules of the README, "Define the choreography" */
 static void
 check_rules(ChoreoParse *cp)
 {

@@ -1366,7 +1366,7 @@ SagaDocInterval(const SagaDocParse *p, JsonbValue *v, const char *path)
 	return usecs;
 }
 
-/* a "retry" object over the defaults of DESIGN.md */
+/* a "retry" object over the defaults the README gives */
 void
 SagaDocRetry(const SagaDocParse *p, JsonbValue *rv, SagaRetry *r, const char *path)
 {

@@ -1,4 +1,4 @@
--- 01_schema: the objects of the contract (DESIGN.md) exist with their columns,
+-- 01_schema: the objects of the contract (README) exist with their columns,
 -- signatures and indexes.
 BEGIN;
 SELECT plan(104);
@@ -34,7 +34,7 @@ SELECT has_column('saga', 'step_runs', c, 'saga.step_runs.' || c)
 -- view saga.incidents (the brief)
 SELECT has_column('saga', 'incidents', c, 'saga.incidents.' || c)
   FROM unnest(ARRAY['saga_id', 'name', 'version', 'correlation_id', 'step', 'error', 'since']) AS c;
--- view saga.topics (DESIGN.md, Observability)
+-- view saga.topics (README, Monitoring)
 SELECT has_column('saga', 'topics', c, 'saga.topics.' || c)
   FROM unnest(ARRAY['topic', 'ready', 'delayed', 'leased', 'oldest_ready_age', 'dead_letters',
                     'last_claim', 'parked']) AS c;
@@ -124,7 +124,7 @@ SELECT index_is_unique('saga', 'sagas', 'sagas_idempotency_key', 'one saga per (
 SELECT has_index('saga', 'sagas', 'sagas_idempotency_key', ARRAY['name', 'idempotency_key'], 'idempotency index columns');
 SELECT index_is_unique('saga', 'definitions', 'definitions_name_version_key', 'one row per (name, version)');
 
--- the poll of DESIGN.md is served by outbox_claim without a sort
+-- the poll of the README is served by outbox_claim without a sort
 CREATE FUNCTION pg_temp.plan_of(q text) RETURNS text LANGUAGE plpgsql AS $f$
 DECLARE
     l text;
