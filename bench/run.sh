@@ -224,14 +224,19 @@ wl_pgq_insert() {
 	record pgq_insert "$PGB_TPS"
 }
 
+# Each step and end-to-end run starts from vacuumed tables, both variants' alike: the batch
+# workloads delete ten times as many rows from saga.outbox as a step run does, and the next run
+# would otherwise pay for their dead index entries at the head of the queue (which the baseline's
+# table never has), or share the machine with the autovacuum they set off.
+settle_tables() { # settle_tables DB
+	saga_psql -d "$1" -c "VACUUM saga.outbox, saga.sagas, saga.history_log, base.outbox, base.saga, base.history" >/dev/null
+}
+
 # steps/s = outbox rows deleted (one per completed task) per second of the run
 steps_run() { # steps_run WORKLOAD OUTBOX CLIENTS SCRIPT [options]
 	local w=$1 table=$2 clients=$3 before after
 	shift 3
-	# each run starts from a vacuumed queue: the batch workloads delete ten times as many rows
-	# from saga.outbox as a step run does, and the next run would otherwise pay for their dead
-	# index entries at the head of the queue, which the baseline's table never has
-	saga_psql -d "$DB" -c "VACUUM $table" >/dev/null
+	settle_tables "$DB"
 	before=$(outbox_deleted "$table")
 	run_pgbench "$w.r$ROUND" "$DB" "$clients" "$D" "$@"
 	after=$(outbox_deleted "$table")
@@ -292,8 +297,7 @@ wl_pgq_consume_1() {
 # sagas/s end to end: sagas that finished during the run
 wl_base_e3() {
 	local t0 n
-	# each run starts from vacuumed tables, as the step runs do
-	saga_psql -d bench -c "VACUUM base.saga, base.outbox, base.history" >/dev/null
+	settle_tables bench
 	t0=$(q bench "SELECT clock_timestamp()")
 	run_pgbench "base_e3.r$ROUND" bench "$CLIENTS" "$D" base_e3.sql
 	n=$(q bench "SELECT count(*) FROM base.saga WHERE state = -1 AND updated_at >= '$t0'")
@@ -301,7 +305,7 @@ wl_base_e3() {
 }
 wl_saga_e3() {
 	local t0 n
-	saga_psql -d bench -c "VACUUM saga.sagas, saga.outbox, saga.history_log" >/dev/null
+	settle_tables bench
 	t0=$(q bench "SELECT clock_timestamp()")
 	run_pgbench "saga_e3.r$ROUND" bench "$CLIENTS" "$D" saga_e3.sql
 	n=$(q bench "SELECT count(*) FROM saga.sagas WHERE name = 'e3' AND status = 'completed'
