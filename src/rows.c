@@ -305,34 +305,28 @@ SagaRowsFetch(SagaRows *r, ItemPointer tid)
 	return true;
 }
 
+/* a column of a slot's row; a column the schema lacks reads as NULL */
+static Datum
+slot_column(SagaRows *r, TupleTableSlot *slot, int column, bool *isnull)
+{
+	AttrNumber	a = r->attnum[column];
+
+	*isnull = a == 0 || slot->tts_isnull[a - 1];
+	return *isnull ? (Datum) 0 : slot->tts_values[a - 1];
+}
+
 /* a column of the row SagaRowsFetch read */
 Datum
 SagaRowsOld(SagaRows *r, int column, bool *isnull)
 {
-	AttrNumber	a = r->attnum[column];
-
-	if (a == 0)
-	{
-		*isnull = true;
-		return (Datum) 0;
-	}
-	*isnull = r->old->tts_isnull[a - 1];
-	return r->old->tts_values[a - 1];
+	return slot_column(r, r->old, column, isnull);
 }
 
 /* a column of the row just inserted or updated (valid until the next row) */
 Datum
 SagaRowsNewValue(SagaRows *r, int column, bool *isnull)
 {
-	AttrNumber	a = r->attnum[column];
-
-	if (a == 0)
-	{
-		*isnull = true;
-		return (Datum) 0;
-	}
-	*isnull = r->slot->tts_isnull[a - 1];
-	return r->slot->tts_values[a - 1];
+	return slot_column(r, r->slot, column, isnull);
 }
 
 /*
