@@ -8,7 +8,7 @@
 # comparison (A B A B ...), prints a table and writes it to bench/RESULTS.md.  The server and
 # its directory are removed on exit, also on failure.  bench/README.md describes each figure.
 #
-# Environment (defaults; QUICK=1 gives a ~3-minute smoke test, written to RESULTS-quick.md):
+# Environment (defaults; QUICK=1 gives a ~5-minute smoke test, written to RESULTS-quick.md):
 #   DURATION=15          seconds per pgbench run (QUICK: 3)
 #   ROUNDS=2             rounds of each A/B alternation
 #   CLIENTS=8 JOBS=2     pgbench clients and threads
