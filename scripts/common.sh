@@ -134,6 +134,45 @@ saga_build_install() {
 		saga_as_root make -C "$SAGA_ROOT" -s install PG_CONFIG="$PG_CONFIG" >/dev/null
 }
 
+# --- checks of the test scripts -------------------------------------------------------------
+# An "ok" or "FAILED" line per check, and "N passed, N failed" as the last line (scripts/test.sh
+# reads it), also when the script aborts.
+SAGA_PASSED=0
+SAGA_FAILED=0
+SAGA_SUMMARY_DONE=
+saga_pass() {
+	SAGA_PASSED=$((SAGA_PASSED + 1))
+	printf 'ok     %s\n' "$1"
+}
+saga_fail() {
+	SAGA_FAILED=$((SAGA_FAILED + 1))
+	printf 'FAILED %s\n' "$1"
+}
+# the summary line; true when nothing failed
+saga_summary() {
+	SAGA_SUMMARY_DONE=1
+	printf '%d passed, %d failed\n' "$SAGA_PASSED" "$SAGA_FAILED"
+	[ "$SAGA_FAILED" -eq 0 ]
+}
+# saga_traps for a test script: on exit, the summary line if nothing printed it (an abort counts
+# as a failure), then saga_cleanup with the script's status
+saga_check_traps() {
+	saga_traps
+	trap saga_check_exit EXIT
+}
+# errexit is off here: under it, the `(exit "$rc")` that hands the status on to saga_cleanup
+# would end the trap before the cleanup (the cluster, servers of the script's own) ran
+saga_check_exit() {
+	local rc=$?
+	set +e
+	if [ -z "$SAGA_SUMMARY_DONE" ]; then
+		printf '%d passed, %d failed\n' "$SAGA_PASSED" $((SAGA_FAILED + 1))
+		[ "$rc" -ne 0 ] || rc=1
+	fi
+	(exit "$rc")
+	saga_cleanup
+}
+
 # --- scratch directory ----------------------------------------------------------------------
 # trap target for EXIT: runs the registered hooks (last first), stops stray servers, removes
 # the scratch directory

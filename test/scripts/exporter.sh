@@ -17,34 +17,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
 
 EXPORTER=/usr/bin/prometheus-postgres-exporter
 EXPORTER_PID=
-PASSED=0
-FAILED=0
-
-pass() {
-	PASSED=$((PASSED + 1))
-	printf 'ok     %s\n' "$1"
-}
-fail() {
-	FAILED=$((FAILED + 1))
-	printf 'FAILED %s\n' "$1"
-}
-
-# on exit: the summary line, also when something aborted the script (counted as a failure),
-# then common.sh's cleanup (the exporter, the cluster, the scratch directory) with our status
-# errexit is off here: under it, the `(exit "$rc")` that hands the status on to
-# saga_cleanup would end the trap before the cluster is stopped
-on_exit() {
-	local rc=$?
-	set +e
-	if [ -z "${SUMMARY_DONE:-}" ]; then
-		FAILED=$((FAILED + 1))
-		printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
-		[ "$rc" -ne 0 ] || rc=1
-	fi
-	(exit "$rc")
-	saga_cleanup
-}
-
 exporter_stop() {
 	[ -n "$EXPORTER_PID" ] || return 0
 	kill "$EXPORTER_PID" 2>/dev/null || true
@@ -64,9 +36,9 @@ expect() {
 	local got
 	got=$(value "$2" "$3")
 	if [ "$got" = "$4" ]; then
-		pass "$1: $2${3:+{$3\}} = $4"
+		saga_pass "$1: $2${3:+{$3\}} = $4"
 	else
-		fail "$1: $2${3:+{$3\}} is '${got:-absent}', expected $4"
+		saga_fail "$1: $2${3:+{$3\}} is '${got:-absent}', expected $4"
 	fi
 }
 
@@ -75,9 +47,9 @@ expect_between() {
 	local got
 	got=$(value "$2" "$3")
 	if [ -n "$got" ] && awk -v v="$got" -v lo="$4" -v hi="$5" 'BEGIN { exit !(v + 0 >= lo && v + 0 < hi) }'; then
-		pass "$1: $2${3:+{$3\}} = $got, in [$4, $5)"
+		saga_pass "$1: $2${3:+{$3\}} = $got, in [$4, $5)"
 	else
-		fail "$1: $2${3:+{$3\}} is '${got:-absent}', expected in [$4, $5)"
+		saga_fail "$1: $2${3:+{$3\}} is '${got:-absent}', expected in [$4, $5)"
 	fi
 }
 
@@ -85,8 +57,7 @@ expect_between() {
 sql_value() { saga_psql -At -c "$1"; }
 
 main() {
-	saga_traps
-	trap on_exit EXIT
+	saga_check_traps
 	saga_init_privileges
 	saga_install_packages prometheus-postgres-exporter curl || saga_die "could not install prometheus-postgres-exporter and curl"
 	[ -x "$EXPORTER" ] || saga_die "$EXPORTER not found"
@@ -171,9 +142,9 @@ main() {
 	expect "exporter" pg_exporter_last_scrape_error "" 0
 	expect "exporter" pg_exporter_user_queries_load_error "" 0
 	if grep -q "Error running query" "$EXPORTER_LOG"; then
-		fail "exporter log: $(grep -m1 'Error running query' "$EXPORTER_LOG")"
+		saga_fail "exporter log: $(grep -m1 'Error running query' "$EXPORTER_LOG")"
 	else
-		pass "exporter log: no query errors"
+		saga_pass "exporter log: no query errors"
 	fi
 
 	# throughput counters (rows written: nothing in the fixture rolled back)
@@ -198,11 +169,11 @@ main() {
 	expect "backlog" saga_topic_dead_letters 'topic="ex_ev"' 1
 	expect "backlog" saga_topic_ready 'topic="ex_p"' 1
 	if grep -q '^saga_topic_ready{.*topic="ex_b"' "$METRICS"; then
-		fail "backlog: ex_b (empty) is listed"
+		saga_fail "backlog: ex_b (empty) is listed"
 	else
-		pass "backlog: an empty topic (ex_b) is not listed"
+		saga_pass "backlog: an empty topic (ex_b) is not listed"
 	fi
-	if grep -q 'topic="saga sql"' "$METRICS"; then fail "backlog: saga sql listed"; else pass "backlog: no internal topic"; fi
+	if grep -q 'topic="saga sql"' "$METRICS"; then saga_fail "backlog: saga sql listed"; else saga_pass "backlog: no internal topic"; fi
 	expect_between "age" saga_topic_oldest_ready_age_seconds 'topic="ex_a"' 0.000001 120
 	expect "age" saga_topic_oldest_ready_age_seconds 'topic="ex_undo"' 0
 
@@ -232,18 +203,17 @@ main() {
 	expect "worker" saga_worker_running "" 1
 
 	# every metric the README documents is exported
-	local m missing=0
+	local m unexported=0
+	# shellcheck disable=SC2016  # the backquotes are the README's markdown
 	while IFS= read -r m; do
-		grep -q "^$m[{ ]" "$METRICS" || {
-			fail "documented metric $m is not exported"
-			missing=1
+		grep -q "^${m}[{ ]" "$METRICS" || {
+			saga_fail "documented metric $m is not exported"
+			unexported=1
 		}
 	done < <(sed -n '/^## Monitoring/,/^## /p' "$SAGA_ROOT/README.md" | grep -oE '^\| `saga_[a-z_]+`' | tr -d '|` ')
-	[ "$missing" -ne 0 ] || pass "every metric documented in README.md is exported"
+	[ "$unexported" -ne 0 ] || saga_pass "every metric documented in README.md is exported"
 
-	SUMMARY_DONE=1
-	printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
-	[ "$FAILED" -eq 0 ]
+	saga_summary
 }
 
 main "$@"

@@ -21,34 +21,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
 PGBOUNCER=/usr/sbin/pgbouncer
 PYTHON=/usr/bin/python3   # Debian's, the one python3-psycopg belongs to
 BOUNCER_DIR=
-PASSED=0
-FAILED=0
-
-pass() {
-	PASSED=$((PASSED + 1))
-	printf 'ok     %s\n' "$1"
-}
-fail() {
-	FAILED=$((FAILED + 1))
-	printf 'FAILED %s\n' "$1"
-}
-
-# on exit: the summary line, also when something aborted the script (counted as a failure),
-# then common.sh's cleanup (pgbouncer, the cluster, the scratch directory) with our status
-# errexit is off here: under it, the `(exit "$rc")` that hands the status on to
-# saga_cleanup would end the trap before the cluster and PgBouncer are stopped
-on_exit() {
-	local rc=$?
-	set +e
-	if [ -z "${SUMMARY_DONE:-}" ]; then
-		FAILED=$((FAILED + 1))
-		printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
-		[ "$rc" -ne 0 ] || rc=1
-	fi
-	(exit "$rc")
-	saga_cleanup
-}
-
 # stop the pgbouncer we started (its pid file), and wait until it is gone
 bouncer_stop() {
 	local pid i
@@ -104,8 +76,7 @@ bouncer_start() {
 
 main() {
 	local out rc p f t0
-	saga_traps
-	trap on_exit EXIT
+	saga_check_traps
 	saga_init_privileges
 	# Debian's package would start its own pgbouncer service where services run; we do not use it
 	saga_install_packages pgbouncer python3-psycopg || saga_die "could not install pgbouncer and python3-psycopg"
@@ -115,7 +86,7 @@ main() {
 	saga_cluster_start "saga.databases = 'postgres'"
 	saga_psql -c "CREATE EXTENSION saga" >/dev/null
 	bouncer_start
-	pass "pgbouncer runs: $BOUNCER_VERSION, pool_mode = transaction"
+	saga_pass "pgbouncer runs: $BOUNCER_VERSION, pool_mode = transaction"
 
 	t0=$EPOCHREALTIME
 	out=$SAGA_WORK/clients.out
@@ -126,21 +97,19 @@ main() {
 	set -e
 	read -r p f < <(grep -oE '^clients: [0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1 | tr -d ',' |
 		awk '{ print $2, $4 }') || true
-	PASSED=$((PASSED + ${p:-0}))
-	FAILED=$((FAILED + ${f:-0}))
+	SAGA_PASSED=$((SAGA_PASSED + ${p:-0}))
+	SAGA_FAILED=$((SAGA_FAILED + ${f:-0}))
 	if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then
-		fail "test/pooler/clients.py stopped early (exit $rc)"
+		saga_fail "test/pooler/clients.py stopped early (exit $rc)"
 	fi
 	saga_log "clients: $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
-	if [ "$FAILED" -ne 0 ]; then
+	if [ "$SAGA_FAILED" -ne 0 ]; then
 		printf '\n--- last lines of pgbouncer.log ---\n'
 		saga_as_root tail -n 30 "$BOUNCER_DIR/pgbouncer.log" || true
 		saga_server_log_tail 30
 	fi
 
-	SUMMARY_DONE=1
-	printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
-	[ "$FAILED" -eq 0 ]
+	saga_summary
 }
 
 main "$@"

@@ -15,24 +15,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
 
 PYTHON=/usr/bin/python3
 
-# on exit: the summary line if nothing printed it (an abort counts as a failure), then
-# common.sh's cleanup (the cluster, the scratch directory) with our status.  errexit is off
-# here: under it, the `(exit "$rc")` that hands the status on would end the trap early.
-on_exit() {
-	local rc=$?
-	set +e
-	if [ -z "${SUMMARY_DONE:-}" ]; then
-		printf '0 passed, 1 failed\n'
-		[ "$rc" -ne 0 ] || rc=1
-	fi
-	(exit "$rc")
-	saga_cleanup
-}
-
 main() {
 	local out rc passed failed errors summary extra=()
-	saga_traps
-	trap on_exit EXIT
+	saga_check_traps
 	saga_init_privileges
 	saga_install_packages python3 python3-psycopg python3-pytest || saga_die "could not install python3-psycopg and python3-pytest"
 	saga_build_install || saga_die "build or install failed"
@@ -63,9 +48,8 @@ main() {
 	if [ "$failed" -ne 0 ]; then
 		saga_server_log_tail 40
 	fi
-	SUMMARY_DONE=1
-	printf '%d passed, %d failed\n' "$passed" "$failed"
-	[ "$failed" -eq 0 ]
+	SAGA_PASSED=$passed SAGA_FAILED=$failed
+	saga_summary
 }
 
 main "$@"
