@@ -79,6 +79,7 @@ text_is(TriggerData *td, HeapTuple tup, const char *name, const char *value)
 	return !isnull && strcmp(TextDatumGetCString(d), value) == 0;
 }
 
+/* key: the column as a JSON string, or null */
 static void
 put_text(JsonbParseState **ps, const char *key, TriggerData *td, HeapTuple tup,
 		 const char *name)
@@ -86,17 +87,10 @@ put_text(JsonbParseState **ps, const char *key, TriggerData *td, HeapTuple tup,
 	bool		isnull;
 	Datum		d = column(td, tup, name, &isnull);
 
-	if (isnull)
-	{
-		JsonbValue	null = {.type = jbvNull};
-
-		SagaJbKey(ps, key);
-		pushJsonbValue(ps, WJB_VALUE, &null);
-	}
-	else
-		SagaJbStr(ps, key, TextDatumGetCString(d));
+	SagaJbStr(ps, key, isnull ? NULL : TextDatumGetCString(d));
 }
 
+/* key: the column as a JSON number, or null */
 static void
 put_int8(JsonbParseState **ps, const char *key, TriggerData *td, HeapTuple tup,
 		 const char *name)
@@ -105,12 +99,7 @@ put_int8(JsonbParseState **ps, const char *key, TriggerData *td, HeapTuple tup,
 	Datum		d = column(td, tup, name, &isnull);
 
 	if (isnull)
-	{
-		JsonbValue	null = {.type = jbvNull};
-
-		SagaJbKey(ps, key);
-		pushJsonbValue(ps, WJB_VALUE, &null);
-	}
+		SagaJbStr(ps, key, NULL);
 	else
 		SagaJbInt(ps, key, DatumGetInt64(d));
 }
@@ -224,17 +213,7 @@ build_message(TriggerData *td, HeapTuple newtup, Jsonb *headers, const char *pay
 	SagaJbInt(&ps, "attempt", DatumGetInt32(column(td, newtup, "attempt", &isnull)));
 	SagaJbStr(&ps, "visible_at",
 			  iso_utc(DatumGetTimestampTz(column(td, newtup, "visible_at", &isnull))));
-	SagaJbKey(&ps, "payload");
-	if (omit)
-		pushJsonbValue(&ps, WJB_VALUE, &null);
-	else
-	{
-		JsonbValue	v = {.type = jbvString};
-
-		v.val.string.val = (char *) payload_text;
-		v.val.string.len = strlen(payload_text);
-		pushJsonbValue(&ps, WJB_VALUE, &v);
-	}
+	SagaJbStr(&ps, "payload", omit ? NULL : payload_text);
 	SagaJbBool(&ps, "payload_omitted", omit);
 	SagaJbJsonb(&ps, "headers", headers);
 	SagaJbKey(&ps, "traceparent");
