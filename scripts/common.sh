@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# scripts/common.sh: shared by scripts/test.sh and scripts/demo.sh (source it, do not run it).
+# scripts/common.sh: shared by scripts/test.sh, scripts/demo.sh, scripts/other-major.sh, the test scripts
+# of test/scripts and bench/run.sh (source it, do not run it).
 #
 # It installs the Debian packages the build needs, builds and installs the extension, copies the
 # tree to a scratch directory owned by `postgres` (the server refuses to run as root) and starts
@@ -171,6 +172,23 @@ saga_check_exit() {
 	fi
 	(exit "$rc")
 	saga_cleanup
+}
+
+# "PASSED FAILED" of a pg_regress or pg_isolation_regress output file: from "All N tests passed."
+# or "X of N tests failed." (17 and later print them after "# "); without that line (it gave up
+# half-way) from the per-test lines, "test x ... ok" (15) or "ok 1 - x" (16 and later)
+saga_regress_counts() {
+	local out=$1 n x f
+	if n=$(grep -oE 'All [0-9]+ tests passed' "$out" | grep -oE '[0-9]+' | tail -n 1) && [ -n "$n" ]; then
+		echo "$n 0"
+	elif x=$(grep -oE '[0-9]+ of [0-9]+ tests failed' "$out" | tail -n 1) && [ -n "$x" ]; then
+		read -r f _ n _ <<<"$x"
+		echo "$((n - f)) $f"
+	else
+		n=$(grep -cE '^(test| ) +[^ ]+ +\.\.\. ok|^ok [0-9]+ ' "$out" || true)
+		f=$(grep -cE '^(test| ) +[^ ]+ +\.\.\. (FAILED|failed)|^not ok [0-9]+ ' "$out" || true)
+		echo "$n $f"
+	fi
 }
 
 # --- scratch directory ----------------------------------------------------------------------

@@ -42,6 +42,9 @@ die() {
 }
 log() { printf '==> %s\n' "$*"; }
 
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"   # saga_regress_counts
+
 [ $# -ge 3 ] || usage
 MAJOR=$1
 EMBEDDED=$(cd "$2" && pwd) || die "no directory $2"
@@ -146,21 +149,6 @@ free_port() {
 	die "no free port in 56700-56799"
 }
 
-# "All N tests passed." / "X of N tests failed." (17 and 18 print "# ..." TAP-style lines)
-counts() {
-	local out=$1 n x f
-	if n=$(grep -oE 'All [0-9]+ tests passed' "$out" | grep -oE '[0-9]+' | tail -n 1) && [ -n "$n" ]; then
-		echo "$n 0"
-	elif x=$(grep -oE '[0-9]+ of [0-9]+ tests failed' "$out" | tail -n 1) && [ -n "$x" ]; then
-		read -r f _ n _ <<<"$x"
-		echo "$((n - f)) $f"
-	else
-		n=$(grep -cE '^(ok|test| ) .* ok|^ok [0-9]+ ' "$out" || true)
-		f=$(grep -cE '^not ok [0-9]+ |\.\.\. (FAILED|failed)' "$out" || true)
-		echo "$n $f"
-	fi
-}
-
 TOTAL_P=0
 TOTAL_F=0
 SUMMARY=()
@@ -177,7 +165,7 @@ suite() {
 	rc=$?
 	set -e
 	cat "$out"
-	read -r p f < <(counts "$out")
+	read -r p f < <(saga_regress_counts "$out")
 	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi # stopped early: counted as one failure
 	if [ "$f" -ne 0 ]; then
 		find "$WORK/saga" -name regression.diffs -size +0 -newer "$WORK/$name.stamp" -exec sh -c 'printf "\n--- %s ---\n" "$1"; head -n 2000 "$1"' _ {} \;

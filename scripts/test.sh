@@ -58,23 +58,6 @@ show_failure_output() {
 	done < <(saga_as_pg find src -path '*/log/*.log' ! -name initdb.log -newer stage-stamp 2>/dev/null)
 }
 
-# parse pg_regress / pg_isolation_regress output: "All N tests passed." or
-# "X of N tests failed." (optionally ", Y of these failures ignored.").  Without that line
-# (pg_regress gave up half-way) count the per-test "... ok" / "... FAILED" lines.
-regress_counts() {
-	local out=$1 n x f
-	if n=$(grep -oE 'All [0-9]+ tests passed' "$out" | grep -oE '[0-9]+' | tail -n 1) && [ -n "$n" ]; then
-		echo "$n 0"
-	elif x=$(grep -oE '[0-9]+ of [0-9]+ tests failed' "$out" | tail -n 1) && [ -n "$x" ]; then
-		read -r f _ n _ <<<"$x"
-		echo "$((n - f)) $f"
-	else
-		n=$(grep -cE '^(test| ) +[^ ]+ +\.\.\. ok' "$out" || true)
-		f=$(grep -cE '^(test| ) +[^ ]+ +\.\.\. (FAILED|failed)' "$out" || true)
-		echo "$n $f"
-	fi
-}
-
 # make installcheck for one suite; $1 label, $2 output file, rest: make variables
 run_installcheck() {
 	local label=$1 out=$2 rc=0
@@ -97,7 +80,7 @@ stage_regress() {
 		return 0
 	fi
 	run_installcheck regress "$out" ISOLATION= TAP_TESTS= || rc=$?
-	read -r p f < <(regress_counts "$out")
+	read -r p f < <(saga_regress_counts "$out")
 	count "$p" "$f"
 	if [ "$rc" -ne 0 ] || [ "$f" -ne 0 ]; then
 		show_failure_output
@@ -115,7 +98,7 @@ stage_isolation() {
 		return 0
 	fi
 	run_installcheck isolation "$out" REGRESS= TAP_TESTS= || rc=$?
-	read -r p f < <(regress_counts "$out")
+	read -r p f < <(saga_regress_counts "$out")
 	count "$p" "$f"
 	if [ "$rc" -ne 0 ] || [ "$f" -ne 0 ]; then
 		show_failure_output
