@@ -1323,29 +1323,13 @@ insert_tasks(SagaState *st, TimestampTz now)
 static void
 insert_history(SagaState *st, TimestampTz now)
 {
-	int			dims[1] = {st->nevents};
-	int			lbs[1] = {1};
 	SagaRows   *r;
 
 	if (st->nevents == 0)
 		return;
 	r = SagaRowsOpen(ROWS_HISTORY);
-	SagaRowsNew(r);
-	SagaRowsSet(r, HC_ID, DirectFunctionCall1(nextval_oid,
-												 ObjectIdGetDatum(SagaRelid("history_id_seq"))), false);
-	SagaRowsSet(r, HC_SAGA_ID, Int64GetDatum(st->id), false);
-	SagaRowsSet(r, HC_AT, TimestampTzGetDatum(now), false);
-	SagaRowsSet(r, HC_ACTOR, CStringGetTextDatum(SagaActorName()), false);
-	SagaRowsSet(r, HC_EVENTS, datum_array(st->ev_event, st->nevents, TEXTOID, -1, false,
-										  TYPALIGN_INT), false);
-	SagaRowsSet(r, HC_STEPS,
-				PointerGetDatum(construct_md_array(st->ev_step, st->ev_step_null, 1, dims, lbs,
-												   TEXTOID, -1, false, TYPALIGN_INT)), false);
-	SagaRowsSet(r, HC_DETAILS,
-				PointerGetDatum(construct_md_array(st->ev_detail, st->ev_detail_null, 1, dims,
-												   lbs, JSONBOID, -1, false, TYPALIGN_INT)),
-				false);
-	SagaRowsInsert(r, NULL);
+	SagaRowsInsertHistory(r, st->id, now, st->nevents, st->ev_event, st->ev_step,
+						  st->ev_step_null, st->ev_detail, st->ev_detail_null);
 	SagaRowsClose(r);
 }
 

@@ -369,7 +369,6 @@ SagaOutboxLease(int64 *ids, ItemPointerData *tids, int n, const char *worker, in
 													Int32GetDatum(-1));
 	/* leases are bounded (SagaCheckInterval): the sum cannot overflow */
 	TimestampTz expires = now + lease_us;
-	Oid			history_seq = InvalidOid;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -434,10 +433,7 @@ SagaOutboxLease(int64 *ids, ItemPointerData *tids, int n, const char *worker, in
 		if (outnull[3])
 			continue;			/* an event delivery */
 		if (h == NULL)
-		{
 			h = SagaRowsOpen(ROWS_HISTORY);
-			history_seq = SagaRelid("history_id_seq");
-		}
 		{
 			Datum		claimed = lease_detail(out[2], worker_d, old_lease + 1, "attempt", attempt,
 											   lease_seconds);
@@ -454,19 +450,8 @@ SagaOutboxLease(int64 *ids, ItemPointerData *tids, int n, const char *worker, in
 			}
 			events[k] = CStringGetTextDatum("claimed");
 			details[k++] = claimed;
-			SagaRowsNew(h);
-			SagaRowsSet(h, HC_ID, DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(history_seq)),
-						false);
-			SagaRowsSet(h, HC_SAGA_ID, out[3], false);
-			SagaRowsSet(h, HC_AT, TimestampTzGetDatum(GetCurrentTimestamp()), false);
-			SagaRowsSet(h, HC_ACTOR, CStringGetTextDatum(SagaActorName()), false);
-			SagaRowsSet(h, HC_EVENTS, PointerGetDatum(construct_array(events, k, TEXTOID, -1, false,
-																	  TYPALIGN_INT)), false);
-			SagaRowsSet(h, HC_STEPS, PointerGetDatum(construct_array(steps, k, TEXTOID, -1, false,
-																	 TYPALIGN_INT)), false);
-			SagaRowsSet(h, HC_DETAILS, PointerGetDatum(construct_array(details, k, JSONBOID, -1,
-																	   false, TYPALIGN_INT)), false);
-			SagaRowsInsert(h, NULL);
+			SagaRowsInsertHistory(h, DatumGetInt64(out[3]), GetCurrentTimestamp(), k, events,
+								  steps, NULL, details, NULL);
 		}
 	}
 	/* last opened, first closed: each ends its own trigger query level */

@@ -46,6 +46,7 @@
 #include "catalog/pg_type.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -342,6 +343,36 @@ SagaRowsUpdate(SagaRows *r, ItemPointer tid)
 	if (tid != NULL)
 		*tid = r->slot->tts_tid;
 	ResetPerTupleExprContext(r->estate);
+}
+
+/*
+ * One saga.history_log row on h (opened on ROWS_HISTORY): n events of a
+ * saga at the given time, by the current actor; steps_null and
+ * details_null may be NULL when none is.
+ */
+void
+SagaRowsInsertHistory(SagaRows *h, int64 saga_id, TimestampTz at, int n, Datum *events,
+					  Datum *steps, bool *steps_null, Datum *details, bool *details_null)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	SagaRowsNew(h);
+	SagaRowsSet(h, HC_ID, DirectFunctionCall1(nextval_oid,
+											  ObjectIdGetDatum(SagaRelid("history_id_seq"))),
+				false);
+	SagaRowsSet(h, HC_SAGA_ID, Int64GetDatum(saga_id), false);
+	SagaRowsSet(h, HC_AT, TimestampTzGetDatum(at), false);
+	SagaRowsSet(h, HC_ACTOR, CStringGetTextDatum(SagaActorName()), false);
+	SagaRowsSet(h, HC_EVENTS, PointerGetDatum(construct_array(events, n, TEXTOID, -1, false,
+															  TYPALIGN_INT)), false);
+	SagaRowsSet(h, HC_STEPS,
+				PointerGetDatum(construct_md_array(steps, steps_null, 1, dims, lbs, TEXTOID, -1,
+												   false, TYPALIGN_INT)), false);
+	SagaRowsSet(h, HC_DETAILS,
+				PointerGetDatum(construct_md_array(details, details_null, 1, dims, lbs, JSONBOID,
+												   -1, false, TYPALIGN_INT)), false);
+	SagaRowsInsert(h, NULL);
 }
 
 /*

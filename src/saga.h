@@ -556,6 +556,9 @@ extern bool SagaRowsFetch(SagaRows *r, ItemPointer tid);
 extern Datum SagaRowsOld(SagaRows *r, int column, bool *isnull);
 extern Datum SagaRowsNewValue(SagaRows *r, int column, bool *isnull);
 extern void SagaRowsUpdate(SagaRows *r, ItemPointer tid);
+extern void SagaRowsInsertHistory(SagaRows *h, int64 saga_id, TimestampTz at, int n,
+								  Datum *events, Datum *steps, bool *steps_null,
+								  Datum *details, bool *details_null);
 extern void SagaRowsClose(SagaRows *r);
 
 #endif							/* SAGA_H */
