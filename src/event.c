@@ -843,13 +843,15 @@ event_by_key(const char *type, const char *key)
 
 /*
  * The common publish, of no flow and without an idempotency key: the event
- * row and a delivery per subscription (topics, subscription ids and
- * max_attempts in the arrays), as direct row writes (rows.c).
+ * row and a delivery per subscription (topics, subscription ids,
+ * max_attempts and idempotency keys in the arrays), as direct row writes
+ * (rows.c).
  */
 static void
 write_event(int64 id, const char *type, Jsonb *payload, const char *corr, int64 causation_id,
 			bool has_cause, const char *key, const char *trace, TimestampTz now, int hops,
-			int deliveries, bool late, int n, Datum *topics, Datum *subs, Datum *max_attempts)
+			int deliveries, bool late, int n, Datum *topics, Datum *subs, Datum *max_attempts,
+			Datum *keys)
 {
 	SagaRows   *r = SagaRowsOpen(ROWS_EVENTS);
 	Oid			seq;
@@ -879,8 +881,6 @@ write_event(int64 id, const char *type, Jsonb *payload, const char *corr, int64 
 		/* deliveries count down from -1: the ids of saga tasks are positive */
 		int64		task_id = -DatumGetInt64(DirectFunctionCall1(nextval_oid,
 																 ObjectIdGetDatum(seq)));
-		char	   *ikey = psprintf("%lld:%lld", (long long) id,
-									(long long) DatumGetInt64(subs[i]));
 
 		SagaRowsNew(r);
 		SagaRowsSet(r, TC_ID, Int64GetDatum(task_id), false);
@@ -892,7 +892,8 @@ write_event(int64 id, const char *type, Jsonb *payload, const char *corr, int64 
 		SagaRowsSet(r, TC_PAYLOAD, JsonbPGetDatum(payload), false);
 		SagaRowsSet(r, TC_HEADERS,
 					JsonbPGetDatum(delivery_headers(id, type, corr, trace, causation_id, has_cause,
-													key, false, ikey)), false);
+													key, false, TextDatumGetCString(keys[i]))),
+					false);
 		SagaRowsSet(r, TC_VISIBLE_AT, TimestampTzGetDatum(now), false);
 		SagaRowsSet(r, TC_CREATED_AT, TimestampTzGetDatum(now), false);
 		SagaRowsSet(r, TC_EVENT_ID, Int64GetDatum(id), false);
@@ -1113,7 +1114,8 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 			   *d_max,
 			   *d_keys;
 	int			ndeliver = 0;
-	Jsonb	   *headers;
+	Jsonb	   *shared_headers;
+	bool		direct;
 	char	   *cause_trace = NULL;
 
 	if (!OidIsValid(relid))
@@ -1264,9 +1266,14 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 														  (long long) subs[i].id));
 		ndeliver++;
 	}
-	headers = delivery_headers(id, type, corr, trace, causation_id, has_cause, key, false, NULL);
-
-	if (idempotency_key == NULL && (verdict.nflows > 0 || verdict.nnew > 0))
+	/* the common publish is written directly; the statements add each delivery's key to these */
+	direct = idempotency_key == NULL && verdict.nflows == 0 && verdict.nnew == 0;
+	shared_headers = direct ? NULL : delivery_headers(id, type, corr, trace, causation_id,
+													  has_cause, key, false, NULL);
+	if (direct)
+		write_event(id, type, payload, corr, causation_id, has_cause, key, trace, now, hops,
+					ndeliver + nstart, verdict.late, ndeliver, d_topics, d_subs, d_max, d_keys);
+	else if (idempotency_key == NULL)
 	{
 		/*
 		 * The event, its deliveries and its flows in one statement, as of
@@ -1290,7 +1297,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 					 NULL, trace, now, hops);
 		values[11] = Int32GetDatum(ndeliver + nstart);
 		values[12] = BoolGetDatum(verdict.late);
-		values[13] = JsonbPGetDatum(headers);
+		values[13] = JsonbPGetDatum(shared_headers);
 		values[14] = text_array(d_topics, ndeliver);
 		values[15] = int8_array(d_subs, ndeliver);
 		values[16] = int4_array(d_max, ndeliver);
@@ -1317,9 +1324,6 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 					   DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
 					   id, now);
 	}
-	else if (idempotency_key == NULL)
-		write_event(id, type, payload, corr, causation_id, has_cause, key, trace, now, hops,
-					ndeliver + nstart, verdict.late, ndeliver, d_topics, d_subs, d_max);
 	else
 	{
 		Oid			types[9] = {INT8OID, JSONBOID, TIMESTAMPTZOID, INT4OID, BOOLOID, JSONBOID,
@@ -1334,7 +1338,7 @@ SagaPublish(const char *type, Jsonb *payload, const char *correlation_id,
 		values[2] = TimestampTzGetDatum(now);
 		values[3] = Int32GetDatum(ndeliver + nstart);
 		values[4] = BoolGetDatum(verdict.late);
-		values[5] = JsonbPGetDatum(headers);
+		values[5] = JsonbPGetDatum(shared_headers);
 		values[6] = text_array(d_topics, ndeliver);
 		values[7] = int8_array(d_subs, ndeliver);
 		values[8] = int4_array(d_max, ndeliver);
